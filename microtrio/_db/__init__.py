@@ -1,0 +1,67 @@
+"""The replicated database layer (DESIGN.md section 3).
+
+Public names for the other layers:
+
+* :class:`Database` - one member's database: ``await nursery.start(db.run)`` opens the
+  file and starts the single writer task; ``await db.open(bootstrap=...)`` runs the
+  schema updates (reference 6.3) and sets the status online; ``await db.close()``.
+  ``transaction(fn)`` (write; ``fn(conn)`` runs on the leader, its effect is captured
+  and replicated), ``read(fn, stale=False)`` (linearizable unless ``stale``),
+  ``execute_sql(query)`` / ``dump(schema_only=...)`` (``/core/internal/sql``),
+  ``status``, ``schema_versions()``, ``applied_index``, ``snapshot()``/``restore()``,
+  ``notify_upgrade()`` (the ``PATCH /core/internal/database`` wake-up).
+* :class:`DatabaseStatus` - the exact status strings of reference 6.10.
+* :class:`SchemaUpdate` - one app schema update (SQL text or ``fn(conn)``).
+* :class:`ExtensionRegistry`, :func:`encode_extensions`, :func:`decode_extensions` -
+  API extensions (reference 6.5) and the one-element-list wire quirk.
+* :class:`Committer` (protocol), :class:`LocalCommitter` - the replication seam;
+  the Raft committer is built by a ``committer_factory(applier)``.
+* :class:`Applier`, :class:`DatabaseSnapshot` - what the replication layer drives:
+  ``await applier.apply(index, payload, term=...)`` for each committed entry,
+  ``snapshot()`` / ``restore(data)``.
+* :func:`compare_versions`, :class:`MemberVersions`, :class:`VersionComparison`,
+  :class:`SchemaVersionError` - rolling-upgrade checks (reference 6.4).
+* :class:`SQLResult`, :func:`split_statements` - SQL passthrough (reference 6.9).
+"""
+
+from __future__ import annotations
+
+from ._apply import Applier as Applier
+from ._apply import DatabaseSnapshot as DatabaseSnapshot
+from ._committer import Committer as Committer
+from ._committer import LocalCommitter as LocalCommitter
+from ._database import Database as Database
+from ._extensions import INTERNAL_EXTENSIONS as INTERNAL_EXTENSIONS
+from ._extensions import ExtensionRegistry as ExtensionRegistry
+from ._extensions import decode_extensions as decode_extensions
+from ._extensions import encode_extensions as encode_extensions
+from ._schema import INTERNAL_SCHEMA_VERSION as INTERNAL_SCHEMA_VERSION
+from ._schema import MemberVersions as MemberVersions
+from ._schema import SchemaUpdate as SchemaUpdate
+from ._schema import SchemaVersionError as SchemaVersionError
+from ._schema import VersionComparison as VersionComparison
+from ._schema import compare_versions as compare_versions
+from ._sql import SQLResult as SQLResult
+from ._sql import split_statements as split_statements
+from ._status import DatabaseStatus as DatabaseStatus
+
+__all__ = [
+    "INTERNAL_EXTENSIONS",
+    "INTERNAL_SCHEMA_VERSION",
+    "Applier",
+    "Committer",
+    "Database",
+    "DatabaseSnapshot",
+    "DatabaseStatus",
+    "ExtensionRegistry",
+    "LocalCommitter",
+    "MemberVersions",
+    "SQLResult",
+    "SchemaUpdate",
+    "SchemaVersionError",
+    "VersionComparison",
+    "compare_versions",
+    "decode_extensions",
+    "encode_extensions",
+    "split_statements",
+]
