@@ -1,0 +1,338 @@
+"""Serving ASGI apps on hypercorn + trio, with the client-certificate seam.
+
+Theory of operation
+-------------------
+hypercorn 0.18 builds the ASGI scope inside its protocol classes and has no ASGI ``tls``
+extension, so a handler cannot see the client certificate. We keep hypercorn's HTTP/1.1
+and websocket protocol code but own the accept loop (a slimmed ``hypercorn.trio.run.
+worker_serve``): for every accepted TCP connection we
+
+1. wrap the raw stream in ``trio.SSLStream`` with the context read *now* from the
+   :class:`~microtrio._certs.SSLContextHolder` (so a swapped certificate applies to the
+   next connection: live reload, reference 7.9),
+2. complete the TLS handshake ourselves (under ``ssl_handshake_timeout``) and read the
+   peer certificate,
+3. hand the stream to hypercorn's ``TCPServer`` with an app wrapper made for THIS
+   connection, which copies the connection's facts into every request's scope
+   (HTTP and websocket alike).
+
+Scope contract (what handlers read):
+
+* ``scope["extensions"]["microtrio"]["listener"]`` is ``"tls"`` or ``"unix"``; it is
+  always set by our listeners and absent elsewhere.
+* TLS connections: ``scope["extensions"]["tls"]`` follows the ASGI TLS extension:
+  ``client_cert_chain`` is a list of **PEM strings** (the leaf only: Python 3.11 cannot
+  read the rest of the chain; empty when the client sent no certificate),
+  ``server_cert`` (PEM), ``client_cert_name``/``client_cert_error`` (None),
+  ``tls_version`` (0x0304), ``cipher_suite`` (None).
+* Unix-socket connections: no ``tls`` extension.
+
+:func:`is_trusted_scope` is the trust decision of reference 2.2 built on this contract;
+it refuses whenever it cannot positively see a listener type and, for TLS, a certificate.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import socket as stdlib_socket
+from collections.abc import Awaitable, Callable, MutableMapping
+from datetime import datetime
+from functools import partial
+from typing import Any
+
+import trio
+from hypercorn.app_wrappers import ASGIWrapper
+from hypercorn.config import Config
+from hypercorn.trio.lifespan import Lifespan
+from hypercorn.trio.tcp_server import TCPServer
+from hypercorn.trio.worker_context import WorkerContext
+from hypercorn.typing import ConnectionState
+
+from .._certs import SSLContextHolder, cert_pem
+from .._cluster._names import DEFAULT_PORT, format_address, parse_address
+from .._cluster._truststore import TrustedMember, Truststore
+from .._errors import UnavailableError
+
+__all__ = [
+    "ASGIApp",
+    "TLS_VERSION_1_3",
+    "client_certificates",
+    "is_trusted_scope",
+    "listener_kind",
+    "serve_tcp",
+    "serve_unix",
+    "trusted_member_for_scope",
+]
+
+logger = logging.getLogger("microtrio.api")
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
+"""An ASGI 3 application ``app(scope, receive, send)``."""
+ShutdownTrigger = Callable[[], Awaitable[object]]
+
+TLS_VERSION_1_3 = 0x0304
+_EXT = "microtrio"
+
+
+# -- scope helpers (the consumer side of the seam) ---------------------------------------
+
+
+def listener_kind(scope: Scope) -> str | None:
+    """``"tls"``, ``"unix"`` or None when the request did not come through our listeners."""
+    ext = (scope.get("extensions") or {}).get(_EXT)
+    kind = ext.get("listener") if isinstance(ext, dict) else None
+    return kind if kind in ("tls", "unix") else None
+
+
+def client_certificates(scope: Scope) -> list[str] | None:
+    """The client's certificates (PEM) of a TLS request; None when the scope has no tls
+    extension (unix socket, or a server that does not provide it); [] if none was sent."""
+    tls = (scope.get("extensions") or {}).get("tls")
+    if not isinstance(tls, dict):
+        return None
+    chain = tls.get("client_cert_chain")
+    return [c for c in chain if isinstance(c, str)] if isinstance(chain, list) else None
+
+
+def trusted_member_for_scope(
+    scope: Scope, truststore: Truststore, *, now: datetime | None = None
+) -> TrustedMember | None:
+    """The truststore member a TLS request authenticated as, or None."""
+    if listener_kind(scope) != "tls":
+        return None
+    return truststore.trusted_member(client_certificates(scope), now=now)
+
+
+def is_trusted_scope(
+    scope: Scope,
+    truststore: Truststore,
+    *,
+    expected_host: str | None = None,
+    now: datetime | None = None,
+) -> bool:
+    """Reference 2.2: unix requests are trusted; TLS requests only when (if given) the
+    ``Host`` header equals ``expected_host`` and a client certificate is byte-identical to
+    a valid truststore certificate. Anything else (including a scope without our
+    extension, or a TLS scope without a visible certificate) is untrusted."""
+    kind = listener_kind(scope)
+    if kind == "unix":
+        return True
+    if kind != "tls":
+        return False
+    if expected_host is not None:
+        hosts = [v for k, v in scope.get("headers") or [] if k.lower() == b"host"]
+        if hosts != [expected_host.encode()]:
+            return False
+    return trusted_member_for_scope(scope, truststore, now=now) is not None
+
+
+# -- the app wrapper ---------------------------------------------------------------------
+
+
+class _ConnectionApp:
+    """Adds one connection's facts to every scope before calling the real app."""
+
+    def __init__(self, app: ASGIApp, extensions: dict[str, Any]) -> None:
+        self._app = app
+        self._extensions = extensions
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") in ("http", "websocket"):
+            scope = dict(scope)
+            extensions = dict(scope.get("extensions") or {})
+            extensions.update(self._extensions)
+            scope["extensions"] = extensions
+        await self._app(scope, receive, send)
+
+
+def _tls_extensions(stream: trio.SSLStream[Any], server_pem: str) -> dict[str, Any]:
+    der = stream.getpeercert(binary_form=True)
+    chain = [cert_pem(der)] if der else []
+    return {
+        _EXT: {"listener": "tls"},
+        "tls": {
+            "server_cert": server_pem,
+            "client_cert_chain": chain,
+            "client_cert_name": None,
+            "client_cert_error": None,
+            "tls_version": TLS_VERSION_1_3,
+            "cipher_suite": None,
+        },
+    }
+
+
+def _make_config(graceful_timeout: float) -> Config:
+    config = Config()
+    config.graceful_timeout = graceful_timeout
+    config.ssl_handshake_timeout = 10.0
+    config.accesslog = None
+    return config
+
+
+# -- the serve loop ----------------------------------------------------------------------
+
+
+async def _serve(
+    app: ASGIApp,
+    listener: trio.SocketListener,
+    holder: SSLContextHolder | None,
+    bound: str,
+    *,
+    lifespan: bool,
+    shutdown_trigger: ShutdownTrigger | None,
+    graceful_timeout: float,
+    task_status: trio.TaskStatus[str],
+) -> None:
+    config = _make_config(graceful_timeout)
+    context = WorkerContext(None)
+    lifespan_state: dict[str, Any] = {}
+    life = Lifespan(ASGIWrapper(app), config, lifespan_state) if lifespan else None
+
+    async def handle(stream: trio.SocketStream) -> None:
+        extensions: dict[str, Any] = {_EXT: {"listener": "unix"}}
+        served: trio.abc.Stream = stream
+        if holder is not None:
+            ssl_stream = trio.SSLStream(
+                stream, holder.context, server_side=True, https_compatible=True
+            )
+            try:
+                with trio.fail_after(config.ssl_handshake_timeout):
+                    await ssl_stream.do_handshake()
+            except (trio.BrokenResourceError, trio.TooSlowError):
+                await trio.aclose_forcefully(ssl_stream)
+                return
+            extensions = _tls_extensions(ssl_stream, holder.pair.cert.decode())
+            served = ssl_stream
+        wrapped = ASGIWrapper(_ConnectionApp(app, extensions))
+        state = ConnectionState(lifespan_state.copy())
+        await TCPServer(wrapped, config, context, state, served)  # type: ignore[arg-type]
+
+    async with trio.open_nursery() as lifespan_nursery:
+        if life is not None:
+            await lifespan_nursery.start(life.handle_lifespan)
+            await life.wait_for_startup()
+        async with trio.open_nursery() as server_nursery:
+            async with trio.open_nursery() as accept_nursery:
+                accept_nursery.start_soon(
+                    partial(
+                        trio.serve_listeners, handle, [listener], handler_nursery=server_nursery
+                    )
+                )
+                logger.info("listening on %s", bound)
+                task_status.started(bound)
+                if shutdown_trigger is None:
+                    await trio.sleep_forever()
+                await shutdown_trigger()
+                logger.info("shutting down listener %s", bound)
+                accept_nursery.cancel_scope.cancel()
+            # Stop accepting; idle keep-alive connections close; in-flight ones get
+            # graceful_timeout to finish before they are cancelled.
+            await context.terminated.set()
+            server_nursery.cancel_scope.deadline = trio.current_time() + graceful_timeout
+        if life is not None:
+            await life.wait_for_shutdown()
+        lifespan_nursery.cancel_scope.cancel()
+
+
+async def serve_tcp(
+    app: ASGIApp,
+    address: str,
+    ssl_context_holder: SSLContextHolder,
+    *,
+    lifespan: bool = True,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    graceful_timeout: float = 5.0,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` over mutual TLS on ``address`` (``ip:port``; port 0 picks one, no port
+    means 8443) until
+    cancelled or until ``shutdown_trigger()`` returns (then drain for
+    ``graceful_timeout`` seconds). ``task_status.started`` gets the bound ``ip:port``.
+    Raises UnavailableError if the address cannot be bound (e.g. already in use)."""
+    host, port = parse_address(address, default_port=DEFAULT_PORT, allow_port_zero=True)
+    try:
+        listeners = await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise UnavailableError(f"Cannot listen on {address}: {exc}") from exc
+    listener = listeners[0]
+    for extra in listeners[1:]:
+        await extra.aclose()
+    sockname = listener.socket.getsockname()
+    bound = format_address(sockname[0], sockname[1])
+    async with listener:
+        await _serve(
+            app,
+            listener,
+            ssl_context_holder,
+            bound,
+            lifespan=lifespan,
+            shutdown_trigger=shutdown_trigger,
+            graceful_timeout=graceful_timeout,
+            task_status=task_status,
+        )
+
+
+def _bind_unix(path: str, mode: int, group: str | int | None) -> stdlib_socket.socket:
+    if os.path.exists(path):
+        probe = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale socket file
+        else:
+            raise UnavailableError(f"Something is already listening on {path}")
+        finally:
+            probe.close()
+    sock = stdlib_socket.socket(stdlib_socket.AF_UNIX, stdlib_socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        os.chmod(path, mode)
+        if group is not None:
+            gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+            os.chown(path, -1, gid)
+        sock.listen(128)
+    except (OSError, KeyError) as exc:
+        sock.close()
+        raise UnavailableError(f"Cannot listen on unix socket {path}: {exc}") from exc
+    return sock
+
+
+async def serve_unix(
+    app: ASGIApp,
+    socket_path: str | os.PathLike[str],
+    mode: int = 0o660,
+    group: str | int | None = None,
+    *,
+    lifespan: bool = True,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    graceful_timeout: float = 5.0,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` over plain HTTP on a unix socket (``mode``, optional ``group``).
+
+    A stale socket file is replaced; a live one raises UnavailableError. The socket file
+    is removed on exit. ``task_status.started`` gets the socket path.
+    """
+    path = os.fspath(socket_path)
+    sock = await trio.to_thread.run_sync(_bind_unix, path, mode, group)
+    listener = trio.SocketListener(trio.socket.from_stdlib_socket(sock))
+    try:
+        async with listener:
+            await _serve(
+                app,
+                listener,
+                None,
+                path,
+                lifespan=lifespan,
+                shutdown_trigger=shutdown_trigger,
+                graceful_timeout=graceful_timeout,
+                task_status=task_status,
+            )
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
