@@ -1,21 +1,246 @@
-"""Applier placeholder."""
+"""The Applier: the only code that changes the database file.
+
+Every member (the leader included) applies each committed write batch with
+:meth:`Applier.apply`, in log order. One SQLite transaction per entry holds both the
+batch's effects and the new applied index (table ``microtrio_applied``), so apply
+is exactly-once and crash recovery needs nothing: after a restart the applied index
+read back from the file says which entries to skip.
+
+``microtrio_applied`` (one row, ``id = 1``):
+
+* ``idx`` - index of the last applied log entry;
+* ``term`` - its Raft term (0 for the local committer);
+* ``changed_idx`` - index of the last entry that changed data. A batch executed on
+  an older state (``base_index < changed_idx``) is refused on every member alike,
+  without effect, and its writer retries it (optimistic check; cannot happen with
+  the single writer and the local committer).
+
+Changesets are applied with triggers switched off (``SQLITE_DBCONFIG_ENABLE_TRIGGER``)
+and foreign keys off: the leader's session already recorded what triggers and
+cascades did. Any conflict is divergence: the transaction is rolled back, the
+Applier stops and :class:`~microtrio.DivergenceError` is raised.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar, final
 
-__all__ = ["Applier", "DatabaseSnapshot"]
+import apsw
+import trio
+
+from .._errors import CorruptionError, DivergenceError, StateError
+from ._payload import Op, OpKind, decode_batch
+
+__all__ = ["APPLIED_TABLE_SQL", "Applier", "DatabaseSnapshot"]
+
+logger = logging.getLogger("microtrio.db")
+
+T = TypeVar("T")
+
+APPLIED_TABLE_SQL = """
+CREATE TABLE IF NOT EXISTS microtrio_applied (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    idx INTEGER NOT NULL,
+    term INTEGER NOT NULL,
+    changed_idx INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO microtrio_applied (id, idx, term, changed_idx) VALUES (1, 0, 0, 0);
+"""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DatabaseSnapshot:
+    """A consistent copy of the whole database file at an applied index."""
+
     index: int
     term: int
     data: bytes
 
 
-class Applier:
-    applied_index: int = 0
+@dataclass(frozen=True, slots=True)
+class AppliedState:
+    index: int
+    term: int
+    changed_index: int
 
-    async def apply(self, index: int, payload: bytes, *, term: int = 0) -> None:
-        raise NotImplementedError
+
+def read_applied(conn: apsw.Connection) -> AppliedState:
+    row = conn.execute("SELECT idx, term, changed_idx FROM microtrio_applied WHERE id = 1").get
+    if not isinstance(row, tuple):
+        raise StateError("microtrio_applied has no row")
+    return AppliedState(int(row[0]), int(row[1]), int(row[2]))
+
+
+@final
+class Applier:
+    """Applies committed write batches to the writer connection.
+
+    Built by :class:`~microtrio._db.Database`; the replication layer receives it
+    through ``committer_factory(applier)``. Blocking work runs in a worker thread
+    under the writer's ``CapacityLimiter(1)``, shared with batch execution.
+    """
+
+    def __init__(self, conn: apsw.Connection, limiter: trio.CapacityLimiter) -> None:
+        self._conn = conn
+        self._limiter = limiter
+        self._state = read_applied(conn)
+        self._failed: DivergenceError | None = None
+        self._refused: deque[int] = deque(maxlen=1024)
+        self._listeners: list[Callable[[], None]] = []
+
+    @property
+    def applied_index(self) -> int:
+        """Index of the last applied entry."""
+        return self._state.index
+
+    @property
+    def applied_term(self) -> int:
+        return self._state.term
+
+    @property
+    def changed_index(self) -> int:
+        """Index of the last applied entry that changed data."""
+        return self._state.changed_index
+
+    def was_refused(self, index: int) -> bool:
+        """Whether the (recent) entry at ``index`` was refused as stale (no effect)."""
+        return index in self._refused
+
+    def add_listener(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (in the trio thread) after every apply and restore."""
+        self._listeners.append(callback)
+
+    async def run_sync(self, fn: Callable[[], T]) -> T:
+        """Run blocking ``fn`` on the writer's thread limiter."""
+        return await trio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    async def apply(self, index: int, payload: bytes | None, *, term: int = 0) -> None:
+        """Apply the committed entry ``index``; ``payload`` None only advances the index.
+
+        Entries at or below the applied index are skipped (idempotent).
+        """
+        if self._failed is not None:
+            raise DivergenceError(f"database diverged earlier: {self._failed}")
+        if index <= self._state.index:
+            logger.debug("skipping entry %d (applied %d)", index, self._state.index)
+            return
+        try:
+            self._state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
+        except DivergenceError as exc:
+            self._failed = exc
+            logger.error("entry %d could not be applied: %s", index, exc)
+            raise
+        self._notify()
+
+    def _notify(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    # -- blocking part -------------------------------------------------------------
+    def _apply_sync(self, index: int, term: int, payload: bytes | None) -> AppliedState:
+        conn = self._conn
+        state = self._state
+        ops: tuple[Op, ...] = ()
+        if payload is not None:
+            try:
+                batch = decode_batch(payload)
+            except CorruptionError as exc:
+                raise DivergenceError(f"entry {index}: {exc}") from exc
+            if batch.ops and batch.base_index < state.changed_index:
+                logger.info(
+                    "refusing entry %d: executed at %d, data changed at %d",
+                    index, batch.base_index, state.changed_index,
+                )
+                self._refused.append(index)
+            else:
+                ops = batch.ops
+        changed = index if ops else state.changed_index
+        conn.pragma("foreign_keys", False)
+        conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 0)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in ops:
+                    _apply_op(conn, index, op)
+                conn.execute(
+                    "UPDATE microtrio_applied SET idx = ?, term = ?, changed_idx = ? WHERE id = 1",
+                    (index, term, changed),
+                )
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.config(apsw.SQLITE_DBCONFIG_ENABLE_TRIGGER, 1)
+            conn.pragma("foreign_keys", True)
+        return AppliedState(index, term, changed)
+
+    # -- snapshots -----------------------------------------------------------------
+    async def snapshot(self) -> DatabaseSnapshot:
+        """A consistent copy of the database (backup API) with its applied index."""
+        return await self.run_sync(self._snapshot_sync)
+
+    def _snapshot_sync(self) -> DatabaseSnapshot:
+        mem = apsw.Connection(":memory:")
+        try:
+            with mem.backup("main", self._conn, "main") as backup:
+                backup.step(-1)
+            state = read_applied(mem)
+            return DatabaseSnapshot(state.index, state.term, mem.serialize("main"))
+        finally:
+            mem.close()
+
+    async def restore(self, data: bytes) -> None:
+        """Replace the whole database with a snapshot's ``data`` (atomically)."""
+        self._state = await self.run_sync(lambda: self._restore_sync(data))
+        self._failed = None
+        self._notify()
+
+    def _restore_sync(self, data: bytes) -> AppliedState:
+        mem = apsw.Connection(":memory:")
+        try:
+            try:
+                mem.deserialize("main", data)
+                if mem.execute("PRAGMA integrity_check").get != "ok":
+                    raise CorruptionError("snapshot failed the integrity check")
+                state = read_applied(mem)
+            except apsw.Error as exc:
+                raise CorruptionError(f"invalid database snapshot: {exc}") from exc
+            with self._conn.backup("main", mem, "main") as backup:
+                backup.step(-1)
+            return state
+        finally:
+            mem.close()
+
+
+def _apply_op(conn: apsw.Connection, index: int, op: Op) -> None:
+    try:
+        if op.kind is OpKind.CHANGESET:
+            conflicts: list[str] = []
+
+            def on_conflict(reason: int, change: Any) -> int:
+                conflicts.append(f"{apsw.mapping_session_conflict.get(reason, reason)}: {change}")
+                return apsw.SQLITE_CHANGESET_ABORT
+
+            try:
+                apsw.Changeset.apply(op.data, conn, conflict=on_conflict)
+            except apsw.AbortError as exc:
+                raise DivergenceError(
+                    f"entry {index}: conflict applying changeset: {'; '.join(conflicts)}"
+                ) from exc
+        elif op.kind is OpKind.SQL:
+            conn.execute(op.data.decode("utf-8"))
+        elif op.kind is OpKind.SEQUENCE:
+            for name, seq in json.loads(op.data).items():
+                conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (seq, name))
+                if conn.changes() == 0:
+                    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, seq))
+    except apsw.Error as exc:
+        raise DivergenceError(f"entry {index}: cannot apply {op.kind.name}: {exc}") from exc
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DivergenceError(f"entry {index}: malformed {op.kind.name} op: {exc}") from exc

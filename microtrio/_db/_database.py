@@ -1,32 +1,87 @@
-"""The replicated database (placeholder; implementation follows)."""
+"""One member's replicated database: the single writer, reads, schema updates.
+
+Theory of operation (DESIGN.md section 3): client write transactions are queued on
+a bounded channel; the writer task takes everything pending (up to ``max_batch``)
+as one batch, runs it on the writer connection and captures its effect
+(:mod:`._capture`), rolls it back, hands the encoded batch to the
+:class:`~._committer.Committer` and, once the entry is applied locally by the
+:class:`~._apply.Applier` (the only code that changes the file), resolves every
+caller. The next batch starts only after that, so it sees the previous one.
+Reads use their own connections (WAL) and, unless ``stale``, wait for the
+committer's read barrier first.
+"""
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 from collections.abc import Callable, Sequence
-from typing import TypeVar
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar, cast, final
 
 import apsw
 import trio
 
-from ._apply import Applier, DatabaseSnapshot
+from .._errors import (
+    BadRequestError,
+    DatabaseNotOpenError,
+    MicrotrioError,
+    OutcomeUnknownError,
+    StateError,
+    UnavailableError,
+)
+from ._apply import APPLIED_TABLE_SQL, Applier, DatabaseSnapshot
+from ._capture import PRIVATE_TABLES, TxnOutcome, execute_batch
 from ._committer import Committer, LocalCommitter
 from ._extensions import ExtensionRegistry
-from ._schema import SchemaUpdate
-from ._sql import SQLResult
+from ._payload import encode_batch
+from ._schema import (
+    INTERNAL_UPDATES,
+    MemberVersions,
+    SchemaUpdate,
+    compare_versions,
+    current_versions,
+    ensure_schema,
+)
+from ._sql import SQLResult, dump_database, map_sqlite_error, run_statements, split_statements
 from ._status import DatabaseStatus
-
-T = TypeVar("T")
 
 __all__ = ["Database"]
 
+logger = logging.getLogger("microtrio.db")
 
+T = TypeVar("T")
+
+#: How often a batch refused as stale (see :mod:`._apply`) is re-executed.
+_MAX_ATTEMPTS = 5
+#: How long a member waiting for others to upgrade sleeps between checks (reference 6.4).
+UPGRADE_RETRY_SECONDS = 30.0
+
+
+class _Request:
+    __slots__ = ("done", "fn", "outcome")
+
+    def __init__(self, fn: Callable[[apsw.Connection], Any]) -> None:
+        self.fn = fn
+        self.done = trio.Event()
+        self.outcome: TxnOutcome | None = None
+
+    def resolve(self, outcome: TxnOutcome) -> None:
+        if self.outcome is None:
+            self.outcome = outcome
+            self.done.set()
+
+
+@final
 class Database:
     """One member's replicated SQLite database.
 
-    Lifecycle: build it, ``await nursery.start(db.run)`` (opens the file and starts the
-    writer task), then ``await db.open(bootstrap=...)`` (schema updates, status
-    online), ``await db.close()`` to stop (status offline; ``run`` returns).
+    Lifecycle: build it, ``await nursery.start(db.run)`` (opens the file, starts the
+    writer task; status stays "not yet initialized"), ``await db.open(bootstrap=...)``
+    (schema updates, then "online"), ``await db.close()`` (status "offline"; ``run``
+    returns).
     """
 
     def __init__(
@@ -38,43 +93,337 @@ class Database:
         committer_factory: Callable[[Applier], Committer] = LocalCommitter,
         patch_path: str | os.PathLike[str] | None = None,
         max_batch: int = 256,
+        queue_size: int = 1024,
+        readers: int = 2,
     ) -> None:
+        self._path = Path(path)
+        self._patch_path = Path(patch_path) if patch_path is not None else None
+        self._extensions = extensions
+        self._app_updates = tuple(schema_updates)
+        self._committer_factory = committer_factory
+        self._max_batch = max_batch
+        self._reader_count = readers
         self.status = DatabaseStatus.NOT_INITIALIZED
-        raise NotImplementedError
+        self._writer_limiter = trio.CapacityLimiter(1)
+        self._reader_limiter = trio.CapacityLimiter(readers)
+        self._send, self._recv = trio.open_memory_channel[_Request](queue_size)
+        self._conn: apsw.Connection | None = None
+        self._readers: list[apsw.Connection] = []
+        self._applier: Applier | None = None
+        self._committer: Committer | None = None
+        self._versions = (0, 0)
+        self._running = False
+        self._stop = trio.Event()
+        self._stopped = trio.Event()
+        self._upgrade = trio.Event()
+        self.commit_count = 0
 
+    # -- lifecycle -----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        raise NotImplementedError
+        """Open the database files and run the writer until :meth:`close` or cancellation."""
+        if self._running or self._stopped.is_set():
+            raise StateError("a Database runs once")
+        await trio.to_thread.run_sync(self._open_files, limiter=self._writer_limiter)
+        self._running = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer_loop)
+                task_status.started()
+                await self._stop.wait()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._running = False
+            self.status = DatabaseStatus.OFFLINE
+            self._fail_queued()
+            with trio.CancelScope(shield=True), trio.move_on_after(30):
+                await trio.to_thread.run_sync(self._close_files, limiter=self._writer_limiter)
+            self._stopped.set()
 
     async def open(self, *, bootstrap: bool, member_name: str | None = None) -> None:
-        raise NotImplementedError
+        """Run Ensure (reference 6.3) through the write path, then go online.
+
+        ``patch.global.sql`` (if given and present) runs first and is deleted. When
+        not bootstrapping and ``member_name`` is given, this member's row gets its
+        new versions and the rolling-upgrade check (6.4) runs: a member ahead raises
+        :class:`SchemaVersionError`; members behind make the status "waiting for an
+        upgrade" until :meth:`notify_upgrade` or 30 s, then it checks again.
+        """
+        if not self._running:
+            raise DatabaseNotOpenError(str(self.status))
+        self.status = DatabaseStatus.STARTING
+        try:
+            await self._run_patch()
+            if not bootstrap and member_name is not None:
+                await self._wait_for_members(member_name)
+            self._versions = await self._submit(
+                lambda conn: ensure_schema(conn, self._app_updates)
+            )
+        except BaseException:
+            self.status = DatabaseStatus.OFFLINE
+            raise
+        self.status = DatabaseStatus.ONLINE
+        logger.info("database online, schema versions %s", self._versions)
 
     async def close(self) -> None:
-        raise NotImplementedError
+        """Stop: status offline, queued writes fail, connections closed."""
+        self.status = DatabaseStatus.OFFLINE
+        self._stop.set()
+        if self._running:
+            await self._stopped.wait()
 
+    def notify_upgrade(self) -> None:
+        """Another member finished upgrading (``PATCH /core/internal/database``)."""
+        self._upgrade.set()
+
+    # -- public operations ---------------------------------------------------------
     async def transaction(self, fn: Callable[[apsw.Connection], T]) -> T:
-        raise NotImplementedError
+        """Run ``fn(conn)`` as one write transaction; return its result once committed.
+
+        ``fn`` runs on the writer connection inside a savepoint (do not BEGIN/COMMIT);
+        it sees every earlier committed write. SQLite errors become
+        :class:`~microtrio.ConflictError` (unique constraint) or
+        :class:`~microtrio.BadRequestError`; other exceptions of ``fn`` propagate.
+        """
+        self._require_online()
+        return await self._submit(fn)
 
     async def read(self, fn: Callable[[apsw.Connection], T], *, stale: bool = False) -> T:
-        raise NotImplementedError
+        """Run ``fn(conn)`` in a read transaction on a reader connection.
+
+        Linearizable by default (the committer's read barrier first); ``stale=True``
+        reads the local state without a round trip.
+        """
+        if self.status not in (DatabaseStatus.ONLINE, DatabaseStatus.WAITING):
+            raise DatabaseNotOpenError(str(self.status))
+        if not stale:
+            await self._get_committer().read_barrier()
+        return await self._read(fn)
 
     async def execute_sql(self, query: str) -> list[SQLResult]:
-        raise NotImplementedError
+        """``POST /core/internal/sql``: all statements run in ONE transaction.
+
+        A request of only read-only statements is served by :meth:`read`.
+        """
+        self._require_online()
+        statements = split_statements(query)
+        if not statements:
+            raise BadRequestError("No query provided")
+        try:
+            return await self.read(lambda conn: run_statements(conn, statements))
+        except BadRequestError as exc:
+            if not isinstance(exc.__cause__, apsw.ReadOnlyError):
+                raise
+        return await self._submit(lambda conn: run_statements(conn, statements))
 
     async def dump(self, *, schema_only: bool = False) -> str:
-        raise NotImplementedError
+        """``GET /core/internal/sql``: SQL text of the database (``.dump`` style)."""
+        return await self.read(
+            lambda conn: dump_database(conn, schema_only=schema_only, skip=PRIVATE_TABLES)
+        )
 
     def schema_versions(self) -> tuple[int, int, list[str]]:
-        raise NotImplementedError
+        """(internal, external, API extensions) of this member's code once open."""
+        return self._versions[0], self._versions[1], self._extensions.names
 
     @property
     def applied_index(self) -> int:
-        raise NotImplementedError
+        return self._get_applier().applied_index
+
+    @property
+    def applier(self) -> Applier:
+        return self._get_applier()
 
     async def snapshot(self) -> DatabaseSnapshot:
-        raise NotImplementedError
+        """A consistent copy of the database with its applied index (for Raft)."""
+        return await self._get_applier().snapshot()
 
     async def restore(self, data: bytes) -> None:
-        raise NotImplementedError
+        """Replace the whole content with a snapshot's data (applied index from it)."""
+        await self._get_applier().restore(data)
+        if self.status is DatabaseStatus.ONLINE:
+            internal, external = await self._read(current_versions)
+            logger.info("restored snapshot at %d, schema (%d, %d)",
+                        self.applied_index, internal, external)
 
-    def notify_upgrade(self) -> None:
-        raise NotImplementedError
+    # -- internals -----------------------------------------------------------------
+    def _require_online(self) -> None:
+        if self.status is not DatabaseStatus.ONLINE:
+            raise DatabaseNotOpenError(str(self.status))
+
+    def _get_applier(self) -> Applier:
+        if self._applier is None:
+            raise DatabaseNotOpenError(str(self.status))
+        return self._applier
+
+    def _get_committer(self) -> Committer:
+        if self._committer is None:
+            raise DatabaseNotOpenError(str(self.status))
+        return self._committer
+
+    def _open_files(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            conn = apsw.Connection(str(self._path), statementcachesize=0)
+            conn.set_busy_timeout(10_000)
+            conn.pragma("journal_mode", "wal")
+            conn.pragma("synchronous", "full")
+            conn.pragma("foreign_keys", True)
+            conn.execute(APPLIED_TABLE_SQL)
+            readers = []
+            for _ in range(self._reader_count):
+                reader = apsw.Connection(str(self._path))
+                reader.set_busy_timeout(10_000)
+                reader.pragma("query_only", True)
+                readers.append(reader)
+        except apsw.Error as exc:
+            raise StateError(f"cannot open database {self._path}: {exc}") from exc
+        self._conn = conn
+        self._readers = readers
+        self._applier = Applier(conn, self._writer_limiter)
+        self._committer = self._committer_factory(self._applier)
+
+    def _close_files(self) -> None:
+        for reader in self._readers:
+            reader.close()
+        if self._conn is not None:
+            self._conn.close()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                request = self._recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            request.resolve(TxnOutcome(error=DatabaseNotOpenError(str(self.status))))
+
+    async def _submit(self, fn: Callable[[apsw.Connection], T]) -> T:
+        if not self._running:
+            raise DatabaseNotOpenError(str(self.status))
+        request = _Request(fn)
+        await self._send.send(request)
+        await request.done.wait()
+        outcome = request.outcome
+        assert outcome is not None
+        if outcome.error is not None:
+            if isinstance(outcome.error, apsw.Error):
+                raise map_sqlite_error(outcome.error) from outcome.error
+            raise outcome.error
+        return cast(T, outcome.value)
+
+    async def _read(self, fn: Callable[[apsw.Connection], T]) -> T:
+        async with self._reader_limiter:
+            conn = self._readers.pop()
+            try:
+                return await trio.to_thread.run_sync(_read_txn, conn, fn)
+            except apsw.Error as exc:
+                raise map_sqlite_error(exc) from exc
+            finally:
+                self._readers.append(conn)
+
+    async def _writer_loop(self) -> None:
+        while True:
+            batch = [await self._recv.receive()]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            try:
+                await self._run_batch(batch)
+            finally:
+                for request in batch:
+                    request.resolve(TxnOutcome(error=OutcomeUnknownError("database stopped")))
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        applier = self._get_applier()
+        committer = self._get_committer()
+        conn = self._conn
+        assert conn is not None
+        fns = [r.fn for r in batch]
+        for _ in range(_MAX_ATTEMPTS):
+            base = applier.changed_index
+            outcomes, write = await applier.run_sync(partial(execute_batch, conn, fns, base))
+            if not write.ops:
+                break
+            try:
+                index = await committer.commit(encode_batch(write))
+            except MicrotrioError as exc:
+                outcomes = [o if o.error is not None else TxnOutcome(error=exc) for o in outcomes]
+                break
+            self.commit_count += 1
+            if not applier.was_refused(index):
+                break
+            logger.info("batch refused as stale at %d, re-executing", index)
+        else:
+            err = UnavailableError("write batch kept conflicting with concurrent writes")
+            outcomes = [o if o.error is not None else TxnOutcome(error=err) for o in outcomes]
+        for request, outcome in zip(batch, outcomes, strict=True):
+            request.resolve(outcome)
+
+    async def _run_patch(self) -> None:
+        path = self._patch_path
+        if path is None:
+            return
+        text = await trio.to_thread.run_sync(_read_if_exists, path)
+        if text is None:
+            return
+        statements = split_statements(text)
+        if statements:
+            logger.info("applying %s (%d statements)", path, len(statements))
+            await self._submit(lambda conn: run_statements(conn, statements))
+        await trio.to_thread.run_sync(path.unlink)
+
+    async def _wait_for_members(self, member_name: str) -> None:
+        internal, external = len(INTERNAL_UPDATES), len(self._app_updates)
+        names = self._extensions.names
+        own = MemberVersions(member_name, internal, external, names)
+        while True:
+            others = await self._submit(lambda conn: _record_and_list(conn, own))
+            result = compare_versions(own, others)
+            if not result.waiting:
+                return
+            logger.warning("waiting for %d members to upgrade: %s",
+                           len(result.behind), ", ".join(result.behind))
+            self.status = DatabaseStatus.WAITING
+            self._upgrade = trio.Event()
+            with trio.move_on_after(UPGRADE_RETRY_SECONDS):
+                await self._upgrade.wait()
+            self.status = DatabaseStatus.STARTING
+
+
+def _read_txn(conn: apsw.Connection, fn: Callable[[apsw.Connection], T]) -> T:
+    conn.execute("BEGIN")
+    try:
+        return fn(conn)
+    finally:
+        conn.execute("ROLLBACK")
+
+
+def _read_if_exists(path: Path) -> str | None:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+
+
+def _record_and_list(conn: apsw.Connection, own: MemberVersions) -> list[MemberVersions]:
+    """Write this member's new versions into its row; return the non-pending members."""
+    if not conn.table_exists("main", "core_cluster_members"):
+        return []
+    conn.execute(
+        "UPDATE core_cluster_members SET schema_internal = ?, schema_external = ?, "
+        "api_extensions = ? WHERE name = ?",
+        (own.internal, own.external, json.dumps(list(own.extensions or [])), own.name),
+    )
+    members = []
+    for name, internal, external, exts in conn.execute(
+        "SELECT name, schema_internal, schema_external, api_extensions "
+        "FROM core_cluster_members WHERE role != 'PENDING'"
+    ):
+        try:
+            decoded = json.loads(exts) if exts else None
+        except ValueError:
+            decoded = None
+        members.append(MemberVersions(name, int(internal), int(external),
+                                      decoded if isinstance(decoded, list) else None))
+    return members

@@ -48,8 +48,88 @@ class SchemaUpdate:
             self.update(conn)
 
 
-# filled in by _internal_schema
-INTERNAL_SCHEMA_VERSION = 6
+_SCHEMAS_SQL = """
+CREATE TABLE schemas (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    version INTEGER NOT NULL,
+    type INTEGER NOT NULL,
+    updated_at DATETIME NOT NULL,
+    UNIQUE (version, type)
+)"""
+
+_MEMBERS_SQL = """
+CREATE TABLE core_cluster_members (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    name TEXT NOT NULL,
+    address TEXT NOT NULL,
+    certificate TEXT NOT NULL,
+    schema_internal INTEGER NOT NULL,
+    schema_external INTEGER NOT NULL,
+    api_extensions TEXT NOT NULL DEFAULT '[]',
+    heartbeat DATETIME NOT NULL,
+    role TEXT NOT NULL,
+    UNIQUE (name),
+    UNIQUE (certificate)
+)"""
+
+_TOKENS_SQL = """
+CREATE TABLE core_token_records (
+    id INTEGER PRIMARY KEY AUTOINCREMENT NOT NULL,
+    name TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    expiry_date DATETIME,
+    UNIQUE (name),
+    UNIQUE (secret)
+)"""
+
+
+def _noop(conn: apsw.Connection) -> None:
+    """A reserved internal version (keeps the numbering equal to microcluster v3's)."""
+
+
+#: The internal updates. microcluster v3 reaches version 6 through a history of
+#: renames and column additions; a microtrio database never holds the old shapes, so
+#: the final v3 tables are created directly and versions 4-6 are reserved no-ops.
+INTERNAL_UPDATES: tuple[SchemaUpdate, ...] = (
+    SchemaUpdate(_SCHEMAS_SQL, name="schemas"),
+    SchemaUpdate(_MEMBERS_SQL, name="core_cluster_members"),
+    SchemaUpdate(_TOKENS_SQL, name="core_token_records"),
+    SchemaUpdate(_noop, name="reserved (v3 api_extensions fill)"),
+    SchemaUpdate(_noop, name="reserved (v3 internal_* -> core_* rename)"),
+    SchemaUpdate(_noop, name="reserved (v3 token expiry_date)"),
+)
+INTERNAL_SCHEMA_VERSION = len(INTERNAL_UPDATES)
+
+
+def current_versions(conn: apsw.Connection) -> tuple[int, int]:
+    """Highest recorded (internal, external) versions; (0, 0) on an empty database."""
+    if not conn.table_exists("main", "schemas"):
+        return 0, 0
+    internal = conn.execute("SELECT coalesce(max(version), 0) FROM schemas WHERE type = 0").get
+    external = conn.execute("SELECT coalesce(max(version), 0) FROM schemas WHERE type = 1").get
+    return int(internal), int(external)
+
+
+def ensure_schema(conn: apsw.Connection, app_updates: Sequence[SchemaUpdate]) -> tuple[int, int]:
+    """Apply the missing internal then app updates (inside the caller's transaction).
+
+    Returns the resulting (internal, external) versions. Raises
+    :class:`SchemaVersionError` when the database is more recent than this code.
+    """
+    internal, external = current_versions(conn)
+    if internal > len(INTERNAL_UPDATES) or external > len(app_updates):
+        raise SchemaVersionError(
+            f"The database schema ({internal}, {external}) is more recent than expected "
+            f"({len(INTERNAL_UPDATES)}, {len(app_updates)})"
+        )
+    for kind, updates, done in ((0, INTERNAL_UPDATES, internal), (1, app_updates, external)):
+        for version in range(done + 1, len(updates) + 1):
+            updates[version - 1].run(conn)
+            conn.execute(
+                "INSERT INTO schemas (version, type, updated_at) VALUES (?, ?, strftime('%s'))",
+                (version, kind),
+            )
+    return len(INTERNAL_UPDATES), len(app_updates)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,20 @@ from typing import Any, Literal
 
 import apsw
 
-__all__ = ["SQLResult", "split_statements"]
+from .._errors import (
+    BadRequestError,
+    ConflictError,
+    MicrotrioError,
+    UnavailableError,
+)
+
+__all__ = [
+    "SQLResult",
+    "dump_database",
+    "map_sqlite_error",
+    "run_statements",
+    "split_statements",
+]
 
 
 @dataclass(frozen=True)
@@ -83,11 +96,119 @@ def _is_blank(piece: str) -> bool:
     return True
 
 
-def stringify_row(row: Sequence[Any]) -> tuple[Any, ...]:
-    """Bytes become strings (as microcluster does); other values pass through."""
-    return tuple(
-        v.decode("utf-8", errors="replace") if isinstance(v, bytes | bytearray | memoryview)
-        and not isinstance(v, memoryview) else (bytes(v).decode("utf-8", errors="replace")
-                                                if isinstance(v, memoryview) else v)
-        for v in row
+def _text(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).decode("utf-8", errors="replace")
+    return value
+
+
+def run_statements(conn: apsw.Connection, statements: Sequence[str]) -> list[SQLResult]:
+    """Execute ``statements`` in order on ``conn`` (inside the caller's transaction).
+
+    A statement with result columns (seen on the prepared statement, so
+    ``INSERT ... RETURNING`` and ``PRAGMA`` count) gives a ``select`` result with bytes
+    turned into text; others an ``exec`` result with the rows they changed.
+    """
+    results: list[SQLResult] = []
+    outer_trace = conn.exec_trace
+    columns: list[tuple[str, ...]] = []
+
+    def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        columns.append(tuple(d[0] for d in cursor.get_description()))
+        return True if outer_trace is None else bool(outer_trace(cursor, sql, bindings))
+
+    for statement in statements:
+        columns.clear()
+        before = conn.total_changes()
+        cursor = conn.cursor()
+        cursor.exec_trace = trace
+        rows = [tuple(_text(v) for v in row) for row in cursor.execute(statement)]
+        cols = columns[-1] if columns else ()
+        if cols:
+            results.append(SQLResult("select", columns=cols, rows=tuple(rows)))
+        else:
+            changed = conn.changes() if conn.total_changes() != before else 0
+            results.append(SQLResult("exec", rows_affected=changed))
+    return results
+
+
+def map_sqlite_error(exc: apsw.Error) -> MicrotrioError:
+    """Map an APSW error to our tree; the message is SQLite's."""
+    message = str(exc)
+    if isinstance(exc, apsw.ConstraintError) and (
+        "UNIQUE constraint" in message or "PRIMARY KEY" in message
+    ):
+        return ConflictError(message)
+    if isinstance(exc, _CLIENT_ERRORS):
+        return BadRequestError(message)
+    if isinstance(exc, apsw.BusyError | apsw.LockedError):
+        return UnavailableError(message)
+    return MicrotrioError(message)
+
+
+_CLIENT_ERRORS = (
+    apsw.SQLError,
+    apsw.ConstraintError,
+    apsw.AuthError,
+    apsw.MismatchError,
+    apsw.RangeError,
+    apsw.TooBigError,
+    apsw.ReadOnlyError,
+    apsw.ExecTraceAbort,
+    apsw.BindingsError,
+    apsw.IncompleteExecutionError,
+)
+
+
+def quote_value(value: Any) -> str:
+    """An SQL literal for ``value`` (as sqlite3's ``.dump`` writes it)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return str(int(value))
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if value != value:
+            return "NULL"
+        if value in (float("inf"), float("-inf")):
+            return "1e999" if value > 0 else "-1e999"
+        return repr(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "X'" + bytes(value).hex().upper() + "'"
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def dump_database(conn: apsw.Connection, *, schema_only: bool, skip: frozenset[str]) -> str:
+    """SQL text like sqlite3's ``.dump`` (schema, then rows); tables in ``skip`` are left out."""
+    out = ["PRAGMA foreign_keys=OFF;", "BEGIN TRANSACTION;"]
+    objects = list(
+        conn.execute(
+            "SELECT type, name, tbl_name, sql FROM sqlite_schema "
+            "WHERE sql IS NOT NULL ORDER BY rowid"
+        )
     )
+    for kind, name, _tbl, sql in objects:
+        if kind != "table" or name in skip or name.startswith("sqlite_"):
+            continue
+        out.append(f"{sql};")
+        if schema_only:
+            continue
+        for row in conn.execute(f"SELECT * FROM {quote_ident(name)}"):
+            values = ",".join(quote_value(v) for v in row)
+            out.append(f"INSERT INTO {quote_ident(name)} VALUES({values});")
+    if not schema_only and conn.table_exists("main", "sqlite_sequence"):
+        seqs = list(conn.execute("SELECT name, seq FROM sqlite_sequence"))
+        if seqs:
+            out.append("DELETE FROM sqlite_sequence;")
+            for name, seq in seqs:
+                out.append(f"INSERT INTO sqlite_sequence VALUES({quote_value(name)},{seq});")
+    for kind, _name, tbl, sql in objects:
+        if kind in ("index", "trigger", "view") and tbl not in skip:
+            out.append(f"{sql};")
+    out.append("COMMIT;")
+    return "\n".join(out) + "\n"

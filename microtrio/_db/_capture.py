@@ -1,0 +1,215 @@
+"""Running a batch of client transactions and capturing their physical effect.
+
+Theory of operation (DESIGN.md section 3). The single writer runs a batch on the
+writer connection::
+
+    BEGIN IMMEDIATE
+      SAVEPOINT txn; fn1(conn); <capture>; RELEASE txn     -- or ROLLBACK TO on error
+      SAVEPOINT txn; fn2(conn); <capture>; RELEASE txn
+      ...
+    ROLLBACK                                               -- nothing stays local
+
+While a client function runs, an SQLite session (rowid tables included) records
+its row changes. Schema statements are found with the authorizer (called when a
+statement is prepared; the writer has no statement cache, so every execution is
+prepared) and the exec trace (called just before the prepared statement runs):
+before a schema statement the current session's changeset is closed off, the
+statement's text is kept, and a new session starts at the next statement. A
+schema statement counts only if the schema cookie moved, so a failing one that the
+function swallowed is not replicated. ``sqlite_sequence`` (not recorded by sessions)
+is compared after each transaction. The ordered list of effects becomes one
+:class:`~microtrio._db._payload.WriteBatch`, applied later by every member.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import apsw
+
+from ._payload import Op, OpKind, WriteBatch
+
+__all__ = ["PRIVATE_TABLES", "TxnOutcome", "execute_batch"]
+
+logger = logging.getLogger("microtrio.db")
+
+#: Tables never captured nor dumped: our bookkeeping, and SQLite's own.
+PRIVATE_TABLES = frozenset({"microtrio_applied"})
+
+_DDL_CODES = frozenset(
+    {
+        apsw.SQLITE_CREATE_INDEX,
+        apsw.SQLITE_CREATE_TABLE,
+        apsw.SQLITE_CREATE_TRIGGER,
+        apsw.SQLITE_CREATE_VIEW,
+        apsw.SQLITE_DROP_INDEX,
+        apsw.SQLITE_DROP_TABLE,
+        apsw.SQLITE_DROP_TRIGGER,
+        apsw.SQLITE_DROP_VIEW,
+        apsw.SQLITE_ALTER_TABLE,
+        apsw.SQLITE_CREATE_VTABLE,
+        apsw.SQLITE_DROP_VTABLE,
+    }
+)
+_DENIED_CODES = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH})
+_SAVEPOINT = "microtrio_txn"
+
+
+@dataclass(frozen=True, slots=True)
+class TxnOutcome:
+    """A client transaction's result, or the exception it raised (then it left no effect)."""
+
+    value: Any = None
+    error: Exception | None = None
+
+
+def captured_table(name: str) -> bool:
+    return name not in PRIVATE_TABLES and not name.startswith("sqlite_")
+
+
+class _Recorder:
+    """Hooks installed on the writer connection while one client transaction runs."""
+
+    def __init__(self, conn: apsw.Connection) -> None:
+        self._conn = conn
+        self._muted = False
+        self._ddl_seen = False
+        self._session: apsw.Session | None = None
+        self._pending: tuple[str, int] | None = None
+        self.ops: list[Op] = []
+
+    # -- hooks -------------------------------------------------------------------
+    def authorizer(
+        self, code: int, arg1: str | None, arg2: str | None, dbname: str | None, trig: str | None
+    ) -> int:
+        if self._muted:
+            return apsw.SQLITE_OK
+        if code in _DENIED_CODES:
+            return apsw.SQLITE_DENY
+        if code in _DDL_CODES and trig is None and "temp" not in (dbname, arg1):
+            self._ddl_seen = True
+        return apsw.SQLITE_OK
+
+    def exec_trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        if self._muted:
+            return True
+        self._confirm_pending()
+        if self._ddl_seen:
+            self._ddl_seen = False
+            if bindings:
+                raise apsw.SQLError("schema statements with bound parameters are not supported")
+            self._flush_session()
+            self._pending = (sql.strip(), self._schema_cookie())
+        elif self._session is None:
+            self._session = self._new_session()
+        return True
+
+    # -- helpers -------------------------------------------------------------------
+    def _new_session(self) -> apsw.Session:
+        session = apsw.Session(self._conn, "main")
+        session.config(apsw.SQLITE_SESSION_OBJCONFIG_ROWID, 1)
+        session.table_filter(captured_table)
+        session.attach()
+        return session
+
+    def _schema_cookie(self) -> int:
+        self._muted = True
+        try:
+            value = self._conn.execute("PRAGMA schema_version").get
+        finally:
+            self._muted = False
+        return int(value)
+
+    def _confirm_pending(self) -> None:
+        if self._pending is None:
+            return
+        sql, cookie = self._pending
+        self._pending = None
+        if self._schema_cookie() != cookie:
+            self.ops.append(Op(OpKind.SQL, sql.encode("utf-8")))
+
+    def _flush_session(self) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        try:
+            if not session.is_empty:
+                self.ops.append(Op(OpKind.CHANGESET, session.changeset()))
+        finally:
+            session.close()
+
+    def start(self) -> None:
+        self._session = self._new_session()
+
+    def finish(self) -> None:
+        self._confirm_pending()
+        self._flush_session()
+
+    def discard(self) -> None:
+        session, self._session = self._session, None
+        if session is not None:
+            session.close()
+        self.ops.clear()
+
+
+def _sequences(conn: apsw.Connection) -> dict[str, int]:
+    if not conn.table_exists("main", "sqlite_sequence"):
+        return {}
+    return {str(n): int(s) for n, s in conn.execute("SELECT name, seq FROM sqlite_sequence")}
+
+
+def _run_one(
+    conn: apsw.Connection, fn: Callable[[apsw.Connection], Any], seqs: dict[str, int]
+) -> tuple[TxnOutcome, list[Op]]:
+    recorder = _Recorder(conn)
+    conn.execute(f"SAVEPOINT {_SAVEPOINT}")
+    conn.authorizer = recorder.authorizer
+    conn.exec_trace = recorder.exec_trace
+    try:
+        recorder.start()
+        value = fn(conn)
+        recorder.finish()
+    except Exception as exc:
+        conn.exec_trace = None
+        conn.authorizer = None
+        recorder.discard()
+        conn.execute(f"ROLLBACK TO {_SAVEPOINT}; RELEASE {_SAVEPOINT}")
+        return TxnOutcome(error=exc), []
+    finally:
+        conn.exec_trace = None
+        conn.authorizer = None
+    conn.execute(f"RELEASE {_SAVEPOINT}")
+    ops = recorder.ops
+    now = _sequences(conn)
+    changed = {name: seq for name, seq in now.items() if seqs.get(name) != seq}
+    if changed:
+        ops.append(Op(OpKind.SEQUENCE, json.dumps(changed, sort_keys=True).encode()))
+    seqs.clear()
+    seqs.update(now)
+    return TxnOutcome(value=value), ops
+
+
+def execute_batch(
+    conn: apsw.Connection, fns: Sequence[Callable[[apsw.Connection], Any]], base_index: int
+) -> tuple[list[TxnOutcome], WriteBatch]:
+    """Run ``fns`` as one batch on ``conn`` (blocking) and roll it all back.
+
+    Returns each transaction's outcome and the captured effects of the successful
+    ones, in order. Exceptions of a client function are returned, not raised.
+    """
+    outcomes: list[TxnOutcome] = []
+    ops: list[Op] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        seqs = _sequences(conn)
+        for fn in fns:
+            outcome, txn_ops = _run_one(conn, fn, seqs)
+            outcomes.append(outcome)
+            ops.extend(txn_ops)
+    finally:
+        conn.execute("ROLLBACK")
+    return outcomes, WriteBatch(base_index=base_index, ops=tuple(ops))
