@@ -136,18 +136,21 @@ class Truststore:
         *,
         interval: float = 1.0,
         on_error: Callable[[StateError], None] | None = None,
+        on_reload: Callable[[], None] | None = None,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Poll for edits every ``interval`` seconds until cancelled.
 
-        A malformed file keeps the previous view; the error goes to ``on_error`` (default:
-        logged) and loading is retried on the next change.
+        After a reload ``on_reload()`` is called. A malformed file keeps the previous view;
+        the error goes to ``on_error`` (default: logged) and loading is retried on the next
+        change.
         """
         task_status.started()
         while True:
             await trio.sleep(interval)
             try:
-                await trio.to_thread.run_sync(self.refresh)
+                if await trio.to_thread.run_sync(self.refresh) and on_reload is not None:
+                    on_reload()
             except StateError as exc:
                 self._snapshot = await trio.to_thread.run_sync(self._scan)
                 if on_error is not None:
