@@ -191,7 +191,7 @@ class Applier:
             with mem.backup("main", self._conn, "main") as backup:
                 backup.step(-1)
             state = read_applied(mem)
-            return DatabaseSnapshot(state.index, state.term, mem.serialize("main"))
+            return DatabaseSnapshot(state.index, state.term, _rollback_mode(mem.serialize("main")))
         finally:
             mem.close()
 
@@ -205,7 +205,7 @@ class Applier:
         mem = apsw.Connection(":memory:")
         try:
             try:
-                mem.deserialize("main", data)
+                mem.deserialize("main", _rollback_mode(data))
                 if mem.execute("PRAGMA integrity_check").get != "ok":
                     raise CorruptionError("snapshot failed the integrity check")
                 state = read_applied(mem)
@@ -216,6 +216,14 @@ class Applier:
             return state
         finally:
             mem.close()
+
+
+def _rollback_mode(data: bytes) -> bytes:
+    """Mark an image as a rollback-journal database (header bytes 18-19), as a WAL-mode
+    file's pages cannot be opened from memory otherwise."""
+    if len(data) >= 20 and data[:16] == b"SQLite format 3\x00" and data[18:20] != b"\x01\x01":
+        return data[:18] + b"\x01\x01" + data[20:]
+    return data
 
 
 def _apply_op(conn: apsw.Connection, index: int, op: Op) -> None:
