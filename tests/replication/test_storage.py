@@ -10,7 +10,8 @@ import pytest
 import trio
 
 from microtrio import CorruptionError, StateError
-from microtrio._replication import _storage
+from microtrio._replication import _durable as durable
+from microtrio._replication import _snapshots as snapshots
 from microtrio._replication._storage import LogStore, open_log_store
 from microtrio.raft import ConfState, Entry, EntryType, HardState, Role, Snapshot, SnapshotMeta
 
@@ -89,8 +90,13 @@ def test_empty_data_and_all_entry_types_round_trip(tmp_path: Path) -> None:
 
 def test_append_is_one_group_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
-    real = _storage.sync_data
-    monkeypatch.setattr(_storage, "sync_data", lambda fd: (calls.append(fd), real(fd))[1])
+    real = durable.sync_data
+
+    def counting(fd: int) -> None:
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr("microtrio._replication._storage.sync_data", counting)
     with opened(tmp_path, segment_size=1 << 20) as store:
         store.append(entries(1, 1))
         calls.clear()
@@ -231,10 +237,13 @@ def test_persist_writes_entries_then_hard_state_only_when_changed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     saved: list[HardState] = []
-    real = _storage.write_hard_state
-    monkeypatch.setattr(
-        _storage, "write_hard_state", lambda d, hs: (saved.append(hs), real(d, hs))[1]
-    )
+    real = snapshots.write_hard_state
+
+    def recording(directory: Path, hard_state: HardState) -> None:
+        saved.append(hard_state)
+        real(directory, hard_state)
+
+    monkeypatch.setattr("microtrio._replication._storage.write_hard_state", recording)
     with opened(tmp_path) as store:
         store.persist(HardState(1, 1, 0), entries(1, 3), None)
         store.persist(HardState(1, 1, 0), entries(4, 1), None)
@@ -287,7 +296,7 @@ def test_failed_fsync_is_a_state_error(tmp_path: Path, monkeypatch: pytest.Monke
         def fail(fd: int) -> None:
             raise OSError(5, "Input/output error")
 
-        monkeypatch.setattr(_storage, "sync_data", fail)
+        monkeypatch.setattr("microtrio._replication._storage.sync_data", fail)
         with pytest.raises(StateError, match="append failed") as info:
             store.append(entries(2, 1))
         assert isinstance(info.value.__cause__, OSError)
