@@ -28,16 +28,34 @@ class RecordingCommitter:
         self._local = LocalCommitter(applier)
         self.entries: list[tuple[int, bytes]] = []
         self.gate: trio.Event | None = None
+        self.entered = trio.Event()
+        self.fail_next: Exception | None = None
 
     async def commit(self, payload: bytes) -> int:
         if self.gate is not None:
+            self.entered.set()
             await self.gate.wait()
+        if self.fail_next is not None:
+            exc, self.fail_next = self.fail_next, None
+            raise exc
         index = await self._local.commit(payload)
         self.entries.append((index, payload))
         return index
 
     async def read_barrier(self) -> None:
         return None
+
+
+async def open_recorded(nursery: trio.Nursery, path: Path) -> tuple[Database, RecordingCommitter]:
+    recorders: list[RecordingCommitter] = []
+
+    def factory(applier: Applier) -> RecordingCommitter:
+        recorders.append(RecordingCommitter(applier))
+        return recorders[-1]
+
+    database = await start_db(nursery, path, committer_factory=factory)
+    await database.open(bootstrap=True)
+    return database, recorders[0]
 
 
 def table_checksums(path: Path) -> dict[str, str]:

@@ -1,0 +1,130 @@
+"""Group commit: batches, per-transaction savepoints, commit failures."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import apsw
+import pytest
+import trio
+import trio.testing
+from _db_helpers import open_recorded
+
+from microtrio import ConflictError, OutcomeUnknownError
+from microtrio._db._payload import OpKind, decode_batch
+
+CREATE = "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER)"
+
+
+def insert(key: str, value: int = 0) -> Callable[[apsw.Connection], str]:
+    def fn(conn: apsw.Connection) -> str:
+        conn.execute("INSERT INTO kv VALUES (?, ?)", (key, value))
+        return key
+
+    return fn
+
+
+async def test_failing_transaction_in_batch_is_rolled_back_alone(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
+            await db.transaction(lambda c: c.execute(CREATE))
+            rec.gate = trio.Event()
+            results: dict[str, object] = {}
+
+            async def run(name: str, key: str) -> None:
+                try:
+                    results[name] = await db.transaction(insert(key))
+                except ConflictError as exc:
+                    results[name] = exc
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(run, "first", "a")
+                await rec.entered.wait()  # batch 1 is being committed
+                clients.start_soon(run, "second", "b")
+                await trio.testing.wait_all_tasks_blocked()
+                clients.start_soon(run, "third", "b")  # conflicts with "second" only
+                await trio.testing.wait_all_tasks_blocked()
+                entries = len(rec.entries)
+                rec.gate.set()
+            assert results["first"] == "a"
+            assert results["second"] == "b"
+            assert isinstance(results["third"], ConflictError)
+            assert "UNIQUE constraint failed: kv.k" in str(results["third"])
+            # second and third ran in one batch: two commits for three transactions
+            assert len(rec.entries) == entries + 2
+            ops = decode_batch(rec.entries[-1][1]).ops
+            assert [op.kind for op in ops] == [OpKind.CHANGESET]
+            rows = await db.read(lambda c: list(c.execute("SELECT k FROM kv ORDER BY k")))
+            assert rows == [("a",), ("b",)]
+            await db.close()
+
+
+async def test_concurrent_writers_are_grouped(tmp_path: Path) -> None:
+    n = 40
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
+            await db.transaction(lambda c: c.execute(CREATE))
+            before = db.commit_count
+            async with trio.open_nursery() as clients:
+                for i in range(n):
+                    clients.start_soon(db.transaction, insert(f"k{i}", i))
+            commits = db.commit_count - before
+            assert 1 <= commits < n
+            assert len(rec.entries) == db.applied_index
+            total = await db.read(lambda c: c.execute("SELECT count(*), sum(v) FROM kv").get)
+            assert total == (n, sum(range(n)))
+            await db.close()
+
+
+async def test_commit_failure_reaches_every_caller(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
+            await db.transaction(lambda c: c.execute(CREATE))
+            rec.fail_next = OutcomeUnknownError("leadership lost")
+            with pytest.raises(OutcomeUnknownError, match="leadership lost"):
+                await db.transaction(insert("x"))
+            assert await db.read(lambda c: c.execute("SELECT count(*) FROM kv").get) == 0
+            # the next write goes through normally
+            assert await db.transaction(insert("x")) == "x"
+            await db.close()
+
+
+async def test_read_only_transaction_does_not_commit(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
+            entries = len(rec.entries)
+            value = await db.transaction(lambda c: c.execute("SELECT 41 + 1").get)
+            assert value == 42
+            assert len(rec.entries) == entries
+            await db.close()
+
+
+async def test_close_fails_queued_writes(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
+            await db.transaction(lambda c: c.execute(CREATE))
+            rec.gate = trio.Event()
+            errors: list[Exception] = []
+
+            async def run(key: str) -> None:
+                try:
+                    await db.transaction(insert(key))
+                except Exception as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as clients:
+                clients.start_soon(run, "a")
+                await rec.entered.wait()
+                clients.start_soon(run, "b")
+                await trio.testing.wait_all_tasks_blocked()
+                await db.close()
+            assert len(errors) == 2
+            assert {type(e).__name__ for e in errors} <= {
+                "OutcomeUnknownError", "DatabaseNotOpenError"
+            }
