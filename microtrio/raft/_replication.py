@@ -1,0 +1,293 @@
+"""Log replication, heartbeats, chunked snapshots and ReadIndex: the message-handling half of
+:class:`~microtrio.raft.RaftNode` (a mixin; the state lives in the node, see ``_node.py``).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from ._log import RaftLog
+from ._messages import (
+    Message,
+    MsgApp,
+    MsgAppResp,
+    MsgHeartbeat,
+    MsgHeartbeatResp,
+    MsgReadIndexResp,
+    MsgSnap,
+    MsgSnapResp,
+    MsgTimeoutNow,
+)
+from ._progress import Progress
+from ._readonly import ReadOnly
+from ._types import (
+    Config,
+    ConfState,
+    ProgressState,
+    ReadState,
+    Snapshot,
+    SnapshotMeta,
+    StateRole,
+)
+
+__all__ = ["Replication"]
+
+logger = logging.getLogger("microtrio.raft")
+
+
+class Replication:
+    """Message handlers for replication; mixed into RaftNode (which owns every attribute)."""
+
+    config: Config
+    id: int
+    term: int
+    lead: int
+    role: StateRole
+    conf: ConfState
+    prs: dict[int, Progress]
+    lead_transferee: int
+    _rng: random.Random
+    _log: RaftLog
+    _msgs: list[Message]
+    _read_states: list[ReadState]
+    _readonly: ReadOnly
+    _snapshot: Snapshot | None
+    _pending_snapshot: Snapshot | None
+    _snap_rx: tuple[SnapshotMeta, list[bytes], int] | None
+    _confs: list[tuple[int, ConfState]]
+    _bcast_entries: bool
+    _bcast_commit: bool
+
+    # Implemented by RaftNode.
+    def _maybe_commit(self) -> bool:
+        raise NotImplementedError
+
+    def _on_follower_append(self, first: int) -> None:
+        raise NotImplementedError
+
+    def _set_conf(self, conf: ConfState) -> None:
+        raise NotImplementedError
+
+    # -- leader: sending ----------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Send the appends that proposals / commit advances made due (batched per Ready)."""
+        if not (self._bcast_entries or self._bcast_commit):
+            return
+        self._bcast_entries = self._bcast_commit = False
+        if self.role is not StateRole.LEADER:
+            return
+        commit = self._log.committed
+        for node, pr in self.prs.items():
+            if node != self.id:
+                self._send_appends(node, pr, pr.sent_commit < commit)
+
+    def _send_appends(self, to: int, pr: Progress, allow_empty: bool = False) -> None:
+        """Send as many appends as flow control allows (one when probing)."""
+        sent = self._send_append(to, pr, allow_empty)
+        last = self._log.last_index
+        while sent and pr.state is ProgressState.REPLICATE and pr.next <= last:
+            sent = self._send_append(to, pr, False)
+
+    def _send_append(self, to: int, pr: Progress, allow_empty: bool) -> bool:
+        if pr.is_paused():
+            return False
+        log = self._log
+        nxt = pr.next
+        prev_term = log.term(nxt - 1)
+        if prev_term is None:
+            return self._start_snapshot(to, pr)
+        last = log.last_index
+        if nxt > last:
+            if pr.state is ProgressState.REPLICATE and not allow_empty:
+                return False
+            self._msgs.append(MsgApp(self.id, to, self.term, nxt - 1, prev_term, (), log.committed))
+            pr.sent_entries(nxt - 1)
+            pr.sent_commit = log.committed
+            return True
+        cfg = self.config
+        batch = log.slice(nxt, min(last + 1, nxt + cfg.max_msg_entries), cfg.max_msg_bytes)
+        self._msgs.append(
+            MsgApp(self.id, to, self.term, nxt - 1, prev_term, tuple(batch), log.committed)
+        )
+        pr.sent_entries(batch[-1].index)
+        pr.sent_commit = log.committed
+        return True
+
+    def _broadcast_heartbeat(self, read_round: int) -> None:
+        commit = self._log.committed
+        for node, pr in self.prs.items():
+            if node != self.id:
+                hb_commit = min(pr.match, commit)
+                self._msgs.append(MsgHeartbeat(self.id, node, self.term, hb_commit, read_round))
+
+    # -- leader: responses --------------------------------------------------------------------
+
+    def _handle_app_resp(self, m: MsgAppResp) -> None:
+        pr = self.prs.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if m.reject:
+            hint = m.reject_hint
+            if m.log_term > 0:
+                hint = self._log.find_conflict_by_term(m.reject_hint, m.log_term)
+            if pr.maybe_decr_to(m.index, hint):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_appends(m.src, pr)
+            return
+        probing_match = pr.state is ProgressState.PROBE and m.index == pr.match
+        if pr.maybe_update(m.index) or probing_match:
+            if pr.state is ProgressState.PROBE:
+                pr.become_replicate()
+            elif pr.state is ProgressState.SNAPSHOT and pr.match >= pr.snap_index:
+                pr.become_probe()
+                pr.become_replicate()
+            if self._maybe_commit():
+                self._flush()
+            if m.src == self.lead_transferee and pr.match == self._log.last_index:
+                self._msgs.append(MsgTimeoutNow(self.id, m.src, self.term))
+        self._send_appends(m.src, pr, pr.sent_commit < self._log.committed)
+
+    def _handle_heartbeat_resp(self, m: MsgHeartbeatResp) -> None:
+        pr = self.prs.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.state is ProgressState.SNAPSHOT:
+            if pr.snap_sent:  # the chunk or its ack was lost (or is slow): resend from the ack
+                pr.snap_sent = False
+                self._send_snapshot_chunk(m.src, pr)
+        elif pr.match < self._log.last_index:
+            self._send_appends(m.src, pr)
+        for read in self._readonly.ack(m.src, m.read_round, self.conf.voters):
+            self._respond_read(read.index, read.ctx, read.requester)
+
+    # -- snapshots ----------------------------------------------------------------------------
+
+    def _start_snapshot(self, to: int, pr: Progress) -> bool:
+        snap = self._snapshot
+        if snap is None:
+            logger.error("raft %d: follower %d needs a snapshot but none exists", self.id, to)
+            return False
+        logger.info("raft %d: sending snapshot at %d to %d", self.id, snap.meta.index, to)
+        pr.become_snapshot(snap.meta.index)
+        self._send_snapshot_chunk(to, pr)
+        return True
+
+    def _send_snapshot_chunk(self, to: int, pr: Progress) -> None:
+        snap = self._snapshot
+        if snap is None or pr.snap_sent:
+            return
+        if pr.snap_index != snap.meta.index:  # our snapshot changed: start over with the new one
+            pr.become_snapshot(snap.meta.index)
+        off = pr.snap_offset
+        chunk = snap.data[off : off + self.config.snapshot_chunk_size]
+        total = len(snap.data)
+        done = off + len(chunk) >= total
+        self._msgs.append(MsgSnap(self.id, to, self.term, snap.meta, off, total, chunk, done))
+        pr.snap_sent = True
+
+    def _handle_snap_resp(self, m: MsgSnapResp) -> None:
+        pr = self.prs.get(m.src)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if m.done:
+            pr.maybe_update(m.index)
+            if pr.state is ProgressState.SNAPSHOT:
+                pr.become_probe()
+            self._send_appends(m.src, pr)
+            return
+        if pr.state is not ProgressState.SNAPSHOT or m.index != pr.snap_index:
+            return
+        pr.snap_offset = m.offset
+        pr.snap_sent = False
+        self._send_snapshot_chunk(m.src, pr)
+
+    def _handle_snapshot_chunk(self, m: MsgSnap) -> None:
+        """Follower: assemble chunks in order; acknowledge the offset held so far."""
+        meta, log = m.meta, self._log
+        if meta.index <= log.committed:
+            self._snap_rx = None
+            self._msgs.append(MsgSnapResp(self.id, m.src, self.term, log.committed, 0, True))
+            return
+        rx = self._snap_rx
+        if rx is None or (rx[0].index, rx[0].term) != (meta.index, meta.term):
+            if m.offset != 0:
+                self._msgs.append(MsgSnapResp(self.id, m.src, self.term, meta.index, 0))
+                return
+            rx = (meta, [], 0)
+        received = rx[2]
+        if m.offset != received:
+            self._snap_rx = rx
+            self._msgs.append(MsgSnapResp(self.id, m.src, self.term, meta.index, received))
+            return
+        rx[1].append(m.data)
+        received += len(m.data)
+        if not m.done:
+            self._snap_rx = (meta, rx[1], received)
+            self._msgs.append(MsgSnapResp(self.id, m.src, self.term, meta.index, received))
+            return
+        self._snap_rx = None
+        if received != m.total:
+            logger.warning("raft %d: snapshot size mismatch, restarting transfer", self.id)
+            self._msgs.append(MsgSnapResp(self.id, m.src, self.term, meta.index, 0))
+            return
+        self._restore(Snapshot(meta, b"".join(rx[1])))
+        self._msgs.append(MsgSnapResp(self.id, m.src, self.term, meta.index, received, True))
+
+    def _restore(self, snap: Snapshot) -> None:
+        log, meta = self._log, snap.meta
+        if log.match_term(meta.index, meta.term):
+            log.commit_to(meta.index)  # our log already holds it: just fast-forward the commit
+            return
+        logger.info("raft %d: installing snapshot at %d (term %d)", self.id, meta.index, meta.term)
+        log.restore(meta.index, meta.term)
+        self._snapshot = self._pending_snapshot = snap
+        self._confs = [(meta.index, meta.conf)]
+        self._set_conf(meta.conf)
+
+    # -- follower: appends --------------------------------------------------------------------
+
+    def _handle_append(self, m: MsgApp) -> None:
+        log = self._log
+        if m.prev_index < log.committed:
+            self._msgs.append(MsgAppResp(self.id, m.src, self.term, log.committed))
+            return
+        last_new, first_written = log.maybe_append(m.prev_index, m.prev_term, m.commit, m.entries)
+        if last_new >= 0:
+            if first_written is not None:
+                self._on_follower_append(first_written)
+            self._msgs.append(MsgAppResp(self.id, m.src, self.term, last_new))
+            return
+        hint = log.find_conflict_by_term(min(m.prev_index, log.last_index), m.prev_term)
+        hint_term = log.term(hint) or 0
+        self._msgs.append(
+            MsgAppResp(self.id, m.src, self.term, m.prev_index, True, hint, hint_term)
+        )
+
+    # -- ReadIndex ----------------------------------------------------------------------------
+
+    def _leader_read(self, ctx: bytes, requester: int) -> None:
+        log, voters = self._log, self.conf.voters
+        if voters == {self.id}:
+            self._respond_read(log.committed, ctx, requester)
+            return
+        if log.term(log.committed) != self.term:  # no entry of ours committed yet (6.4 step 1)
+            self._readonly.waiting.append((ctx, requester))
+            return
+        if self.config.lease_read:
+            self._respond_read(log.committed, ctx, requester)
+            return
+        rnd = self._readonly.add(log.committed, ctx, requester, self.id, self.id in voters)
+        self._broadcast_heartbeat(rnd)
+
+    def _respond_read(self, index: int, ctx: bytes, requester: int) -> None:
+        if requester == self.id:
+            self._read_states.append(ReadState(index, ctx))
+        else:
+            self._msgs.append(MsgReadIndexResp(self.id, requester, 0, index, ctx))
