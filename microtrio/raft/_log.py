@@ -13,7 +13,15 @@ __all__ = ["RaftLog"]
 
 
 class RaftLog:
-    __slots__ = ("applied", "applying", "base", "base_term", "committed", "entries", "unstable_from")
+    __slots__ = (
+        "applied",
+        "applying",
+        "base",
+        "base_term",
+        "committed",
+        "entries",
+        "unstable_from",
+    )
 
     def __init__(self, base: int = 0, base_term: int = 0) -> None:
         self.base = base

@@ -258,7 +258,9 @@ class RaftNode(Replication):
                 self._become_follower(self.term, 0)
                 return
             if self.lead_transferee:
-                logger.info("raft %d: leadership transfer to %d timed out", self.id, self.lead_transferee)
+                logger.info(
+                    "raft %d: leadership transfer to %d timed out", self.id, self.lead_transferee
+                )
                 self.lead_transferee = 0
         if self._heartbeat_elapsed >= self.config.heartbeat_tick:
             self._heartbeat_elapsed = 0

@@ -79,11 +79,7 @@ class ConfState:
     spares: frozenset[int] = frozenset()
 
     def __post_init__(self) -> None:
-        if (
-            self.voters & self.standbys
-            or self.voters & self.spares
-            or self.standbys & self.spares
-        ):
+        if self.voters & self.standbys or self.voters & self.spares or self.standbys & self.spares:
             raise ValueError("a node has more than one role")
         if 0 in self.voters or 0 in self.standbys or 0 in self.spares:
             raise ValueError("node id 0 is reserved")
