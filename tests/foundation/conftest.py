@@ -79,3 +79,9 @@ async def probe_app(scope: Any, receive: Any, send: Any) -> None:
         await _send_envelope(send, 502, [("Content-Type", "text/plain")], b"bad gateway")
     else:
         await _send_envelope(send, *sync_response(info))
+
+
+@pytest.fixture
+def probe() -> Any:
+    """The probe ASGI app (see :func:`probe_app`)."""
+    return probe_app

@@ -42,8 +42,9 @@ from microtrio._state import StateDir
 
 def test_generated_certificate_shape(server_pair: CertKeyPair) -> None:
     cert = load_certificate(server_pair.cert)
-    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
-    assert isinstance(cert.public_key().curve, ec.SECP384R1)
+    public_key = cert.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert isinstance(public_key.curve, ec.SECP384R1)
     subject = cert.subject
     assert subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == "LXD"
     assert subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "user@srv.example"
