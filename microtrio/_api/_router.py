@@ -1,0 +1,244 @@
+"""Routing, trust and dispatch for every listener (theory of operation).
+
+Each listener (control socket, core TLS listener, pre-init listener, additional servers) is a
+Quart-Trio app with one catch-all route; :func:`dispatch` does the rest, in this order:
+
+1. ``GET /`` answers ``["/1.0"]``; a path no endpoint matches answers 404 (paths are matched
+   segment by segment, not cleaned, no slash redirects).
+2. A method without a handler answers 501.
+3. Trust (:func:`is_trusted`, the ONE place deciding it): unless the action allows untrusted
+   callers, an untrusted request answers 403; then the action's ``access_handler`` gate runs.
+4. Shutdown (503 "Daemon is shutting down") and not-initialised (503 with the database status
+   text) gates, unless the endpoint is allowed then.
+5. ``?target=<member>`` forwarding for actions with ``proxy_target``.
+6. The handler; its return value becomes a sync envelope, its MicrotrioError an error
+   envelope (mapping in ``_envelope``).
+
+Trust is checked before the 503 gates so that an untrusted caller learns nothing but 403.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+from collections.abc import Callable, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import Any, cast, final
+
+from quart import Request, Response, request
+from quart_trio import QuartTrio
+
+from .._errors import (
+    BadRequestError,
+    ForbiddenError,
+    MicrotrioError,
+    NotFoundError,
+    NotImplementedMethodError,
+    UnavailableError,
+)
+from ._envelope import EnvelopeResponse, error_from_exception, sync_response
+from ._listener import is_trusted_scope, listener_kind
+from ._resources import Endpoint, EndpointAction, Resources
+from ._state import State
+
+__all__ = [
+    "ListenerContext",
+    "ListenerKind",
+    "Router",
+    "build_app",
+    "dispatch",
+    "is_trusted",
+    "read_json",
+    "read_json_object",
+]
+
+logger = logging.getLogger("microtrio.api")
+
+_METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
+
+
+class ListenerKind(enum.Enum):
+    UNIX = "unix"
+    CORE = "core"
+    PRE_INIT = "pre-init"
+    EXTRA = "extra"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class _Route:
+    segments: tuple[str, ...]
+    endpoint: Endpoint
+
+
+def _join(prefix: str, path: str) -> str:
+    parts = [p for p in (prefix.strip("/"), path.strip("/")) if p]
+    return "/" + "/".join(parts)
+
+
+@final
+class Router:
+    """Matches a request path against the mounted resources."""
+
+    def __init__(self, resources: Sequence[Resources]) -> None:
+        routes = []
+        for res in resources:
+            for ep in res.endpoints:
+                for path in (ep.path, *(a.path for a in ep.aliases)):
+                    full = _join(res.path_prefix, path)
+                    routes.append(_Route(tuple(full.split("/")[1:]), ep))
+        self._routes = tuple(routes)
+
+    def match(self, path: str) -> tuple[Endpoint, dict[str, str]] | None:
+        segments = path.split("/")[1:] if path.startswith("/") else None
+        if segments is None:
+            return None
+        for route in self._routes:
+            found = _match(route.segments, segments)
+            if found is not None:
+                return route.endpoint, found
+        return None
+
+
+def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
+    if len(pattern) != len(segments):
+        return None
+    found: dict[str, str] = {}
+    for pat, seg in zip(pattern, segments, strict=True):
+        if pat.startswith("{") and pat.endswith("}"):
+            if not seg:
+                return None
+            found[pat[1:-1]] = seg
+        elif pat != seg:
+            return None
+    return found
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ListenerContext:
+    """Everything dispatch needs about one listener."""
+
+    state: State
+    kind: ListenerKind
+    router: Router
+    #: The bound ``ip:port`` of a TLS listener; the ``Host`` header must equal it to be trusted.
+    expected_host: Callable[[], str] | None = None
+
+
+def is_trusted(ctx: ListenerContext, scope: MutableMapping[str, Any]) -> bool:
+    """The one trust decision (reference 2.2, tightened), built on the listener seam.
+
+    * control socket (the scope says so, set by our own unix listener): trusted.
+    * TLS listeners: trusted only when the ``Host`` header equals the listener's bound address
+      and a presented client certificate is byte-identical to a truststore certificate within
+      its validity period. A scope without a visible certificate is untrusted.
+      Unlike microcluster, the pre-init listener does not trust everyone: before init the
+      truststore is empty, so only the open endpoints answer there.
+    """
+    if ctx.kind is ListenerKind.UNIX:
+        return listener_kind(scope) == "unix"
+    host = ctx.expected_host() if ctx.expected_host is not None else ""
+    if not host:
+        return False
+    return is_trusted_scope(
+        scope, ctx.state.truststore, expected_host=host, now=ctx.state.now()
+    )
+
+
+async def read_json(req: Request) -> Any:
+    """The request body as JSON, or BadRequestError (400) for malformed or empty input."""
+    data = await req.get_data(as_text=False)
+    if not data:
+        raise BadRequestError("Request body is empty; expected JSON")
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequestError(f"Invalid JSON in request body: {exc}") from exc
+
+
+async def read_json_object(req: Request) -> dict[str, Any]:
+    value = await read_json(req)
+    if not isinstance(value, dict):
+        raise BadRequestError("Request body must be a JSON object")
+    return value
+
+
+async def dispatch(ctx: ListenerContext, req: Request) -> Response:
+    """Answer one request (see the module docstring for the order of the gates)."""
+    try:
+        result = await _dispatch(ctx, req)
+    except MicrotrioError as exc:
+        if exc.status >= 500:
+            logger.warning("%s: %s %s failed: %s", ctx.state.name, req.method, req.path, exc)
+        return _to_quart(error_from_exception(exc))
+    except Exception as exc:  # a handler bug or a foreign error: mapped (and logged) here
+        return _to_quart(error_from_exception(exc))
+    if isinstance(result, Response):
+        return result
+    return _to_quart(sync_response(result))
+
+
+def _to_quart(envelope: EnvelopeResponse) -> Response:
+    return Response(envelope.body, status=envelope.status, headers=dict(envelope.headers))
+
+
+async def _dispatch(ctx: ListenerContext, req: Request) -> Any:
+    path = req.scope.get("path", req.path)
+    if path == "/" and req.method == "GET":
+        return ["/1.0"]
+    found = ctx.router.match(path)
+    if found is None:
+        raise NotFoundError("not found")
+    endpoint, variables = found
+    action = endpoint.action(req.method)
+    if action is None:
+        raise NotImplementedMethodError(f"Method {req.method} not implemented")
+    state = ctx.state
+    if not action.allow_untrusted and not is_trusted(ctx, cast("MutableMapping[str, Any]", req.scope)):
+        raise ForbiddenError("not authorized")
+    if state.shutting_down and not endpoint.allowed_during_shutdown:
+        raise UnavailableError("Daemon is shutting down")
+    if not endpoint.allowed_before_init and not state.database_open:
+        raise UnavailableError(str(state.database_status))
+    if action.access_handler is not None:
+        await action.access_handler(state, req)
+    req.view_args = variables
+    target = req.args.get("target", "")
+    if action.proxy_target and target and target != state.name:
+        return await _forward(ctx, req, action, target)
+    return await action.handler(state, req)
+
+
+async def _forward(ctx: ListenerContext, req: Request, action: EndpointAction, target: str) -> Any:
+    """Send the request to member ``target`` and return its response metadata."""
+    from .._cluster._members import member_address
+
+    address = await member_address(ctx.state.database, target)
+    if address is None:
+        raise NotFoundError(f"Cluster member {target!r} not found")
+    data = await req.get_data(as_text=False)
+    body = await read_json(req) if data else None
+    params = {k: v for k, v in req.args.items() if k != "target"}
+    path = req.scope.get("path", req.path)
+    async with await ctx.state.remote_client(address) as client:
+        return await client.query(req.method, path, body, params=params)
+
+
+def build_app(ctx: ListenerContext) -> QuartTrio:
+    """A Quart-Trio app whose one catch-all route hands every request to :func:`dispatch`."""
+    app = QuartTrio(f"microtrio.{ctx.kind.value}")
+    app.url_map.merge_slashes = False
+    app.url_map.strict_slashes = False
+
+    async def handle(path: str = "") -> Response:
+        return await dispatch(ctx, request)
+
+    app.add_url_rule(
+        "/", "root", handle, methods=_METHODS, defaults={"path": ""}, provide_automatic_options=False
+    )
+    app.add_url_rule(
+        "/<path:path>", "any", handle, methods=_METHODS, provide_automatic_options=False
+    )
+    return app

@@ -1,0 +1,590 @@
+"""The member daemon: the root nursery of one member.
+
+Theory of operation
+-------------------
+:meth:`Daemon.run` takes the state directory's lock (a second daemon is refused), loads or
+creates ``server.crt`` and the truststore, and opens the root nursery. Every listener is a task
+in it with its own cancel scope and graceful-shutdown trigger (:class:`_Running`), so it can be
+stopped and restarted on its own (pre-init listener at init, core listener at reset,
+additional servers on ``PUT /core/1.0/daemon/servers``).
+
+* Uninitialised: the control socket (and, if configured, the pre-init listener) serve; the
+  database status is "not yet initialized".
+* ``POST /core/control`` with ``bootstrap`` runs :meth:`Daemon.initialise`: daemon.yaml,
+  PreInit, certificates, the core TLS listener (port 0 allowed: the bound port is recorded),
+  the database (built in ONE place, :meth:`_new_database`, so Raft replication swaps in there),
+  the member's row, ``database/info.yaml``, additional servers, PostBootstrap. A failure after
+  PreInit rolls back: PreRemove(force) and an in-process reset to a fresh daemon.
+* An initialised member restarts with its state: same listeners, database opened again.
+* Stop (signal handled by the CLI, ``POST /core/control/shutdown``, or :meth:`shutdown`):
+  new requests get 503, the database closes, listeners drain under ``drain_timeout``, then the
+  nursery is cancelled. Cancelling the owner's scope also stops the member; the database is
+  then closed in a shielded, bounded ``finally``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, final
+
+import trio
+import yaml
+
+from ._api._control import control_resources
+from ._api._internal import internal_resources
+from ._api._listener import serve_tcp, serve_unix
+from ._api._public import public_resources
+from ._api._resources import Resources, Server, validate_servers
+from ._api._router import ListenerContext, ListenerKind, Router, build_app
+from ._api._state import ClusterMemberLocal, ControlRequest, State
+from ._certs import (
+    CertKeyPair,
+    SSLContextHolder,
+    cert_pem,
+    ensure_server_cert,
+    generate_cert_key_pair,
+    load_cert_key_pair,
+    validate_pair,
+    write_cert_key_pair,
+)
+from ._cluster import _members as members
+from ._cluster._truststore import TrustedMember, Truststore
+from ._db import Database, DatabaseStatus, ExtensionRegistry, SchemaUpdate
+from ._errors import (
+    BadRequestError,
+    MicrotrioError,
+    NotFoundError,
+    NotImplementedMethodError,
+    StateError,
+    ValidationError,
+)
+from ._hooks import HookRunner, Hooks, HookType
+from ._state import DaemonConfig, ServerConfig, StateDir, atomic_write
+
+__all__ = ["Daemon", "DaemonArgs"]
+
+logger = logging.getLogger("microtrio.daemon")
+
+
+def _utc_now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DaemonArgs:
+    """What the application hands the daemon (microcluster's ``DaemonArgs``).
+
+    ``version`` is required. ``heartbeat_interval`` 0 means 10 s. ``socket_group`` falls back
+    to ``$SOCKET_GROUP``, then the process group. ``wall_clock`` gives UTC wall-clock time
+    (token expiry, certificate validity); tests inject their own.
+    """
+
+    version: str
+    schema_updates: Sequence[SchemaUpdate] = ()
+    api_extensions: Sequence[str] = ()
+    servers: Mapping[str, Server] = field(default_factory=dict)
+    hooks: Hooks | None = None
+    heartbeat_interval: float = 0.0
+    pre_init_listen_address: str = ""
+    socket_group: str | int | None = None
+    hook_timeout: float | None = 30.0
+    drain_timeout: float = 5.0
+    truststore_poll_interval: float = 1.0
+    wall_clock: Callable[[], datetime.datetime] = _utc_now
+
+
+@dataclass
+class _Running:
+    """One running listener: its cancel scope, shutdown trigger and bound address."""
+
+    scope: trio.CancelScope
+    trigger: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    address: str = ""
+    holder: SSLContextHolder | None = None
+
+
+_Serve = Callable[..., Awaitable[None]]
+
+
+@final
+class Daemon:
+    """One member. Run with ``await nursery.start(daemon.run)``; stop with :meth:`shutdown`."""
+
+    def __init__(self, state_dir: StateDir | str | os.PathLike[str], args: DaemonArgs) -> None:
+        if not args.version:
+            raise ValidationError("DaemonArgs.version is required")
+        validate_servers(args.servers)
+        self._dir = state_dir if isinstance(state_dir, StateDir) else StateDir(state_dir)
+        self._args = args
+        self._extensions = ExtensionRegistry(args.api_extensions)
+        self._hooks = HookRunner(args.hooks, timeout=args.hook_timeout)
+        self._truststore = Truststore(self._dir.truststore_dir)
+        self.state = State(
+            state_dir=self._dir,
+            version=args.version,
+            extensions=self._extensions,
+            hooks=self._hooks,
+            servers=args.servers,
+            control=self,
+            truststore=self._truststore,
+            wall_clock=args.wall_clock,
+        )
+        self._db: Database | None = None
+        self._db_closed = trio.Event()
+        self._nursery: trio.Nursery | None = None
+        self._listeners: dict[str, _Running] = {}
+        self._stop = trio.Event()
+        self._stopping = False
+        self._init_lock = trio.Lock()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until :meth:`shutdown` (or cancellation); ``started()`` once ready."""
+        lock = await trio.to_thread.run_sync(self._dir.acquire_lock)
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                await self._prepare()
+                await self._start_listener("unix", lambda r: partial(self._serve_unix, r))
+                nursery.start_soon(
+                    partial(self._truststore.watch, interval=self._args.truststore_poll_interval)
+                )
+                if await trio.to_thread.run_sync(self._dir.is_initialised):
+                    await self._start_member()
+                else:
+                    await self._start_pre_init()
+                await self._hooks.run(HookType.ON_START, self.state)
+                self.state._ready = True
+                logger.info("%s: daemon ready (state dir %s)", self.state.name, self._dir.path)
+                task_status.started()
+                await self._stop.wait()
+                await self._stop_sequence()
+                nursery.cancel_scope.cancel()
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(self._args.drain_timeout):
+                await self._close_database()
+            self._stopping = True
+            await trio.to_thread.run_sync(lock.release)
+
+    async def shutdown(self) -> None:
+        """Start the stop sequence and wait until the database is closed."""
+        self._stop.set()
+        self.state._shutting_down = True
+        await self._db_closed.wait()
+
+    async def _stop_sequence(self) -> None:
+        self.state._shutting_down = True
+        self._stopping = True
+        logger.info("%s: stopping", self.state.name)
+        with trio.move_on_after(self._args.drain_timeout) as scope:
+            await self._close_database()
+        if scope.cancelled_caught:
+            logger.warning("%s: database did not close in time", self.state.name)
+        async with trio.open_nursery() as nursery:
+            for key in list(self._listeners):
+                nursery.start_soon(self._stop_listener, key)
+
+    async def _prepare(self) -> None:
+        config = await trio.to_thread.run_sync(self._dir.load_daemon_config)
+        if config is not None:
+            self.state._name = config.name
+            self.state._address = config.address
+            self.state._config = config
+        await trio.to_thread.run_sync(ensure_server_cert, self._dir, self.state.name)
+        await trio.to_thread.run_sync(self._truststore.load)
+
+    # -- database (built in ONE place) ---------------------------------------------------
+
+    def _new_database(self) -> Database:
+        """The member's database. Replication swaps its committer here (one change)."""
+        return Database(
+            self._dir.database_dir / "db.bin",
+            extensions=self._extensions,
+            schema_updates=self._args.schema_updates,
+            patch_path=self._dir.patch_global_sql,
+        )
+
+    async def _open_database(self, *, bootstrap: bool) -> Database:
+        assert self._nursery is not None
+        db = self._new_database()
+        self._db = db
+        self._db_closed = trio.Event()
+        await self._nursery.start(db.run)
+        await db.open(bootstrap=bootstrap, member_name=self.state.name)
+        self.state._database = db
+        return db
+
+    async def _close_database(self) -> None:
+        db, self._db = self._db, None
+        try:
+            if db is not None:
+                await db.close()
+        finally:
+            self.state._database = None
+            self._db_closed.set()
+
+    def database_status(self) -> DatabaseStatus:
+        if self._stopping:
+            return DatabaseStatus.OFFLINE
+        if self._db is None:
+            return DatabaseStatus.NOT_INITIALIZED
+        return self._db.status
+
+    # -- listeners -----------------------------------------------------------------------
+
+    async def _listener_task(
+        self, key: str, serve: _Serve, running: _Running, *, task_status: trio.TaskStatus[str]
+    ) -> None:
+        try:
+            with running.scope:
+                async with trio.open_nursery() as nursery:
+                    bound = await nursery.start(
+                        partial(serve, shutdown_trigger=running.trigger.wait)
+                    )
+                    running.address = bound
+                    self._listeners[key] = running
+                    task_status.started(bound)
+        finally:
+            if self._listeners.get(key) is running:
+                del self._listeners[key]
+            running.done.set()
+
+    async def _start_listener(
+        self,
+        key: str,
+        make_serve: Callable[[_Running], _Serve],
+        holder: SSLContextHolder | None = None,
+    ) -> str:
+        assert self._nursery is not None
+        running = _Running(trio.CancelScope(), holder=holder)
+        serve = make_serve(running)
+        bound: str = await self._nursery.start(self._listener_task, key, serve, running)
+        return bound
+
+    async def _stop_listener(self, key: str) -> None:
+        running = self._listeners.get(key)
+        if running is None:
+            return
+        running.trigger.set()
+        with trio.move_on_after(self._args.drain_timeout + 1.0):
+            await running.done.wait()
+        running.scope.cancel()
+        await running.done.wait()
+
+    def _context(
+        self, kind: ListenerKind, resources: Sequence[Resources], running: _Running | None = None
+    ) -> ListenerContext:
+        host = None if running is None else (lambda: running.address)
+        return ListenerContext(self.state, kind, Router(resources), host)
+
+    def _app_resources(self, *, unix: bool, pre_init_only: bool) -> list[Resources]:
+        found: list[Resources] = []
+        for server in self._args.servers.values():
+            if not server.core_api or (unix and not server.serve_unix):
+                continue
+            if pre_init_only and not server.pre_init:
+                continue
+            found.extend(server.resources)
+        return found
+
+    async def _serve_unix(self, running: _Running, **kwargs: Any) -> None:
+        core = [control_resources(), internal_resources(), public_resources()]
+        apps = self._app_resources(unix=True, pre_init_only=False)
+        app = build_app(self._context(ListenerKind.UNIX, core + apps))
+        group = self._args.socket_group or os.environ.get("SOCKET_GROUP") or None
+        await serve_unix(
+            app,
+            self._dir.control_socket,
+            0o660,
+            group,
+            lifespan=False,
+            graceful_timeout=self._args.drain_timeout,
+            **kwargs,
+        )
+
+    async def _serve_tls(
+        self,
+        kind: ListenerKind,
+        resources: Sequence[Resources],
+        address: str,
+        holder: SSLContextHolder,
+        running: _Running,
+        **kwargs: Any,
+    ) -> None:
+        # The Host check compares with the bound address (known once bound: port 0 works).
+        app = build_app(self._context(kind, resources, running))
+        await serve_tcp(
+            app,
+            address,
+            holder,
+            lifespan=False,
+            graceful_timeout=self._args.drain_timeout,
+            **kwargs,
+        )
+
+    async def _start_core_listener(self, address: str) -> str:
+        pair = await trio.to_thread.run_sync(
+            load_cert_key_pair, self._dir.cluster_crt, self._dir.cluster_key
+        )
+        holder = await trio.to_thread.run_sync(SSLContextHolder, pair)
+        resources = [internal_resources(), public_resources()]
+        resources += self._app_resources(unix=False, pre_init_only=False)
+        return await self._start_listener(
+            "core",
+            lambda r: partial(self._serve_tls, ListenerKind.CORE, resources, address, holder, r),
+            holder,
+        )
+
+    async def _start_pre_init(self) -> None:
+        address = self._args.pre_init_listen_address
+        if address:
+            pair = await trio.to_thread.run_sync(
+                load_cert_key_pair, self._dir.server_crt, self._dir.server_key
+            )
+            holder = await trio.to_thread.run_sync(SSLContextHolder, pair)
+            resources = [public_resources()] + self._app_resources(unix=False, pre_init_only=True)
+            await self._start_listener(
+                "pre-init",
+                lambda r: partial(
+                    self._serve_tls, ListenerKind.PRE_INIT, resources, address, holder, r
+                ),
+                holder,
+            )
+        await self._start_extra_listeners(pre_init_only=True)
+
+    async def _start_extra_listeners(self, *, pre_init_only: bool) -> None:
+        config = self.state._config
+        for name, server in self._args.servers.items():
+            if server.core_api or (pre_init_only and not server.pre_init):
+                continue
+            address = server.address
+            if config is not None and name in config.servers:
+                address = config.servers[name].address
+            if address and name not in self._listeners:
+                await self._start_extra(name, server, address)
+
+    async def _start_extra(self, name: str, server: Server, address: str) -> None:
+        pair = await trio.to_thread.run_sync(self._extra_pair, name, server)
+        holder = await trio.to_thread.run_sync(SSLContextHolder, pair)
+        await self._start_listener(
+            name,
+            lambda r: partial(
+                self._serve_tls, ListenerKind.EXTRA, server.resources, address, holder, r
+            ),
+            holder,
+        )
+
+    def _extra_pair(self, name: str, server: Server) -> CertKeyPair:
+        crt, key, ca = self._dir.certificate_files(name)
+        if server.dedicated_certificate or crt.exists():
+            try:
+                return load_cert_key_pair(crt, key, ca)
+            except FileNotFoundError:
+                pair = generate_cert_key_pair(name)
+                write_cert_key_pair(crt, key, pair)
+                return pair
+        if self._dir.cluster_crt.exists():
+            return load_cert_key_pair(self._dir.cluster_crt, self._dir.cluster_key)
+        return load_cert_key_pair(self._dir.server_crt, self._dir.server_key)
+
+    # -- start of an initialised member --------------------------------------------------
+
+    async def _start_member(self) -> None:
+        self.state._address = await self._start_core_listener(self.state.address)
+        await self._open_database(bootstrap=False)
+        await self._start_extra_listeners(pre_init_only=False)
+
+    # -- MemberControl: init, reset ------------------------------------------------------
+
+    async def initialise(self, request: ControlRequest) -> None:
+        async with self._init_lock:
+            status = self.database_status()
+            if status is not DatabaseStatus.NOT_INITIALIZED:
+                raise BadRequestError(f"Unable to initialize cluster: {status}")
+            if not request.bootstrap:
+                raise NotImplementedMethodError(
+                    "Joining an existing cluster is not supported by this member yet"
+                )
+            await self._bootstrap(request)
+
+    async def _bootstrap(self, request: ControlRequest) -> None:
+        servers = {
+            name: ServerConfig(srv.address)
+            for name, srv in self._args.servers.items()
+            if not srv.core_api
+        }
+        config = DaemonConfig(request.name, request.address, servers)
+        await trio.to_thread.run_sync(self._dir.save_daemon_config, config)
+        previous = (self.state._name, self.state._address, self.state._config)
+        self.state._name, self.state._address, self.state._config = (
+            request.name,
+            request.address,
+            config,
+        )
+        try:
+            await self._hooks.run(HookType.PRE_INIT, self.state, True, dict(request.config))
+        except BaseException:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(_unlink, self._dir.daemon_yaml)
+            self.state._name, self.state._address, self.state._config = previous
+            raise
+        try:
+            await self._bootstrap_steps(request)
+        except Exception as exc:
+            logger.warning("%s: bootstrap failed, rolling back: %s", request.name, exc)
+            with trio.CancelScope(shield=True), trio.move_on_after(60):
+                await self._rollback()
+            raise
+        logger.info("%s: bootstrapped at %s", self.state.name, self.state.address)
+
+    async def _bootstrap_steps(self, request: ControlRequest) -> None:
+        name = request.name
+        server = await trio.to_thread.run_sync(ensure_server_cert, self._dir, name)
+        if not self._dir.cluster_crt.exists():
+            cluster = await trio.to_thread.run_sync(partial(generate_cert_key_pair, name))
+            await trio.to_thread.run_sync(
+                write_cert_key_pair, self._dir.cluster_crt, self._dir.cluster_key, cluster
+            )
+        await self._stop_listener("pre-init")
+        address = await self._start_core_listener(request.address)
+        if address != request.address:
+            self.state._address = address
+            config = DaemonConfig(name, address, self.state._config.servers if self.state._config else {})
+            self.state._config = config
+            await trio.to_thread.run_sync(self._dir.save_daemon_config, config)
+        own = TrustedMember(name=name, address=address, certificate=cert_pem(server.cert))
+        await trio.to_thread.run_sync(self._truststore.add, own)
+        db = await self._open_database(bootstrap=True)
+        internal, external, _ = db.schema_versions()
+
+        def insert(conn: Any) -> None:
+            members.insert_member(
+                conn,
+                name=name,
+                address=address,
+                certificate=own.certificate,
+                schema_internal=internal,
+                schema_external=external,
+                extensions=self._extensions.names,
+                role="voter",
+            )
+
+        await db.transaction(insert)
+        info = yaml.safe_dump({"ID": 1, "Address": address, "Role": 0}, sort_keys=False)
+        await trio.to_thread.run_sync(atomic_write, self._dir.database_info, info, 0o644)
+        await self._start_extra_listeners(pre_init_only=False)
+        await self._hooks.run(HookType.POST_BOOTSTRAP, self.state, dict(request.config))
+
+    async def _rollback(self) -> None:
+        try:
+            await self._hooks.run(HookType.PRE_REMOVE, self.state, True)
+        except MicrotrioError as exc:
+            logger.warning("%s: PreRemove during rollback failed: %s", self.state.name, exc)
+        await self._reset_member()
+
+    async def reset(self, *, force: bool) -> None:
+        """Answer first, then wipe the state and come back uninitialised (in-process)."""
+        assert self._nursery is not None
+        self._nursery.start_soon(self._reset_member)
+
+    async def _reset_member(self) -> None:
+        self.state._ready = False
+        for key in [k for k in self._listeners if k != "unix"]:
+            await self._stop_listener(key)
+        await self._close_database()
+        await trio.to_thread.run_sync(self._dir.reset)
+        self.state._name = State.default_name()
+        self.state._address = ""
+        self.state._config = None
+        await trio.to_thread.run_sync(ensure_server_cert, self._dir, self.state.name)
+        await trio.to_thread.run_sync(self._truststore.load)
+        await self._start_pre_init()
+        logger.info("%s: member reset to a fresh, uninitialised daemon", self.state.name)
+        await self._hooks.run(HookType.ON_START, self.state)
+        self.state._ready = True
+
+    # -- MemberControl: certificates, servers, truststore --------------------------------
+
+    async def replace_certificate(self, name: str, cert: str, key: str, ca: str | None) -> None:
+        pair = CertKeyPair(cert.encode(), key.encode(), ca.encode() if ca else None)
+        await trio.to_thread.run_sync(validate_pair, pair)
+        initialised = self.database_status() is not DatabaseStatus.NOT_INITIALIZED
+        files: tuple[os.PathLike[str], os.PathLike[str], os.PathLike[str] | None]
+        if name == "cluster":
+            files = (self._dir.cluster_crt, self._dir.cluster_key, None)
+            keys = ["core"] + [
+                n for n, s in self._args.servers.items()
+                if not s.core_api and not s.dedicated_certificate
+            ]
+        elif name == "server":
+            if initialised:
+                raise BadRequestError("The server certificate can only be replaced before init")
+            files = (self._dir.server_crt, self._dir.server_key, None)
+            keys = ["pre-init"]
+        else:
+            server = self._args.servers.get(name)
+            if server is None or server.core_api:
+                raise NotFoundError(f"No additional server named {name!r}")
+            files = self._dir.certificate_files(name)
+            keys = [name]
+        crt, key_path, ca_path = files
+        await trio.to_thread.run_sync(
+            partial(write_cert_key_pair, crt, key_path, pair, ca_path=ca_path, crt_mode=0o664)
+        )
+        for key_name in keys:
+            running = self._listeners.get(key_name)
+            if running is not None and running.holder is not None:
+                await trio.to_thread.run_sync(running.holder.swap, pair)
+
+    async def update_servers(self, update: Mapping[str, str]) -> None:
+        config = self.state._config
+        if config is None:
+            raise BadRequestError("This member is not initialised")
+        new = DaemonConfig(config.name, config.address, {k: ServerConfig(v) for k, v in update.items()})
+        await trio.to_thread.run_sync(self._dir.save_daemon_config, new)
+        self.state._config = new
+        for name, server in self._args.servers.items():
+            if server.core_api:
+                continue
+            old_address = config.servers.get(name, ServerConfig()).address
+            new_address = update.get(name, "")
+            running = self._listeners.get(name)
+            if running is not None and (new_address != old_address or not new_address):
+                await self._stop_listener(name)
+            if new_address and name not in self._listeners:
+                await self._start_extra(name, server, new_address)
+
+    async def add_trusted(self, member: ClusterMemberLocal) -> None:
+        await trio.to_thread.run_sync(self._truststore.add, member)
+
+    async def remove_trusted(self, name: str) -> None:
+        if name == self.state.name:
+            raise BadRequestError("A member cannot remove itself from its truststore")
+        await trio.to_thread.run_sync(self._truststore.remove, name)
+
+    def notify_upgrade(self) -> None:
+        if self._db is not None:
+            self._db.notify_upgrade()
+
+    @property
+    def listener_addresses(self) -> dict[str, str]:
+        """Bound address of every running listener, by key (``unix``, ``core``, ...)."""
+        return {k: r.address for k, r in self._listeners.items()}
+
+
+def _unlink(path: os.PathLike[str]) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise StateError(f"Cannot remove {path}: {exc}") from exc
+
