@@ -103,7 +103,8 @@ class Database:
         self._committer_factory = committer_factory
         self._max_batch = max_batch
         self._reader_count = readers
-        self.status = DatabaseStatus.NOT_INITIALIZED
+        self._status = DatabaseStatus.NOT_INITIALIZED
+        self._status_changed = trio.Event()
         self._writer_limiter = trio.CapacityLimiter(1)
         self._reader_limiter = trio.CapacityLimiter(readers)
         self._send, self._recv = trio.open_memory_channel[_Request](queue_size)
@@ -117,6 +118,25 @@ class Database:
         self._stopped = trio.Event()
         self._upgrade = trio.Event()
         self.commit_count = 0
+
+    # -- status --------------------------------------------------------------------
+    @property
+    def status(self) -> DatabaseStatus:
+        """The current status (reference 6.10 strings)."""
+        return self._status
+
+    @status.setter
+    def status(self, value: DatabaseStatus) -> None:
+        if value is not self._status:
+            self._status = value
+            self._status_changed.set()
+            self._status_changed = trio.Event()
+
+    async def wait_for_status(self, *statuses: DatabaseStatus) -> DatabaseStatus:
+        """Wait until the status is one of ``statuses``; return it."""
+        while self._status not in statuses:
+            await self._status_changed.wait()
+        return self._status
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -168,6 +188,7 @@ class Database:
         """Stop: status offline, queued writes fail, connections closed."""
         self.status = DatabaseStatus.OFFLINE
         self._stop.set()
+        self._upgrade.set()
         if self._running:
             await self._stopped.wait()
 
@@ -388,6 +409,8 @@ class Database:
             self._upgrade = trio.Event()
             with trio.move_on_after(UPGRADE_RETRY_SECONDS):
                 await self._upgrade.wait()
+            if self._stop.is_set():
+                raise DatabaseNotOpenError(str(DatabaseStatus.OFFLINE))
             self.status = DatabaseStatus.STARTING
 
 
