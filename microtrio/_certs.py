@@ -36,6 +36,7 @@ import logging
 import os
 import ssl
 import sys
+import tempfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, final
 
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CertKeyPair",
+    "MissingKeyPairError",
     "SSLContextHolder",
     "cert_der",
     "cert_pem",
@@ -67,6 +69,8 @@ __all__ = [
     "generate_cert_key_pair",
     "generate_cert_key_pair_async",
     "load_cert_key_pair",
+    "load_cert_key_pair_if_exists",
+    "open_tls_stream",
     "load_certificate",
     "pinned_server_name",
     "server_ssl_context",
@@ -98,6 +102,10 @@ class CertKeyPair:
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.cert)
+
+
+class MissingKeyPairError(StateError, FileNotFoundError):
+    """A key pair file does not exist (also a FileNotFoundError, for ``except`` clauses)."""
 
 
 # -- certificate helpers -----------------------------------------------------------------
@@ -270,7 +278,8 @@ def load_cert_key_pair(
     key_path: str | os.PathLike[str],
     ca_path: str | os.PathLike[str] | None = None,
 ) -> CertKeyPair:
-    """Read and validate a pair from files (blocking); StateError names a bad file."""
+    """Read and validate a pair from files (blocking). A missing file raises
+    MissingKeyPairError; an unreadable or invalid one StateError naming it."""
     try:
         with open(crt_path, "rb") as handle:
             cert = handle.read()
@@ -280,8 +289,8 @@ def load_cert_key_pair(
         if ca_path is not None and os.path.exists(ca_path):
             with open(ca_path, "rb") as handle:
                 ca = handle.read()
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as exc:
+        raise MissingKeyPairError(f"Missing key pair file {exc.filename}") from exc
     except OSError as exc:
         raise StateError(f"Cannot read key pair {crt_path}: {exc}") from exc
     try:
@@ -290,13 +299,21 @@ def load_cert_key_pair(
         raise StateError(f"Invalid key pair {crt_path} / {key_path}: {exc}") from exc
 
 
+def load_cert_key_pair_if_exists(
+    crt_path: str | os.PathLike[str],
+    key_path: str | os.PathLike[str],
+    ca_path: str | os.PathLike[str] | None = None,
+) -> CertKeyPair | None:
+    """Like :func:`load_cert_key_pair`, but None when neither file exists."""
+    if not os.path.exists(crt_path) and not os.path.exists(key_path):
+        return None
+    return load_cert_key_pair(crt_path, key_path, ca_path)
+
+
 def ensure_server_cert(state: StateDir, name: str) -> CertKeyPair:
     """Load ``server.crt``/``server.key``, generating them if absent or if ``name`` is not
     among the certificate's DNS SANs (CN=``user@<name>``). Blocking."""
-    try:
-        pair = load_cert_key_pair(state.server_crt, state.server_key)
-    except FileNotFoundError:
-        pair = None
+    pair = load_cert_key_pair_if_exists(state.server_crt, state.server_key)
     if pair is not None and name in dns_names(pair.cert):
         return pair
     logger.info("generating server certificate for %s in %s", name, state.path)
@@ -314,9 +331,7 @@ async def ensure_server_cert_async(state: StateDir, name: str) -> CertKeyPair:
 
 
 def _load_chain(context: ssl.SSLContext, pair: CertKeyPair) -> None:
-    # ssl only loads chains from files; use a private temporary directory.
-    import tempfile
-
+    # ssl only loads chains from files: use a private (0700) temporary directory.
     validate_pair(pair)
     with tempfile.TemporaryDirectory(prefix="microtrio-tls-") as tmp:
         crt = os.path.join(tmp, "tls.crt")
@@ -394,7 +409,10 @@ def server_ssl_context(
     pair: CertKeyPair, *, client_cas: list[bytes] | None = None
 ) -> ssl.SSLContext:
     """A TLS 1.3 server context that presents ``pair`` and requests (not requires) any
-    client certificate; see the module docstring for how any certificate is accepted."""
+    client certificate; see the module docstring for how any certificate is accepted.
+
+    Building a context writes the pair to a private temporary directory (the ``ssl``
+    module loads chains from files only): a few milliseconds of blocking work."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.set_alpn_protocols(["http/1.1"])
@@ -418,6 +436,39 @@ def client_ssl_context(pair: CertKeyPair | None, pinned: bytes | str) -> ssl.SSL
     if pair is not None:
         _load_chain(context, pair)
     return context
+
+
+async def open_tls_stream(
+    address: str, *, cert: CertKeyPair | None, pinned: bytes | str
+) -> trio.SSLStream[trio.SocketStream]:
+    """Dial ``address`` (``ip:port``) over mutual TLS, presenting ``cert`` and pinning
+    ``pinned`` (server name = its first DNS SAN), with the handshake done.
+
+    For protocols other than HTTP, e.g. the Raft websocket:
+    ``trio_websocket.wrap_client_stream(nursery, stream, host, "/path")``. Bound the wait
+    with ``trio.fail_after``. Failures raise UnavailableError (a pin mismatch says so).
+    """
+    host, port = parse_address(address)
+    context = client_ssl_context(cert, pinned)
+    try:
+        tcp = await trio.open_tcp_stream(host, port)
+    except OSError as exc:
+        raise UnavailableError(f"Cannot connect to {address}: {exc}") from exc
+    stream = trio.SSLStream(tcp, context, server_hostname=pinned_server_name(pinned))
+    try:
+        await stream.do_handshake()
+    except trio.BrokenResourceError as exc:
+        await trio.aclose_forcefully(stream)
+        if isinstance(exc.__cause__, ssl.SSLCertVerificationError):
+            raise UnavailableError(
+                f"TLS verification of {address} failed (certificate does not match the "
+                f"pinned one): {exc.__cause__.verify_message}"
+            ) from exc
+        raise UnavailableError(f"TLS handshake with {address} failed: {exc}") from exc
+    except BaseException:
+        await trio.aclose_forcefully(stream)
+        raise
+    return stream
 
 
 async def fetch_remote_certificate(address: str) -> bytes:

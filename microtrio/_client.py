@@ -37,6 +37,8 @@ logger = logging.getLogger("microtrio.client")
 NOTIFIER_USER_AGENT = "lxd-cluster-notifier"
 DEFAULT_USER_AGENT = "microtrio"
 DEFAULT_TIMEOUT = 30.0
+# Keep-alive off, as microcluster: every call sees the current certificates and members.
+_NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
 
 
 @final
@@ -70,7 +72,7 @@ class Client:
     def unix(cls, socket_path: str | os.PathLike[str]) -> Client:
         """A client of the control socket at ``socket_path``."""
         path = os.fspath(socket_path)
-        transport = httpx.AsyncHTTPTransport(uds=path)
+        transport = httpx.AsyncHTTPTransport(uds=path, limits=_NO_KEEPALIVE)
         http = httpx.AsyncClient(
             transport=transport, base_url="http://control.socket", timeout=DEFAULT_TIMEOUT
         )
@@ -83,9 +85,7 @@ class Client:
         host, port = parse_address(address)
         context = client_ssl_context(cert, pinned)
         url_host = f"[{host}]" if ":" in host else host
-        transport = httpx.AsyncHTTPTransport(
-            verify=context, limits=httpx.Limits(max_keepalive_connections=0)
-        )
+        transport = httpx.AsyncHTTPTransport(verify=context, limits=_NO_KEEPALIVE)
         http = httpx.AsyncClient(
             transport=transport,
             base_url=f"https://{url_host}:{port}",

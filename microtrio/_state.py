@@ -129,7 +129,8 @@ class DaemonConfig:
         for key, value in raw_servers.items():
             if not isinstance(key, str):
                 raise ValueError("server names must be strings")
-            server_address = (value or {}).get("address", "") if isinstance(value, dict) else None
+            entry = {} if value is None else value
+            server_address = entry.get("address", "") if isinstance(entry, dict) else None
             if not isinstance(server_address, str):
                 raise ValueError(f"server {key!r}: 'address' must be a string")
             servers[key] = ServerConfig(server_address)

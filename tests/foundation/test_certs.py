@@ -233,3 +233,15 @@ async def test_fetch_remote_certificate_unreachable() -> None:
 async def test_async_generation() -> None:
     pair = await generate_cert_key_pair_async("async.example")
     assert dns_names(pair.cert) == ["async.example"]
+
+
+def test_missing_pair_files(tmp_path: Path, server_pair: CertKeyPair) -> None:
+    from microtrio._certs import MissingKeyPairError, load_cert_key_pair_if_exists
+
+    crt, key = tmp_path / "a.crt", tmp_path / "a.key"
+    assert load_cert_key_pair_if_exists(crt, key) is None
+    with pytest.raises(MissingKeyPairError, match="a.crt"):
+        load_cert_key_pair(crt, key)
+    crt.write_bytes(server_pair.cert)  # key still missing: an error, not None
+    with pytest.raises(StateError, match="a.key"):
+        load_cert_key_pair_if_exists(crt, key)

@@ -260,3 +260,40 @@ async def test_plain_http_on_tls_listener_gets_nothing(
                 response = await raw.get(f"https://{address}/core/1.0", timeout=10)
             assert response.json()["metadata"]["certs"] == []
             nursery.cancel_scope.cancel()
+
+
+def _second_loopback() -> str:
+    import socket
+
+    probe = socket.socket()
+    try:
+        probe.bind(("127.0.0.2", 0))
+    except OSError:
+        pytest.skip("127.0.0.2 is not a local address on this system")
+    finally:
+        probe.close()
+    return "127.0.0.2:0"
+
+
+async def test_pinning_uses_the_dns_name_not_the_ip(
+    probe: Any, server_pair: CertKeyPair, client_pair: CertKeyPair
+) -> None:
+    # The certificate's SANs are srv.example, 127.0.0.1 and ::1: a member at 127.0.0.2
+    # only verifies because the TLS server name is the pinned certificate's DNS SAN.
+    from microtrio._certs import open_tls_stream
+
+    local = _second_loopback()
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(serve_tcp, probe, local, SSLContextHolder(server_pair))
+            async with Client.tls(address, cert=client_pair, pinned=server_pair.cert) as client:
+                assert (await client.query("GET", "/"))["kind"] == "tls"
+            # the websocket path, as the Raft transport dials it
+            stream = await open_tls_stream(address, cert=client_pair, pinned=server_pair.cert)
+            ws = await trio_websocket.wrap_client_stream(nursery, stream, address, "/raft")
+            info = json.loads(await ws.get_message())
+            await ws.aclose()
+            assert info["certs"] == [client_pair.cert.decode()]
+            with pytest.raises(UnavailableError, match="pinned"):
+                await open_tls_stream(address, cert=client_pair, pinned=client_pair.cert)
+            nursery.cancel_scope.cancel()
