@@ -92,6 +92,7 @@ class Applier:
         self._failed: DivergenceError | None = None
         self._refused: deque[int] = deque(maxlen=1024)
         self._listeners: list[Callable[[], None]] = []
+        self._lock = trio.Lock()
 
     @property
     def applied_index(self) -> int:
@@ -124,17 +125,18 @@ class Applier:
 
         Entries at or below the applied index are skipped (idempotent).
         """
-        if self._failed is not None:
-            raise DivergenceError(f"database diverged earlier: {self._failed}")
-        if index <= self._state.index:
-            logger.debug("skipping entry %d (applied %d)", index, self._state.index)
-            return
-        try:
-            self._state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
-        except DivergenceError as exc:
-            self._failed = exc
-            logger.error("entry %d could not be applied: %s", index, exc)
-            raise
+        async with self._lock:
+            if self._failed is not None:
+                raise DivergenceError(f"database diverged earlier: {self._failed}")
+            if index <= self._state.index:
+                logger.debug("skipping entry %d (applied %d)", index, self._state.index)
+                return
+            try:
+                self._state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
+            except DivergenceError as exc:
+                self._failed = exc
+                logger.error("entry %d could not be applied: %s", index, exc)
+                raise
         self._notify()
 
     def _notify(self) -> None:
@@ -197,8 +199,9 @@ class Applier:
 
     async def restore(self, data: bytes) -> None:
         """Replace the whole database with a snapshot's ``data`` (atomically)."""
-        self._state = await self.run_sync(lambda: self._restore_sync(data))
-        self._failed = None
+        async with self._lock:
+            self._state = await self.run_sync(lambda: self._restore_sync(data))
+            self._failed = None
         self._notify()
 
     def _restore_sync(self, data: bytes) -> AppliedState:

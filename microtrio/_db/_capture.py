@@ -17,7 +17,9 @@ before a schema statement the current session's changeset is closed off, the
 statement's text is kept, and a new session starts at the next statement. A
 schema statement counts only if the schema cookie moved, so a failing one that the
 function swallowed is not replicated. ``sqlite_sequence`` (not recorded by sessions)
-is compared after each transaction. The ordered list of effects becomes one
+is compared after each transaction. ``PRAGMA user_version = N`` (and
+``application_id``) is replicated as text; ``CREATE TABLE ... AS SELECT`` is refused
+(its rows would be recomputed on each member). The ordered list of effects becomes one
 :class:`~microtrio._db._payload.WriteBatch`, applied later by every member.
 """
 
@@ -56,6 +58,8 @@ _DDL_CODES = frozenset(
     }
 )
 _DENIED_CODES = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH})
+#: Pragmas that change the database file itself: their text is replicated.
+_REPLICATED_PRAGMAS = frozenset({"user_version", "application_id"})
 _SAVEPOINT = "microtrio_txn"
 
 
@@ -77,7 +81,9 @@ class _Recorder:
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
         self._muted = False
-        self._ddl_seen = False
+        self._ddl_code: int | None = None
+        self._select_after_ddl = False
+        self._pragma_seen = False
         self._session: apsw.Session | None = None
         self._pending: tuple[str, int] | None = None
         self.ops: list[Op] = []
@@ -91,19 +97,39 @@ class _Recorder:
         if code in _DENIED_CODES:
             return apsw.SQLITE_DENY
         if code in _DDL_CODES and trig is None and "temp" not in (dbname, arg1):
-            self._ddl_seen = True
+            self._ddl_code = code
+            self._select_after_ddl = False
+        elif code == apsw.SQLITE_SELECT and self._ddl_code is not None:
+            self._select_after_ddl = True
+        elif (
+            code == apsw.SQLITE_PRAGMA
+            and arg2 is not None
+            and (arg1 or "").lower() in _REPLICATED_PRAGMAS
+            and dbname in (None, "main")
+        ):
+            self._pragma_seen = True
         return apsw.SQLITE_OK
 
     def exec_trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
         if self._muted:
             return True
         self._confirm_pending()
-        if self._ddl_seen:
-            self._ddl_seen = False
+        ddl_code, self._ddl_code = self._ddl_code, None
+        ctas, self._select_after_ddl = self._select_after_ddl, False
+        pragma, self._pragma_seen = self._pragma_seen, False
+        if ddl_code is not None or pragma:
             if bindings:
                 raise apsw.SQLError("schema statements with bound parameters are not supported")
+            if ddl_code == apsw.SQLITE_CREATE_TABLE and ctas:
+                raise apsw.SQLError(
+                    "CREATE TABLE ... AS SELECT is not supported in replicated writes: "
+                    "create the table, then INSERT ... SELECT"
+                )
             self._flush_session()
-            self._pending = (sql.strip(), self._schema_cookie())
+            if pragma:
+                self.ops.append(Op(OpKind.SQL, sql.strip().encode("utf-8")))
+            else:
+                self._pending = (sql.strip(), self._schema_cookie())
         elif self._session is None:
             self._session = self._new_session()
         return True

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol, final
 
+import trio
+
 if TYPE_CHECKING:
     from ._apply import Applier
 
@@ -40,11 +42,13 @@ class LocalCommitter:
 
     def __init__(self, applier: Applier) -> None:
         self._applier = applier
+        self._lock = trio.Lock()
 
     async def commit(self, payload: bytes) -> int:
-        index = self._applier.applied_index + 1
-        await self._applier.apply(index, payload)
-        return index
+        async with self._lock:
+            index = self._applier.applied_index + 1
+            await self._applier.apply(index, payload)
+            return index
 
     async def read_barrier(self) -> None:
         return None

@@ -10,7 +10,7 @@ import pytest
 import trio
 from _db_helpers import RecordingCommitter, start_db, table_checksums
 
-from microtrio import DivergenceError
+from microtrio import BadRequestError, DivergenceError
 from microtrio._db import Applier, Database
 from microtrio._db._payload import Op, OpKind, WriteBatch, decode_batch, encode_batch
 
@@ -220,3 +220,42 @@ async def test_snapshot_restore(tmp_path: Path) -> None:
     assert table_checksums(tmp_path / "a" / "microtrio.db") == table_checksums(
         tmp_path / "b" / "microtrio.db"
     )
+
+
+async def test_renames_savepoints_pragmas_and_temp_tables(tmp_path: Path) -> None:
+    def step1(conn: apsw.Connection) -> None:
+        conn.execute("CREATE TABLE old_name (a INTEGER PRIMARY KEY, b TEXT)")
+        conn.execute("INSERT INTO old_name VALUES (1, 'one')")
+        conn.execute("ALTER TABLE old_name RENAME TO new_name")
+        conn.execute("ALTER TABLE new_name RENAME COLUMN b TO label")
+        conn.execute("INSERT INTO new_name VALUES (2, 'two')")
+        conn.execute("PRAGMA user_version = 42")
+        conn.execute("CREATE TEMP TABLE scratch (x)")
+        conn.execute("INSERT INTO scratch VALUES (1)")
+        with conn:  # apsw: a client savepoint, rolled back by the exception below
+            conn.execute("INSERT INTO new_name VALUES (3, 'kept')")
+        with pytest.raises(ZeroDivisionError), conn:
+            conn.execute("INSERT INTO new_name VALUES (4, 'rolled back')")
+            conn.execute("UPDATE new_name SET label = 'changed' WHERE a = 1")
+            raise ZeroDivisionError
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            pair = await open_pair(nursery, tmp_path)
+            await pair.leader.transaction(step1)
+            with pytest.raises(BadRequestError, match="AS SELECT"):
+                await pair.leader.transaction(
+                    lambda c: c.execute("CREATE TABLE copy AS SELECT random() AS r")
+                )
+            await pair.replay()
+            await pair.leader.close()
+            await pair.follower.close()
+    a = table_checksums(tmp_path / "a" / "microtrio.db")
+    assert a == table_checksums(tmp_path / "b" / "microtrio.db")
+    assert "new_name" in a and "old_name" not in a and "scratch" not in a and "copy" not in a
+    follower = apsw.Connection(str(tmp_path / "b" / "microtrio.db"))
+    assert list(follower.execute("SELECT a, label FROM new_name ORDER BY a")) == [
+        (1, "one"), (2, "two"), (3, "kept"),
+    ]
+    assert follower.execute("PRAGMA user_version").get == 42
+    follower.close()
