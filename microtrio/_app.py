@@ -26,7 +26,7 @@ import trio
 
 from ._client import Client
 from ._daemon import Daemon, DaemonArgs
-from ._errors import StateError, TimeoutError_, UnavailableError
+from ._errors import StateError, TimeoutError_
 from ._state import StateDir
 
 __all__ = ["App"]
@@ -74,9 +74,9 @@ class App:
         self,
         args: DaemonArgs | None = None,
         *,
-        task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Run the daemon until it is shut down; ``started(app)`` once it is ready.
+        """Run the daemon until it is shut down; ``started()`` once it is ready.
 
         For ``await nursery.start(app.run, args)``; cancelling the nursery stops the member.
         """
@@ -87,9 +87,7 @@ class App:
         daemon = Daemon(self._dir, daemon_args)
         self._daemon = daemon
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(daemon.run)
-                task_status.started(self)
+            await daemon.run(task_status=task_status)
         finally:
             self._daemon = None
 
@@ -97,11 +95,12 @@ class App:
         """Run the daemon in the foreground until stopped (SIGTERM/SIGINT/SIGQUIT/SIGPWR stop
         it, SIGHUP is ignored, when ``handle_signals``), like microcluster's ``Start``."""
         async with trio.open_nursery() as nursery:
-            await nursery.start(self.run, args)
             if handle_signals:
-                nursery.start_soon(self._watch_signals, nursery.cancel_scope)
+                nursery.start_soon(self._watch_signals)
+            await self.run(args)
+            nursery.cancel_scope.cancel()
 
-    async def _watch_signals(self, scope: trio.CancelScope) -> None:
+    async def _watch_signals(self) -> None:
         if hasattr(signal, "SIGHUP"):
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
         with trio.open_signal_receiver(*_STOP_SIGNALS) as signals:
@@ -228,14 +227,3 @@ class App:
                 return await client.sql_dump(schema_only=query == ".schema")
             return await client.sql_query(query)
 
-
-async def wait_for_socket(app: App, *, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-    """Wait until something answers on ``control.socket`` (helper for the CLI)."""
-    with trio.move_on_after(timeout):
-        while True:
-            try:
-                await app.status()
-                return
-            except UnavailableError:
-                await trio.sleep(0.1)
-    raise TimeoutError_(f"No daemon answered on {app.state_dir.control_socket}")
