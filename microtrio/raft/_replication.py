@@ -157,6 +157,8 @@ class Replication:
             return
         pr.recent_active = True
         pr.probe_sent = False
+        if pr.state is ProgressState.REPLICATE and pr.is_paused():
+            pr.inflight.popleft()  # acks may have been lost: let one more append through
         if pr.state is ProgressState.SNAPSHOT:
             if pr.snap_sent:  # the chunk or its ack was lost (or is slow): resend from the ack
                 pr.snap_sent = False

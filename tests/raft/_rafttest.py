@@ -17,6 +17,10 @@ from microtrio.raft import (
     EntryType,
     HardState,
     Message,
+    MsgApp,
+    MsgPreVote,
+    MsgVote,
+    MsgVoteResp,
     PersistedState,
     RaftNode,
     ReadState,
@@ -84,6 +88,8 @@ class Net:
         self.queue: list[Message] = []
         self.cut: set[tuple[int, int]] = set()
         self.filters: list[Filter] = []
+        #: rewrites (or drops, returning None) each delivered message
+        self.mangle: Callable[[Message], Message | None] | None = None
         self.sent: list[Message] = []
         for i in ids:
             store = Store()
@@ -101,6 +107,13 @@ class Net:
         self.stores[node] = Store()
         self.apps[node] = App()
         self.nodes[node] = RaftNode(self.config(node), random.Random(node), None)
+        return self.nodes[node]
+
+    def load(self, node: int, persisted: PersistedState) -> RaftNode:
+        """Replace ``node`` by one started from ``persisted`` (also written to its store)."""
+        self.stores[node] = Store(persisted.hard_state, persisted.snapshot, list(persisted.entries))
+        self.apps[node] = App()
+        self.nodes[node] = RaftNode(self.config(node), random.Random(node + 3), persisted)
         return self.nodes[node]
 
     def restart(self, node: int) -> RaftNode:
@@ -128,6 +141,7 @@ class Net:
             app.applied = list(decode_payloads(rd.snapshot.data))
             app.applied_index = rd.snapshot.meta.index
             app.snapshot_installs += 1
+        check_durable_before_send(store, rd)
         for m in rd.messages:
             self.sent.append(m)
             self.queue.append(m)
@@ -146,6 +160,11 @@ class Net:
         m = self.queue.pop(0)
         if (m.src, m.dst) in self.cut or any(f(m) for f in self.filters):
             return True
+        if self.mangle is not None:
+            changed = self.mangle(m)
+            if changed is None:
+                return True
+            m = changed
         target = self.nodes.get(m.dst)
         if target is not None:
             target.step(m)
@@ -178,11 +197,16 @@ class Net:
             self.stabilize()
 
     def campaign(self, node: int) -> None:
-        """Tick only ``node`` until it starts an election, then let it run to the end."""
+        """Tick only ``node`` until it asks for (pre-)votes, then let the election run."""
         raft = self.nodes[node]
         for _ in range(raft.config.election_tick * 3):
             raft.tick()
-            if raft.role is not StateRole.FOLLOWER:
+            mark = len(self.sent)
+            while self.process(node):
+                pass
+            if raft.role is StateRole.LEADER or any(
+                isinstance(m, MsgVote | MsgPreVote) for m in self.sent[mark:]
+            ):
                 break
         self.stabilize()
 
@@ -194,6 +218,15 @@ class Net:
     def heal(self) -> None:
         self.cut.clear()
         self.filters.clear()
+        self.mangle = None
+
+    def elect(self, node: int, attempts: int = 5) -> None:
+        """Campaign until ``node`` leads (a first try may only teach it a newer term)."""
+        for _ in range(attempts):
+            self.campaign(node)
+            if self.nodes[node].role is StateRole.LEADER:
+                return
+        raise AssertionError(f"node {node} could not win an election")
 
     def leader(self) -> int:
         leaders = [i for i, r in self.nodes.items() if r.role is StateRole.LEADER]
@@ -205,6 +238,23 @@ class Net:
         index = self.nodes[self.leader()].propose(data)
         self.stabilize()
         return index
+
+
+def check_durable_before_send(store: Store, rd: Ready) -> None:
+    """The Ready contract: what a message promises is durable once the Ready is persisted."""
+    by_index = {e.index: e.term for e in store.entries}
+    hs = store.hard_state
+    for m in rd.messages:
+        if isinstance(m, MsgApp) and m.entries:
+            last = m.entries[-1]
+            assert by_index.get(last.index) == last.term, f"sent {last} before persisting it"
+        if isinstance(m, MsgVoteResp) and not m.reject:
+            assert (hs.term, hs.vote) == (m.term, m.dst), "vote sent before it was persisted"
+    if rd.committed_entries:
+        last = rd.committed_entries[-1]
+        snap = store.snapshot.meta.index if store.snapshot else 0
+        assert last.index <= snap or by_index.get(last.index) == last.term
+        assert last.index <= hs.commit, "applied beyond the durable commit index"
 
 
 def encode_payloads(items: Iterable[bytes]) -> bytes:
