@@ -169,7 +169,10 @@ def _make_config(graceful_timeout: float) -> Config:
     config = Config()
     config.graceful_timeout = graceful_timeout
     config.ssl_handshake_timeout = 10.0
+    # Hand hypercorn our own logger: its default ("-") would install a stderr handler,
+    # and only the CLI configures logging.
     config.accesslog = None
+    config.errorlog = logging.getLogger("microtrio.api.hypercorn")
     return config
 
 

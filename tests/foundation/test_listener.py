@@ -297,3 +297,40 @@ async def test_pinning_uses_the_dns_name_not_the_ip(
             with pytest.raises(UnavailableError, match="pinned"):
                 await open_tls_stream(address, cert=client_pair, pinned=client_pair.cert)
             nursery.cancel_scope.cancel()
+
+
+async def test_drain_deadline_cancels_stuck_requests(server_pair: CertKeyPair) -> None:
+    entered = trio.Event()
+
+    async def stuck_app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            entered.set()
+            await trio.sleep_forever()
+
+    stop = trio.Event()
+    errors: list[BaseException] = []
+
+    async def request(address: str) -> None:
+        async with Client.tls(address, cert=None, pinned=server_pair.cert) as client:
+            try:
+                await client.query("GET", "/")
+            except UnavailableError as exc:
+                errors.append(exc)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            serve = partial(
+                serve_tcp,
+                stuck_app,
+                LOCAL,
+                SSLContextHolder(server_pair),
+                lifespan=False,
+                shutdown_trigger=stop.wait,
+                graceful_timeout=0.1,
+            )
+            address = await nursery.start(serve)
+            nursery.start_soon(request, address)
+            await entered.wait()
+            stop.set()
+        # serve_tcp returned (the nursery exited) and the client saw the connection drop
+        assert len(errors) == 1
