@@ -33,6 +33,7 @@ from typing import Any
 
 import apsw
 
+from ._apply import read_applied
 from ._payload import Op, OpKind, WriteBatch
 
 __all__ = ["PRIVATE_TABLES", "TxnOutcome", "execute_batch"]
@@ -220,17 +221,19 @@ def _run_one(
 
 
 def execute_batch(
-    conn: apsw.Connection, fns: Sequence[Callable[[apsw.Connection], Any]], base_index: int
+    conn: apsw.Connection, fns: Sequence[Callable[[apsw.Connection], Any]]
 ) -> tuple[list[TxnOutcome], WriteBatch]:
     """Run ``fns`` as one batch on ``conn`` (blocking) and roll it all back.
 
     Returns each transaction's outcome and the captured effects of the successful
-    ones, in order. Exceptions of a client function are returned, not raised.
+    ones, in order, stamped with the state they ran on (``changed_idx``).
+    Exceptions of a client function are returned, not raised.
     """
     outcomes: list[TxnOutcome] = []
     ops: list[Op] = []
     conn.execute("BEGIN IMMEDIATE")
     try:
+        base_index = read_applied(conn).changed_index
         seqs = _sequences(conn)
         for fn in fns:
             outcome, txn_ops = _run_one(conn, fn, seqs)

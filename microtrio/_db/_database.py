@@ -361,9 +361,11 @@ class Database:
         conn = self._conn
         assert conn is not None
         fns = [r.fn for r in batch]
-        for _ in range(_MAX_ATTEMPTS):
-            base = applier.changed_index
-            outcomes, write = await applier.run_sync(partial(execute_batch, conn, fns, base))
+        for attempt in range(_MAX_ATTEMPTS):
+            if attempt:
+                # refused as stale: run again on a state that includes what beat us
+                await committer.read_barrier()
+            outcomes, write = await applier.run_sync(partial(execute_batch, conn, fns))
             if not write.ops:
                 break
             try:

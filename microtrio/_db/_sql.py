@@ -8,7 +8,7 @@ whole request runs in one transaction.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import apsw
@@ -37,9 +37,9 @@ class SQLResult:
     columns: tuple[str, ...] = ()
     rows: tuple[tuple[Any, ...], ...] = ()
     rows_affected: int = 0
-    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def to_json(self) -> dict[str, Any]:
+        """``{type, columns, rows, rows_affected}``; columns/rows are null for ``exec``."""
         return {
             "type": self.type,
             "columns": list(self.columns) if self.type == "select" else None,

@@ -9,10 +9,12 @@ import apsw
 import pytest
 import trio
 import trio.testing
-from _db_helpers import open_recorded
+from _db_helpers import open_recorded, start_db
 
 from microtrio import ConflictError, OutcomeUnknownError
-from microtrio._db._payload import OpKind, decode_batch
+from microtrio._db import Applier, Database
+from microtrio._db._capture import execute_batch
+from microtrio._db._payload import OpKind, decode_batch, encode_batch
 
 CREATE = "CREATE TABLE kv (k TEXT PRIMARY KEY, v INTEGER)"
 
@@ -128,3 +130,61 @@ async def test_close_fails_queued_writes(tmp_path: Path) -> None:
             assert {type(e).__name__ for e in errors} <= {
                 "OutcomeUnknownError", "DatabaseNotOpenError"
             }
+
+
+class RacingCommitter:
+    """Before our first batch, an entry from elsewhere (another member) commits first."""
+
+    def __init__(self, applier: Applier) -> None:
+        self.applier = applier
+        self.foreign: bytes | None = None
+        self.barriers = 0
+
+    async def commit(self, payload: bytes) -> int:
+        if self.foreign is not None:
+            foreign, self.foreign = self.foreign, None
+            await self.applier.apply(self.applier.applied_index + 1, foreign)
+        index = self.applier.applied_index + 1
+        await self.applier.apply(index, payload)
+        return index
+
+    async def read_barrier(self) -> None:
+        self.barriers += 1
+
+
+async def test_stale_batch_is_re_executed(tmp_path: Path) -> None:
+    racers: list[RacingCommitter] = []
+
+    def factory(applier: Applier) -> RacingCommitter:
+        racers.append(RacingCommitter(applier))
+        return racers[-1]
+
+    def bump(conn: apsw.Connection) -> int:
+        conn.execute("UPDATE counter SET n = n + 1")
+        return int(conn.execute("SELECT n FROM counter").get)
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db = await start_db(nursery, tmp_path / "microtrio.db", committer_factory=factory)
+            await db.open(bootstrap=True)
+            await db.transaction(
+                lambda c: c.execute("CREATE TABLE counter (n); INSERT INTO counter VALUES (0)")
+            )
+            racer = racers[0]
+            # the foreign entry: counter set to 10, executed on the current state
+            racer.foreign = await capture(db, lambda c: c.execute("UPDATE counter SET n = 10"))
+            commits = db.commit_count
+            assert await db.transaction(bump) == 11  # re-executed after the foreign write
+            assert db.commit_count == commits + 2
+            assert racer.barriers >= 1
+            assert await db.read(lambda c: c.execute("SELECT n FROM counter").get) == 11
+            await db.close()
+
+
+async def capture(db: Database, fn: Callable[[apsw.Connection], object]) -> bytes:
+    """The payload ``fn`` would produce now, without committing it."""
+    outcomes, batch = await db.applier.run_sync(
+        lambda: execute_batch(db._conn, [fn])  # type: ignore[arg-type]
+    )
+    assert outcomes[0].error is None
+    return encode_batch(batch)
