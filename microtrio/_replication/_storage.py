@@ -156,7 +156,9 @@ class LogStore:
             raise StateError(f"{self._dir}: log store already loaded")
         try:
             with self._io("load"):
-                self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+                if not self._dir.is_dir():
+                    self._dir.mkdir(mode=0o700, parents=True)
+                    fsync_dir(self._dir.parent)
                 self._lock()
                 return self._load()
         except BaseException:
@@ -179,9 +181,12 @@ class LogStore:
                 logger.info("%s: removing leftover %s of an interrupted write", self._dir, name)
                 (self._dir / name).unlink()
         self._hard_state = read_hard_state(self._dir)
-        snapshot = self.load_snapshot()
+        snapshots = list_snapshots(self._dir)
+        snapshot = read_snapshot(snapshots[-1][2]) if snapshots else None
         if snapshot is not None:
             self._snapshot_index, self._snapshot_term = snapshot.meta.index, snapshot.meta.term
+            if len(snapshots) > 1:  # a crash came between a new snapshot and the cleanup
+                remove_snapshots_before(self._dir, snapshots[-1][2])
         scans = self._scan_segments()
         self._segments = [
             _Segment(
