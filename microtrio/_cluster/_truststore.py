@@ -204,7 +204,9 @@ class Truststore:
     # -- changes ---------------------------------------------------------------------
 
     def add(self, member: TrustedMember) -> None:
-        """Add or replace the entry ``member.name`` (atomic file write)."""
+        """Add or replace the entry ``member.name`` (atomic file write); ValidationError if
+        the name, address or certificate is invalid."""
+        member = TrustedMember.from_dict(member.to_dict())
         with self._lock:
             self._write(member)
             members = dict(self._members)
@@ -230,7 +232,8 @@ class Truststore:
 
     def replace_all(self, members: Iterable[TrustedMember]) -> None:
         """Make the truststore hold exactly ``members`` (files rewritten, extras removed)."""
-        wanted = {m.name: m for m in members}
+        checked = [TrustedMember.from_dict(m.to_dict()) for m in members]
+        wanted = {m.name: m for m in checked}
         with self._lock:
             for member in wanted.values():
                 self._write(member)

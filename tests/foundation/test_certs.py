@@ -245,3 +245,30 @@ def test_missing_pair_files(tmp_path: Path, server_pair: CertKeyPair) -> None:
     crt.write_bytes(server_pair.cert)  # key still missing: an error, not None
     with pytest.raises(StateError, match="a.key"):
         load_cert_key_pair_if_exists(crt, key)
+
+
+async def test_fallback_without_verify_hook_anchors_on_client_cas(
+    monkeypatch: pytest.MonkeyPatch,
+    server_pair: CertKeyPair,
+    client_pair: CertKeyPair,
+    other_pair: CertKeyPair,
+) -> None:
+    # Where the OpenSSL verify callback cannot be installed, the server still requests
+    # client certificates, verified against the given anchors (normally the truststore).
+    import microtrio._certs as certs
+
+    monkeypatch.setattr(certs, "_LIBSSL", None)
+    holder = SSLContextHolder(server_pair, client_cas=[client_pair.cert])
+    with trio.fail_after(20):
+        async with tls_server(holder) as (port, seen):
+            assert (
+                await _dial(port, client_ssl_context(client_pair, server_pair.cert), "srv.example")
+                == b"ok"
+            )
+            assert (
+                await _dial(port, client_ssl_context(None, server_pair.cert), "srv.example")
+                == b"ok"
+            )
+            with pytest.raises(trio.BrokenResourceError):
+                await _dial(port, client_ssl_context(other_pair, server_pair.cert), "srv.example")
+    assert seen[:2] == [client_pair.der, None]

@@ -145,3 +145,16 @@ async def test_watch_reloads_and_survives_a_bad_file(
             assert "y.yaml" in str(errors[0])
             assert store.by_name("x") is not None  # previous view kept
             nursery.cancel_scope.cancel()
+
+
+def test_add_validates(tmp_path: Path, server_pair: CertKeyPair) -> None:
+    store = Truststore(tmp_path)
+    pem = server_pair.cert.decode()
+    for bad in (
+        TrustedMember("bad_name", "127.0.0.1:1", pem),
+        TrustedMember("a", "somewhere:1", pem),
+        TrustedMember("a", "127.0.0.1:1", "not a certificate"),
+    ):
+        with pytest.raises(ValidationError):
+            store.add(bad)
+    assert os.listdir(tmp_path) == [] and len(store) == 0
