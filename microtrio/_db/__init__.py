@@ -22,6 +22,24 @@ Public names for the other layers:
 * :func:`compare_versions`, :class:`MemberVersions`, :class:`VersionComparison`,
   :class:`SchemaVersionError` - rolling-upgrade checks (reference 6.4).
 * :class:`SQLResult`, :func:`split_statements` - SQL passthrough (reference 6.9).
+
+How a Raft committer plugs in (``Database(..., committer_factory=make)``, where
+``make(applier) -> Committer``):
+
+* the Raft driver calls ``await applier.apply(entry.index, entry.data, term=entry.term)``
+  for every committed entry in order, on every member (``None`` data for no-op and
+  configuration entries: the index advances, nothing else); ``applier.applied_index``
+  (stored in the database file itself) is where it resumes after a restart;
+* ``commit(payload)`` on the leader proposes the payload and returns its index once
+  ``applier.applied_index`` reaches it (``applier.add_listener`` wakes waiters); on a
+  follower it may forward the payload bytes to the leader as they are: a payload
+  records the state it was executed on and is refused (no effect, on every member)
+  if data changed since, and the database then re-executes it after
+  ``read_barrier()`` (optimistic concurrency, so a follower's Python transactions stay
+  serializable);
+* ``read_barrier()``: ReadIndex, then wait until ``applier.applied_index`` reaches it;
+* snapshots: ``await applier.snapshot()`` gives ``DatabaseSnapshot(index, term, data)``;
+  a follower installs one with ``await applier.restore(data)``.
 """
 
 from __future__ import annotations

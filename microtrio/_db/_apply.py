@@ -85,7 +85,10 @@ class Applier:
     under the writer's ``CapacityLimiter(1)``, shared with batch execution.
     """
 
-    def __init__(self, conn: apsw.Connection, limiter: trio.CapacityLimiter) -> None:
+    def __init__(
+        self, conn: apsw.Connection, limiter: trio.CapacityLimiter, *, member: str = ""
+    ) -> None:
+        self._member = member
         self._conn = conn
         self._limiter = limiter
         self._state = read_applied(conn)
@@ -129,13 +132,15 @@ class Applier:
             if self._failed is not None:
                 raise DivergenceError(f"database diverged earlier: {self._failed}")
             if index <= self._state.index:
-                logger.debug("skipping entry %d (applied %d)", index, self._state.index)
+                logger.debug(
+                    "%s: skipping entry %d (applied %d)", self._member, index, self._state.index
+                )
                 return
             try:
                 self._state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
             except DivergenceError as exc:
                 self._failed = exc
-                logger.error("entry %d could not be applied: %s", index, exc)
+                logger.error("%s: entry %d could not be applied: %s", self._member, index, exc)
                 raise
         self._notify()
 
@@ -155,8 +160,8 @@ class Applier:
                 raise DivergenceError(f"entry {index}: {exc}") from exc
             if batch.ops and batch.base_index < state.changed_index:
                 logger.info(
-                    "refusing entry %d: executed at %d, data changed at %d",
-                    index, batch.base_index, state.changed_index,
+                    "%s: refusing entry %d: executed at %d, data changed at %d",
+                    self._member, index, batch.base_index, state.changed_index,
                 )
                 self._refused.append(index)
             else:

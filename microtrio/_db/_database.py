@@ -95,7 +95,9 @@ class Database:
         max_batch: int = 256,
         queue_size: int = 1024,
         readers: int = 2,
+        member: str = "",
     ) -> None:
+        self._member = member
         self._path = Path(path)
         self._patch_path = Path(patch_path) if patch_path is not None else None
         self._extensions = extensions
@@ -143,7 +145,11 @@ class Database:
         """Open the database files and run the writer until :meth:`close` or cancellation."""
         if self._running or self._stopped.is_set():
             raise StateError("a Database runs once")
-        await trio.to_thread.run_sync(self._open_files, limiter=self._writer_limiter)
+        try:
+            await trio.to_thread.run_sync(self._open_files, limiter=self._writer_limiter)
+        except BaseException:
+            self.status = DatabaseStatus.OFFLINE
+            raise
         self._running = True
         try:
             async with trio.open_nursery() as nursery:
@@ -154,6 +160,7 @@ class Database:
         finally:
             self._running = False
             self.status = DatabaseStatus.OFFLINE
+            self._send.close()
             self._fail_queued()
             with trio.CancelScope(shield=True), trio.move_on_after(30):
                 await trio.to_thread.run_sync(self._close_files, limiter=self._writer_limiter)
@@ -182,7 +189,7 @@ class Database:
             self.status = DatabaseStatus.OFFLINE
             raise
         self.status = DatabaseStatus.ONLINE
-        logger.info("database online, schema versions %s", self._versions)
+        logger.info("%s: database online, schema versions %s", self._member, self._versions)
 
     async def close(self) -> None:
         """Stop: status offline, queued writes fail, connections closed."""
@@ -263,8 +270,8 @@ class Database:
         await self._get_applier().restore(data)
         if self.status is DatabaseStatus.ONLINE:
             internal, external = await self._read(current_versions)
-            logger.info("restored snapshot at %d, schema (%d, %d)",
-                        self.applied_index, internal, external)
+            logger.info("%s: restored snapshot at %d, schema (%d, %d)",
+                        self._member, self.applied_index, internal, external)
 
     # -- internals -----------------------------------------------------------------
     def _require_online(self) -> None:
@@ -300,7 +307,7 @@ class Database:
             raise StateError(f"cannot open database {self._path}: {exc}") from exc
         self._conn = conn
         self._readers = readers
-        self._applier = Applier(conn, self._writer_limiter)
+        self._applier = Applier(conn, self._writer_limiter, member=self._member)
         self._committer = self._committer_factory(self._applier)
 
     def _close_files(self) -> None:
@@ -321,7 +328,10 @@ class Database:
         if not self._running:
             raise DatabaseNotOpenError(str(self.status))
         request = _Request(fn)
-        await self._send.send(request)
+        try:
+            await self._send.send(request)
+        except trio.ClosedResourceError:
+            raise DatabaseNotOpenError(str(self.status)) from None
         await request.done.wait()
         outcome = request.outcome
         assert outcome is not None
@@ -376,7 +386,7 @@ class Database:
             self.commit_count += 1
             if not applier.was_refused(index):
                 break
-            logger.info("batch refused as stale at %d, re-executing", index)
+            logger.info("%s: batch refused as stale at %d, re-executing", self._member, index)
         else:
             err = UnavailableError("write batch kept conflicting with concurrent writes")
             outcomes = [o if o.error is not None else TxnOutcome(error=err) for o in outcomes]
@@ -392,7 +402,7 @@ class Database:
             return
         statements = split_statements(text)
         if statements:
-            logger.info("applying %s (%d statements)", path, len(statements))
+            logger.info("%s: applying %s (%d statements)", self._member, path, len(statements))
             await self._submit(lambda conn: run_statements(conn, statements))
         await trio.to_thread.run_sync(path.unlink)
 
@@ -405,8 +415,8 @@ class Database:
             result = compare_versions(own, others)
             if not result.waiting:
                 return
-            logger.warning("waiting for %d members to upgrade: %s",
-                           len(result.behind), ", ".join(result.behind))
+            logger.warning("%s: waiting for %d members to upgrade: %s",
+                           self._member, len(result.behind), ", ".join(result.behind))
             self.status = DatabaseStatus.WAITING
             self._upgrade = trio.Event()
             with trio.move_on_after(UPGRADE_RETRY_SECONDS):
