@@ -124,7 +124,7 @@ class Applier:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def apply(self, index: int, payload: bytes | None, *, term: int = 0) -> None:
-        """Apply the committed entry ``index``; ``payload`` None only advances the index.
+        """Apply the committed entry ``index``; ``payload`` None or empty only advances the index.
 
         Entries at or below the applied index are skipped (idempotent).
         """
@@ -153,7 +153,7 @@ class Applier:
         conn = self._conn
         state = self._state
         ops: tuple[Op, ...] = ()
-        if payload is not None:
+        if payload:
             try:
                 batch = decode_batch(payload)
             except CorruptionError as exc:

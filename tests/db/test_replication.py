@@ -183,15 +183,18 @@ async def test_stale_batch_is_refused_everywhere(tmp_path: Path) -> None:
             create = WriteBatch(0, (Op(OpKind.SQL, b"CREATE TABLE t (a)"),))
             await db.applier.apply(1, encode_batch(create))
             await db.applier.apply(2, None)  # e.g. a Raft no-op entry
+            await db.applier.apply(3, b"")  # the same, as an empty payload
+            await db.applier.apply(3, b"garbage")  # already applied: skipped
             assert db.applier.changed_index == 1
             # executed on the state of index 0, but index 1 changed data since
             stale = WriteBatch(0, (Op(OpKind.SQL, b"CREATE TABLE u (a)"),))
-            await db.applier.apply(3, encode_batch(stale))
-            assert db.applier.was_refused(3)
-            assert db.applied_index == 3
-            fresh = WriteBatch(2, (Op(OpKind.SQL, b"CREATE TABLE v (a)"),))
-            await db.applier.apply(4, encode_batch(fresh))
-            assert not db.applier.was_refused(4)
+            await db.applier.apply(4, encode_batch(stale))
+            assert db.applier.was_refused(4)
+            assert db.applied_index == 4
+            fresh = WriteBatch(3, (Op(OpKind.SQL, b"CREATE TABLE v (a)"),))
+            await db.applier.apply(5, encode_batch(fresh))
+            assert not db.applier.was_refused(5)
+            assert db.applier.changed_index == 5
             await db.close()
     names = set(table_checksums(tmp_path / "microtrio.db"))
     assert {"t", "v"} <= names and "u" not in names
