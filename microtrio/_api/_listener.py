@@ -199,8 +199,11 @@ async def _serve(
         extensions: dict[str, Any] = {_EXT: {"listener": "unix"}}
         served: trio.abc.Stream = stream
         if holder is not None:
+            # Read the pair and context together (no await between): a concurrent swap
+            # applies to the next connection.
+            server_pem, ssl_context = holder.pair.cert.decode(), holder.context
             ssl_stream = trio.SSLStream(
-                stream, holder.context, server_side=True, https_compatible=True
+                stream, ssl_context, server_side=True, https_compatible=True
             )
             try:
                 with trio.fail_after(config.ssl_handshake_timeout):
@@ -208,7 +211,7 @@ async def _serve(
             except (trio.BrokenResourceError, trio.TooSlowError):
                 await trio.aclose_forcefully(ssl_stream)
                 return
-            extensions = _tls_extensions(ssl_stream, holder.pair.cert.decode())
+            extensions = _tls_extensions(ssl_stream, server_pem)
             served = ssl_stream
         wrapped = ASGIWrapper(_ConnectionApp(app, extensions))
         state = ConnectionState(lifespan_state.copy())
@@ -232,8 +235,10 @@ async def _serve(
                 await shutdown_trigger()
                 logger.info("shutting down listener %s", bound)
                 accept_nursery.cancel_scope.cancel()
-            # Stop accepting; idle keep-alive connections close; in-flight ones get
-            # graceful_timeout to finish before they are cancelled.
+            # Stop accepting (close the socket, so new clients are refused at once); idle
+            # keep-alive connections close; in-flight ones get graceful_timeout to finish
+            # before they are cancelled.
+            await listener.aclose()
             await context.terminated.set()
             server_nursery.cancel_scope.deadline = trio.current_time() + graceful_timeout
         if life is not None:
@@ -251,11 +256,15 @@ async def serve_tcp(
     graceful_timeout: float = 5.0,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve ``app`` over mutual TLS on ``address`` (``ip:port``; port 0 picks one, no port
-    means 8443) until
-    cancelled or until ``shutdown_trigger()`` returns (then drain for
-    ``graceful_timeout`` seconds). ``task_status.started`` gets the bound ``ip:port``.
-    Raises UnavailableError if the address cannot be bound (e.g. already in use)."""
+    """Serve ``app`` over mutual TLS on ``address`` until cancelled or until
+    ``shutdown_trigger()`` returns (then stop accepting and drain for ``graceful_timeout``
+    seconds).
+
+    ``address`` is ``ip:port``; port 0 lets the OS choose, no port means 8443.
+    ``task_status.started`` gets the bound ``ip:port``. Raises UnavailableError if the
+    address cannot be bound (e.g. something already listens there). With ``lifespan``
+    the app's ASGI lifespan runs around serving (turn it off when one app is served on
+    several listeners, or when the owner runs startup itself)."""
     host, port = parse_address(address, default_port=DEFAULT_PORT, allow_port_zero=True)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)

@@ -188,6 +188,10 @@ async def test_shutdown_trigger_drains_and_returns(server_pair: CertKeyPair) -> 
             stop.set()  # shutdown while a request is in flight
             await trio.testing.wait_all_tasks_blocked()
             assert not finished.is_set()
+            # while draining, new connections are refused at once
+            with pytest.raises(UnavailableError, match="Cannot connect"):
+                async with Client.tls(address, cert=None, pinned=server_pair.cert) as client:
+                    await client.query("GET", "/")
             release.set()
         assert finished.is_set() and answers == ["done"]
         with pytest.raises(UnavailableError):  # not listening any more
