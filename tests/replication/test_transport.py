@@ -1,0 +1,448 @@
+"""The Raft peer transport over real TLS on the core listener seam (serve_tcp), in one trio.run."""
+
+from __future__ import annotations
+
+import random
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import trio
+from quart_trio import QuartTrio
+from trio_websocket import (
+    ConnectionClosed,
+    ConnectionRejected,
+    WebSocketConnection,
+    wrap_client_stream,
+)
+
+from microtrio._api._listener import serve_tcp
+from microtrio._certs import (
+    CertKeyPair,
+    SSLContextHolder,
+    client_ssl_context,
+    generate_cert_key_pair,
+    pinned_server_name,
+)
+from microtrio._errors import UnavailableError
+from microtrio._replication._faults import Faults
+from microtrio._replication._transport import (
+    RAFT_CODEC,
+    RAFT_PATH,
+    Transport,
+    TransportConfig,
+    add_raft_route,
+    encode_frame,
+)
+from microtrio.raft import Message, MsgHeartbeat, MsgReadIndex, encode_message
+
+CEILING = 20.0  # seconds; every test runs under this trio.fail_after
+FAST = TransportConfig(backoff_min=0.01, backoff_max=0.1, connect_timeout=5.0)
+
+
+@dataclass(frozen=True)
+class Pki:
+    cluster: CertKeyPair
+    members: dict[int, CertKeyPair]
+    stranger: CertKeyPair
+
+    def trusted(self) -> set[bytes]:
+        return {pair.der for pair in self.members.values()}
+
+    def client_context(self, pair: CertKeyPair | None) -> ssl.SSLContext:
+        return client_ssl_context(pair, self.cluster.cert)
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    return Pki(
+        cluster=generate_cert_key_pair("microtrio-cluster"),
+        members={i: generate_cert_key_pair(f"member{i}") for i in (1, 2, 3)},
+        stranger=generate_cert_key_pair("stranger"),
+    )
+
+
+class Member:
+    def __init__(
+        self,
+        node_id: int,
+        pki: Pki,
+        *,
+        config: TransportConfig = FAST,
+        faults: Faults | None = None,
+        client_pair: CertKeyPair | None = None,
+    ) -> None:
+        trusted = pki.trusted()
+        self.node_id = node_id
+        self.transport = Transport[Message](
+            node_id,
+            codec=RAFT_CODEC,
+            ssl_context=pki.client_context(client_pair or pki.members[node_id]),
+            is_trusted=trusted.__contains__,
+            config=TransportConfig(
+                **{**_fields(config), "server_hostname": pinned_server_name(pki.cluster.cert)}
+            ),
+            faults=faults,
+            rng=random.Random(node_id),
+            name=f"member{node_id}",
+        )
+        self.app = QuartTrio(f"member{node_id}")
+        add_raft_route(self.app, self.transport)
+        self.server_context = SSLContextHolder(pki.cluster)
+        self.port = 0
+        self.listener_scope = trio.CancelScope()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _listen(self, *, task_status: trio.TaskStatus[str]) -> None:
+        with self.listener_scope:
+            await serve_tcp(
+                self.app, f"127.0.0.1:{self.port}", self.server_context, task_status=task_status
+            )
+
+    async def start_listener(self, nursery: trio.Nursery) -> None:
+        self.listener_scope = trio.CancelScope()
+        bound = await nursery.start(self._listen)
+        self.port = int(bound.rpartition(":")[2])
+
+    def stop_listener(self) -> None:
+        self.listener_scope.cancel()
+
+
+def _fields(config: TransportConfig) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in config.__dataclass_fields__}
+
+
+@asynccontextmanager
+async def cluster(
+    pki: Pki, ids: tuple[int, ...], **kwargs: Any
+) -> AsyncIterator[tuple[trio.Nursery, dict[int, Member]]]:
+    async with trio.open_nursery() as nursery:
+        members = {i: Member(i, pki, **kwargs) for i in ids}
+        for member in members.values():
+            await member.start_listener(nursery)
+            await nursery.start(member.transport.run)
+        for a in ids:
+            for b in ids:
+                if a != b:
+                    members[a].transport.add_peer(b, members[b].address)
+        yield nursery, members
+        nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def raw_client(port: int, context: ssl.SSLContext) -> AsyncIterator[WebSocketConnection]:
+    """A bare websocket client on the raft path that always closes its socket.
+
+    (trio-websocket's own open_websocket leaves the socket open when the server closes
+    first; a handshake rejection surfaces here as a bare ConnectionRejected.)
+    """
+    tcp = await trio.open_tcp_stream("127.0.0.1", port)
+    stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1", https_compatible=True)
+    try:
+        try:
+            async with trio.open_nursery() as nursery:
+                ws = await wrap_client_stream(nursery, stream, f"127.0.0.1:{port}", RAFT_PATH)
+                yield ws
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            rejected, rest = group.split(ConnectionRejected)
+            if rejected is None or rest is not None:
+                raise
+            raise rejected.exceptions[0] from None
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def wait_for(predicate: Callable[[], bool]) -> None:
+    """Poll statistics() until a condition holds (the test's fail_after bounds it)."""
+    while not predicate():  # noqa: ASYNC110 - statistics have no change event
+        await trio.sleep(0.005)
+
+
+def hb(src: int, dst: int, seq: int) -> MsgHeartbeat:
+    return MsgHeartbeat(src=src, dst=dst, term=1, commit=seq)
+
+
+async def receive_n(transport: Transport[Message], n: int) -> list[Message]:
+    return [await transport.receive() for _ in range(n)]
+
+
+async def test_messages_flow_both_ways(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            m[1].transport.send([hb(1, 2, i) for i in range(1, 101)])
+            m[2].transport.send([hb(2, 1, i) for i in range(1, 51)])
+            assert await receive_n(m[2].transport, 100) == [hb(1, 2, i) for i in range(1, 101)]
+            assert await receive_n(m[1].transport, 50) == [hb(2, 1, i) for i in range(1, 51)]
+            stats = m[1].transport.statistics()
+            assert stats.peers[2].sent == 100
+            assert stats.peers[2].dropped == 0
+            assert stats.received == 50
+            assert m[2].transport.statistics().received == 100
+
+
+async def test_three_members_full_mesh(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2, 3)) as (_, m):
+            for a in m:
+                m[a].transport.send([hb(a, b, 10 * a + b) for b in m if b != a])
+            for b in m:
+                got = await receive_n(m[b].transport, 2)
+                assert sorted(got, key=lambda msg: msg.src) == [
+                    hb(a, b, 10 * a + b) for a in sorted(m) if a != b
+                ]
+
+
+async def test_reconnects_after_the_remote_listener_restarts(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (nursery, m):
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            m[1].transport.send([hb(1, 2, 1)])
+            assert await m[2].transport.receive() == hb(1, 2, 1)
+            m[2].stop_listener()
+            await wait_for(lambda: not link().connected)
+            reconnects = link().reconnects
+            await m[2].start_listener(nursery)  # same port
+            await wait_for(lambda: link().connected)
+            assert link().reconnects > reconnects
+            m[1].transport.send([hb(1, 2, 2)])
+            assert await m[2].transport.receive() == hb(1, 2, 2)
+
+
+async def test_messages_queued_while_down_are_delivered_after_reconnect(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (nursery, m):
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            await wait_for(lambda: link().connected)
+            m[2].stop_listener()
+            await wait_for(lambda: not link().connected)
+            m[1].transport.send([hb(1, 2, i) for i in range(5)])
+            assert link().queued == 5
+            await m[2].start_listener(nursery)
+            assert await receive_n(m[2].transport, 5) == [hb(1, 2, i) for i in range(5)]
+
+
+async def _handshake_status(member: Member, context: ssl.SSLContext) -> int:
+    with pytest.raises(ConnectionRejected) as info:
+        async with raw_client(member.port, context):
+            pass
+    return info.value.status_code
+
+
+async def test_untrusted_or_missing_client_certificate_is_refused(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            assert await _handshake_status(m[2], pki.client_context(pki.stranger)) == 403
+            assert await _handshake_status(m[2], pki.client_context(None)) == 403
+            assert m[2].transport.statistics().refused_connections == 2
+            # A trusted certificate is accepted on the same endpoint.
+            async with raw_client(m[2].port, pki.client_context(pki.members[1])) as ws:
+                await ws.send_message(encode_frame(1, [encode_message(hb(1, 2, 7))]))
+                assert await m[2].transport.receive() == hb(1, 2, 7)
+
+
+async def test_a_transport_with_an_untrusted_certificate_never_delivers(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (2,)) as (nursery, m):
+            intruder = Member(3, pki, client_pair=pki.stranger)
+            await nursery.start(intruder.transport.run)
+            intruder.transport.add_peer(2, m[2].address)
+            intruder.transport.send([hb(3, 2, 1)])
+            await wait_for(lambda: m[2].transport.statistics().refused_connections >= 2)
+            link = intruder.transport.statistics().peers[2]
+            assert not link.connected and link.sent == 0 and link.reconnects >= 1
+            assert m[2].transport.statistics().received == 0
+            with pytest.raises(trio.WouldBlock):
+                m[2].transport.inbound.receive_nowait()
+
+
+async def _expect_close_code(ws: Any, code: int) -> None:
+    with pytest.raises(ConnectionClosed) as info:
+        await ws.get_message()
+    assert info.value.reason.code == code
+
+
+async def test_bad_frames_close_that_connection_only(pki: Pki) -> None:
+    small = TransportConfig(backoff_min=0.01, backoff_max=0.1, max_frame_size=64 * 1024)
+    bad: list[tuple[str | bytes, int]] = [
+        (b"garbage, not a frame", 1002),
+        (b"\0" * (100 * 1024), 1009),  # oversize
+        ("text is refused", 1003),
+        (encode_frame(1, [b"\xffnot a raft message"]), 1002),
+        (encode_frame(1, [encode_message(hb(1, 3, 1))]), 1002),  # not addressed to us
+        (encode_frame(3, [encode_message(hb(1, 2, 1))]), 1002),  # src is not the sender
+    ]
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), config=small) as (_, m):
+            trusted = pki.client_context(pki.members[1])
+            for seq, (payload, code) in enumerate(bad, start=1):
+                async with raw_client(m[2].port, trusted) as ws:
+                    await ws.send_message(payload)
+                    await _expect_close_code(ws, code)
+                # The member's regular link keeps working after each bad connection.
+                m[1].transport.send([hb(1, 2, seq)])
+                assert await m[2].transport.receive() == hb(1, 2, seq)
+            stats = m[2].transport.statistics()
+            assert stats.protocol_errors == len(bad)
+            assert stats.received == len(bad)
+
+
+async def test_oversize_message_is_dropped_by_the_sender(pki: Pki) -> None:
+    small = TransportConfig(backoff_min=0.01, backoff_max=0.1, max_frame_size=4096)
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), config=small) as (_, m):
+            big = MsgReadIndex(src=1, dst=2, term=0, ctx=b"x" * 8192)
+            fits = [MsgReadIndex(src=1, dst=2, term=0, ctx=bytes([i]) * 1000) for i in range(9)]
+            m[1].transport.send([big, *fits])
+            assert await receive_n(m[2].transport, 9) == fits  # split over several frames
+            link = m[1].transport.statistics().peers[2]
+            assert link.dropped == 1
+            assert link.frames >= 3
+
+
+async def test_remove_peer_cancels_only_that_peer(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2, 3)) as (_, m):
+            for b in (2, 3):
+                m[1].transport.send([hb(1, b, 1)])
+                assert await m[b].transport.receive() == hb(1, b, 1)
+            m[2].transport.send([hb(2, 3, 1)])
+            assert await m[3].transport.receive() == hb(2, 3, 1)
+            assert m[3].transport.statistics().inbound_connections == 2
+
+            m[1].transport.remove_peer(3)
+            await wait_for(lambda: m[3].transport.statistics().inbound_connections == 1)
+            assert 3 not in m[1].transport.statistics().peers
+            m[1].transport.send([hb(1, 3, 2), hb(1, 2, 2)])
+            assert m[1].transport.statistics().unroutable == 1
+            assert await m[2].transport.receive() == hb(1, 2, 2)
+            m[2].transport.send([hb(2, 3, 2)])
+            assert await m[3].transport.receive() == hb(2, 3, 2)  # not from member 1
+
+
+async def test_queue_is_bounded_and_drops_when_the_peer_stalls(pki: Pki) -> None:
+    config = TransportConfig(peer_queue_size=8, connect_timeout=30.0)
+    with trio.fail_after(CEILING):
+        # A peer that accepts TCP connections but never answers the TLS handshake.
+        (stalled,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with cluster(pki, (1,), config=config) as (_, m):
+            port = stalled.socket.getsockname()[1]
+            m[1].transport.add_peer(9, f"127.0.0.1:{port}")
+            m[1].transport.send([hb(1, 9, i) for i in range(20)])
+            link = m[1].transport.statistics().peers[9]
+            assert (link.queued, link.dropped, link.sent) == (8, 12, 0)
+        await stalled.aclose()
+
+
+async def test_backpressure_from_a_slow_receiver_ends_in_counted_drops(pki: Pki) -> None:
+    config = TransportConfig(peer_queue_size=64, inbound_queue_size=1, max_frame_size=256 * 1024)
+    payload = b"p" * 16 * 1024
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), config=config) as (_, m):
+            # Member 2's driver never reads: its transport stops reading, TCP fills up,
+            # member 1's sender blocks and its bounded queue overflows.
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            while link().dropped == 0:
+                m[1].transport.send(
+                    [MsgReadIndex(src=1, dst=2, term=0, ctx=payload) for _ in range(64)]
+                )
+                await trio.sleep(0.001)
+            assert link().queued == 64
+            assert m[2].transport.statistics().received <= 2
+
+
+async def test_partition_blocks_and_healing_restores_flow(pki: Pki) -> None:
+    faults = Faults(random.Random(1))
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), faults=faults) as (_, m):
+            faults.block(1, 2)  # asymmetric: 2 -> 1 still flows
+            m[1].transport.send([hb(1, 2, i) for i in range(5)])
+            m[2].transport.send([hb(2, 1, 1)])
+            assert await m[1].transport.receive() == hb(2, 1, 1)
+            await wait_for(lambda: m[1].transport.statistics().peers[2].fault_dropped == 5)
+            with pytest.raises(trio.WouldBlock):
+                m[2].transport.inbound.receive_nowait()
+            faults.heal()
+            m[1].transport.send([hb(1, 2, 6)])
+            assert await m[2].transport.receive() == hb(1, 2, 6)
+            # Applied once: the shared Faults is not applied again by the receiver.
+            assert m[2].transport.statistics().fault_dropped == 0
+
+
+async def test_receiver_applies_faults_for_senders_without_them(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (nursery, m):
+            faults = Faults(random.Random(2))
+            receiver = Member(3, pki, faults=faults)
+            await receiver.start_listener(nursery)
+            await nursery.start(receiver.transport.run)
+            m[1].transport.add_peer(3, receiver.address)
+            m[2].transport.add_peer(3, receiver.address)
+            faults.block(1, 3)
+            m[1].transport.send([hb(1, 3, 1), hb(1, 3, 2)])
+            m[2].transport.send([hb(2, 3, 1)])
+            assert await receiver.transport.receive() == hb(2, 3, 1)
+            await wait_for(lambda: receiver.transport.statistics().fault_dropped == 2)
+            faults.heal()
+            m[1].transport.send([hb(1, 3, 3)])
+            assert await receiver.transport.receive() == hb(1, 3, 3)
+
+
+async def test_delay_and_drop_faults(pki: Pki) -> None:
+    faults = Faults(random.Random(3))
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), faults=faults) as (_, m):
+            faults.set_link(1, 2, delay=0.3)
+            start = trio.current_time()
+            m[1].transport.send([hb(1, 2, 1)])
+            assert await m[2].transport.receive() == hb(1, 2, 1)
+            assert trio.current_time() - start >= 0.3
+            faults.set_link(1, 2, delay=0.0, drop=0.5)
+            m[1].transport.send([hb(1, 2, i) for i in range(200)])
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            await wait_for(lambda: link().sent + link().fault_dropped == 201)
+            received = await receive_n(m[2].transport, link().sent - 1)
+            assert 40 < len(received) < 160
+            assert [msg.commit for msg in received] == sorted(msg.commit for msg in received)
+
+
+async def test_aclose_is_prompt_and_ends_receive(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            m[1].transport.send([hb(1, 2, 1)])
+            assert await m[2].transport.receive() == hb(1, 2, 1)
+            with trio.fail_after(2):
+                await m[2].transport.aclose()
+                await wait_for(lambda: not m[1].transport.statistics().peers[2].connected)
+            with pytest.raises(UnavailableError):
+                await m[2].transport.receive()
+            # The endpoint now answers 503 rather than accepting.
+            assert await _handshake_status(m[2], pki.client_context(pki.members[1])) == 503
+
+
+async def test_pipelined_batch_is_delivered_in_order(pki: Pki) -> None:
+    n, chunk = 5000, 500
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (nursery, m):
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            await wait_for(lambda: link().connected)
+            received: list[Message] = []
+
+            async def drain() -> None:
+                received.extend(await receive_n(m[2].transport, n))
+
+            async with trio.open_nursery() as inner:
+                inner.start_soon(drain)
+                for start in range(0, n, chunk):
+                    # Keep within the queue bound: this test is about order, not drops.
+                    await wait_for(lambda: link().queued <= FAST.peer_queue_size - chunk)
+                    m[1].transport.send([hb(1, 2, i) for i in range(start, start + chunk)])
+            assert [msg.commit for msg in received] == list(range(n))  # type: ignore[union-attr]
+            assert link().dropped == 0
+            assert link().frames < n
