@@ -143,6 +143,9 @@ class Daemon:
         self._stop = trio.Event()
         self._stopping = False
         self._init_lock = trio.Lock()
+        #: Completed in-process resets (removal or failed init); see :meth:`wait_reset`.
+        self.reset_count = 0
+        self._reset_changed = trio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -172,7 +175,7 @@ class Daemon:
             with trio.CancelScope(shield=True), trio.move_on_after(self._args.drain_timeout):
                 await self._close_database()
             self._stopping = True
-            await trio.to_thread.run_sync(lock.release)
+            lock.release()  # an flock unlock and a close: safe even while cancelled
 
     async def shutdown(self) -> None:
         """Start the stop sequence and wait until the database is closed."""
@@ -510,6 +513,14 @@ class Daemon:
         logger.info("%s: member reset to a fresh, uninitialised daemon", self.state.name)
         await self._hooks.run(HookType.ON_START, self.state)
         self.state._ready = True
+        self.reset_count += 1
+        self._reset_changed.set()
+        self._reset_changed = trio.Event()
+
+    async def wait_reset(self, count: int = 1) -> None:
+        """Wait until at least ``count`` in-process resets have completed."""
+        while self.reset_count < count:
+            await self._reset_changed.wait()
 
     # -- MemberControl: certificates, servers, truststore --------------------------------
 

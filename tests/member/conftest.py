@@ -75,6 +75,8 @@ async def call(
     no_cert: bool = False,
     host: str | None = None,
     params: dict[str, str] | None = None,
+    address: str | None = None,
+    pinned: bytes | None = None,
 ) -> tuple[int, Any]:
     """One raw request; returns ``(HTTP status, decoded JSON body)``."""
     if json_body is not None:
@@ -87,10 +89,10 @@ async def call(
         transport = httpx.AsyncHTTPTransport(uds=str(member.socket))
         base = "http://control.socket"
     else:
-        pinned = member.cluster_cert()
+        pinned = pinned or member.cluster_cert()
         cert = None if no_cert else (pair or member.server_pair())
         transport = httpx.AsyncHTTPTransport(verify=client_ssl_context(cert, pinned))
-        base = f"https://{member.address}"
+        base = f"https://{address or member.address}"
         extensions["sni_hostname"] = pinned_server_name(pinned)
     with trio.fail_after(CEILING):
         async with httpx.AsyncClient(transport=transport, base_url=base) as client:
