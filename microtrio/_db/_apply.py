@@ -33,7 +33,7 @@ from typing import Any, TypeVar, final
 import apsw
 import trio
 
-from .._errors import CorruptionError, DivergenceError, StateError
+from .._errors import CorruptionError, DatabaseNotOpenError, DivergenceError, StateError
 from ._payload import Op, OpKind, decode_batch
 
 __all__ = ["APPLIED_TABLE_SQL", "Applier", "DatabaseSnapshot"]
@@ -96,6 +96,7 @@ class Applier:
         self._refused: deque[int] = deque(maxlen=1024)
         self._listeners: list[Callable[[], None]] = []
         self._lock = trio.Lock()
+        self._closed = False
 
     @property
     def applied_index(self) -> int:
@@ -110,6 +111,14 @@ class Applier:
     def changed_index(self) -> int:
         """Index of the last applied entry that changed data."""
         return self._state.changed_index
+
+    def close(self) -> None:
+        """The database is stopping: later calls raise :class:`DatabaseNotOpenError`."""
+        self._closed = True
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise DatabaseNotOpenError("Database is offline")
 
     def was_refused(self, index: int) -> bool:
         """Whether the (recent) entry at ``index`` was refused as stale (no effect)."""
@@ -129,6 +138,7 @@ class Applier:
         Entries at or below the applied index are skipped (idempotent).
         """
         async with self._lock:
+            self._check_open()
             if self._failed is not None:
                 raise DivergenceError(f"database diverged earlier: {self._failed}")
             if index <= self._state.index:
@@ -190,7 +200,9 @@ class Applier:
     # -- snapshots -----------------------------------------------------------------
     async def snapshot(self) -> DatabaseSnapshot:
         """A consistent copy of the database (backup API) with its applied index."""
-        return await self.run_sync(self._snapshot_sync)
+        async with self._lock:
+            self._check_open()
+            return await self.run_sync(self._snapshot_sync)
 
     def _snapshot_sync(self) -> DatabaseSnapshot:
         mem = apsw.Connection(":memory:")
@@ -205,6 +217,7 @@ class Applier:
     async def restore(self, data: bytes) -> None:
         """Replace the whole database with a snapshot's ``data`` (atomically)."""
         async with self._lock:
+            self._check_open()
             self._state = await self.run_sync(lambda: self._restore_sync(data))
             self._failed = None
         self._notify()

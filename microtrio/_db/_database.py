@@ -162,7 +162,12 @@ class Database:
             self.status = DatabaseStatus.OFFLINE
             self._send.close()
             self._fail_queued()
+            if self._applier is not None:
+                self._applier.close()
             with trio.CancelScope(shield=True), trio.move_on_after(30):
+                # wait for reads in flight: every reader connection back in the pool
+                for _ in range(self._reader_count):
+                    await self._reader_limiter.acquire_on_behalf_of(object())
                 await trio.to_thread.run_sync(self._close_files, limiter=self._writer_limiter)
             self._stopped.set()
 

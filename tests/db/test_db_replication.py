@@ -10,7 +10,7 @@ import pytest
 import trio
 from _db_helpers import RecordingCommitter, start_db, table_checksums
 
-from microtrio import BadRequestError, DivergenceError
+from microtrio import BadRequestError, DatabaseNotOpenError, DivergenceError
 from microtrio._db import Applier, Database
 from microtrio._db._payload import Op, OpKind, WriteBatch, decode_batch, encode_batch
 
@@ -174,6 +174,8 @@ async def test_malformed_payload_is_divergence(tmp_path: Path) -> None:
             with pytest.raises(DivergenceError):
                 await db.applier.apply(1, b"garbage")
             await db.close()
+            with pytest.raises(DatabaseNotOpenError):
+                await db.applier.apply(1, None)
 
 
 async def test_stale_batch_is_refused_everywhere(tmp_path: Path) -> None:
