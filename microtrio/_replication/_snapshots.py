@@ -47,7 +47,7 @@ __all__ = [
     "write_snapshot",
 ]
 
-logger = logging.getLogger("microtrio.storage")
+logger = logging.getLogger("microtrio.replication.storage")
 
 _SNAP_MAGIC = b"MTSN"
 _SNAP_VERSION = 1

@@ -96,7 +96,7 @@ def test_append_is_one_group_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         calls.append(fd)
         real(fd)
 
-    monkeypatch.setattr("microtrio._replication._storage.sync_data", counting)
+    monkeypatch.setattr("microtrio._replication._logstore.sync_data", counting)
     with opened(tmp_path, segment_size=1 << 20) as store:
         store.append(entries(1, 1))
         calls.clear()
@@ -243,7 +243,7 @@ def test_persist_writes_entries_then_hard_state_only_when_changed(
         saved.append(hard_state)
         real(directory, hard_state)
 
-    monkeypatch.setattr("microtrio._replication._storage.write_hard_state", recording)
+    monkeypatch.setattr("microtrio._replication._logstore.write_hard_state", recording)
     with opened(tmp_path) as store:
         store.persist(HardState(1, 1, 0), entries(1, 3), None)
         store.persist(HardState(1, 1, 0), entries(4, 1), None)
@@ -296,7 +296,7 @@ def test_failed_fsync_is_a_state_error(tmp_path: Path, monkeypatch: pytest.Monke
         def fail(fd: int) -> None:
             raise OSError(5, "Input/output error")
 
-        monkeypatch.setattr("microtrio._replication._storage.sync_data", fail)
+        monkeypatch.setattr("microtrio._replication._logstore.sync_data", fail)
         with pytest.raises(StateError, match="append failed") as info:
             store.append(entries(2, 1))
         assert isinstance(info.value.__cause__, OSError)
@@ -325,7 +325,7 @@ def test_log_warnings_name_the_file(tmp_path: Path, caplog: pytest.LogCaptureFix
     path = tmp_path / segment_files(tmp_path)[-1]
     with path.open("ab") as f:
         f.write(b"\x07\x00")
-    with caplog.at_level(logging.WARNING, logger="microtrio.storage"):
+    with caplog.at_level(logging.WARNING, logger="microtrio.replication.storage"):
         LogStore(tmp_path).load()
     assert any(
         str(path) in r.getMessage() and "torn tail" in r.getMessage() for r in caplog.records
