@@ -285,3 +285,31 @@ async def test_init_on_initialised_member_is_refused(shared_member: Member) -> N
     body = {"name": "other", "address": "127.0.0.1:1", "bootstrap": True}
     error = assert_error(*await call(shared_member, "POST", "/core/control", json_body=body), 400)
     assert "Database is online" in error
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"),
+    [
+        ("PATCH", "/core/internal/database", None, 200),
+        ("DELETE", "/core/1.0/cluster/nobody", None, 404),
+        ("PUT", "/core/1.0/cluster/certificates/a..b", {"cert": "", "key": ""}, 400),
+        ("PUT", "/core/1.0/daemon/servers", {"nosuch": {"address": ""}}, 400),
+        ("POST", "/core/internal/truststore", {"name": "x"}, 400),
+        ("DELETE", "/core/internal/truststore/nobody", None, 404),
+        ("PUT", "/core/internal/cluster/other", None, 400),
+        ("POST", "/core/internal/sql", {"query": "SELECT 1"}, 200),
+        ("POST", "/core/internal/hooks/pre-remove", {"force": True}, 200),
+        ("DELETE", "/core/1.0/tokens/nobody", None, 404),
+    ],
+)
+async def test_network_endpoints_over_mutual_tls(
+    shared_member: Member, method: str, path: str, body: object, expected: int
+) -> None:
+    """Each endpoint mounted on the core listener answers a trusted caller (the expected
+    code proves the handler ran) and refuses an untrusted one with 403 before anything."""
+    status, answer = await call(shared_member, method, path, via="tls", json_body=body)
+    assert status == expected, answer
+    status, answer = await call(
+        shared_member, method, path, via="tls", json_body=body, no_cert=True
+    )
+    assert_error(status, answer, 403)

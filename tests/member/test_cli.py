@@ -6,14 +6,18 @@ import base64
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
+import trio
 
+from microtrio import App
 from microtrio._cli import parse_duration, render
 
 TIMEOUT = 60
@@ -142,3 +146,23 @@ def test_duration_and_render() -> None:
     ]
     assert render(["X", "Y"], rows, "compact").splitlines()[0] == "X  Y"
     assert render(["X", "Y"], rows, "table").splitlines()[1] == "| X | Y |"
+
+
+async def test_daemon_stops_on_sigterm(env: dict[str, str]) -> None:
+    state = Path(env["STATE_DIR"])
+    with trio.fail_after(TIMEOUT):
+        async with trio.open_nursery() as nursery:
+            proc: trio.Process = await nursery.start(
+                partial(
+                    trio.run_process,
+                    [sys.executable, "-m", "microtrio", "daemon", "--state-dir", str(state)],
+                    env=env,
+                    check=False,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.PIPE,
+                )
+            )
+            await App(state).ready(timeout=TIMEOUT, poll_interval=0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+        assert not (state / "control.socket").exists()
