@@ -25,6 +25,7 @@ is compared after each transaction. ``PRAGMA user_version = N`` (and
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ import apsw
 from ._apply import read_applied
 from ._payload import Op, OpKind, WriteBatch
 
-__all__ = ["PRIVATE_TABLES", "TxnOutcome", "execute_batch"]
+__all__ = ["PRIVATE_TABLES", "TxnOutcome", "drain", "execute_batch", "rollback"]
 
 logger = logging.getLogger("microtrio.db")
 
@@ -198,7 +199,7 @@ def _run_one(
     conn.exec_trace = recorder.exec_trace
     try:
         recorder.start()
-        value = fn(conn)
+        value = drain(fn(conn))
         recorder.finish()
     except Exception as exc:
         conn.exec_trace = None
@@ -240,5 +241,24 @@ def execute_batch(
             outcomes.append(outcome)
             ops.extend(txn_ops)
     finally:
-        conn.execute("ROLLBACK")
+        rollback(conn)
     return outcomes, WriteBatch(base_index=base_index, ops=tuple(ops))
+
+
+def drain(value: Any) -> Any:
+    """A cursor returned by a transaction function is drained into a list of rows, so that
+    no statement stays in progress (it would block the savepoint and the rollback)."""
+    if isinstance(value, apsw.Cursor):
+        return value.fetchall()
+    return value
+
+
+def rollback(conn: apsw.Connection) -> None:
+    """Roll back the open transaction; statements left in progress are collected first."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except apsw.BusyError:
+        gc.collect()  # unreferenced cursors in cycles still hold statements
+        conn.execute("ROLLBACK")

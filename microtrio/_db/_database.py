@@ -33,7 +33,7 @@ from .._errors import (
     UnavailableError,
 )
 from ._apply import APPLIED_TABLE_SQL, Applier, DatabaseSnapshot
-from ._capture import PRIVATE_TABLES, TxnOutcome, execute_batch
+from ._capture import PRIVATE_TABLES, TxnOutcome, drain, execute_batch, rollback
 from ._committer import Committer, LocalCommitter
 from ._extensions import ExtensionRegistry
 from ._payload import encode_batch
@@ -380,7 +380,12 @@ class Database:
             if attempt:
                 # refused as stale: run again on a state that includes what beat us
                 await committer.read_barrier()
-            outcomes, write = await applier.run_sync(partial(execute_batch, conn, fns))
+            try:
+                outcomes, write = await applier.run_sync(partial(execute_batch, conn, fns))
+            except apsw.Error as exc:
+                logger.error("%s: write batch failed: %s", self._member, exc, exc_info=True)
+                outcomes = [TxnOutcome(error=exc)] * len(batch)
+                break
             if not write.ops:
                 break
             try:
@@ -434,9 +439,9 @@ class Database:
 def _read_txn(conn: apsw.Connection, fn: Callable[[apsw.Connection], T]) -> T:
     conn.execute("BEGIN")
     try:
-        return fn(conn)
+        return cast(T, drain(fn(conn)))
     finally:
-        conn.execute("ROLLBACK")
+        rollback(conn)
 
 
 def _read_if_exists(path: Path) -> str | None:

@@ -11,7 +11,7 @@ import trio
 import trio.testing
 from _db_helpers import open_recorded, start_db
 
-from microtrio import ConflictError, OutcomeUnknownError
+from microtrio import ConflictError, MicrotrioError, OutcomeUnknownError
 from microtrio._db import Applier, Database
 from microtrio._db._capture import execute_batch
 from microtrio._db._payload import OpKind, decode_batch, encode_batch
@@ -188,3 +188,33 @@ async def capture(db: Database, fn: Callable[[apsw.Connection], object]) -> byte
     )
     assert outcomes[0].error is None
     return encode_batch(batch)
+
+
+async def test_cursors_left_in_progress_do_not_break_the_writer(tmp_path: Path) -> None:
+    leaked: list[apsw.Cursor] = []
+
+    def leak(conn: apsw.Connection) -> None:
+        # a write statement stays in progress
+        leaked.append(conn.execute("INSERT INTO kv VALUES ('x', 1), ('y', 2) RETURNING k"))
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db, _rec = await open_recorded(nursery, tmp_path / "microtrio.db")
+            await db.transaction(lambda c: c.execute(CREATE))
+            await db.transaction(insert("a"))
+            await db.transaction(insert("b"))
+            # a returned cursor is drained into rows (INSERT ... RETURNING included)
+            rows = await db.transaction(
+                lambda c: c.execute("INSERT INTO kv VALUES ('c', 3) RETURNING k, v")
+            )
+            assert rows == [("c", 3)]
+            assert await db.read(lambda c: c.execute("SELECT k FROM kv ORDER BY k")) == [
+                ("a",), ("b",), ("c",),
+            ]
+            with pytest.raises(MicrotrioError, match="in progress|locked"):
+                await db.transaction(leak)
+            leaked.clear()
+            assert await db.transaction(insert("d")) == "d"
+            count = await db.read(lambda c: c.execute("SELECT count(*) FROM kv").get)
+            assert count == 4
+            await db.close()
