@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, cast, final
+from typing import Any, TypeVar, cast, final, overload
 
 import apsw
 import trio
@@ -209,9 +209,16 @@ class Database:
         self._upgrade.set()
 
     # -- public operations ---------------------------------------------------------
-    async def transaction(self, fn: Callable[[apsw.Connection], T]) -> T:
+    @overload
+    async def transaction(self, fn: Callable[[apsw.Connection], apsw.Cursor]) -> list[Any]: ...
+    @overload
+    async def transaction(self, fn: Callable[[apsw.Connection], T]) -> T: ...
+
+    async def transaction(self, fn: Callable[[apsw.Connection], Any]) -> Any:
         """Run ``fn(conn)`` as one write transaction; return its result once committed.
 
+        A returned cursor is drained into a list of rows (statements must not stay
+        in progress).
         ``fn`` runs on the writer connection inside a savepoint (do not BEGIN/COMMIT);
         it sees every earlier committed write. SQLite errors become
         :class:`~microtrio.ConflictError` (unique constraint) or
@@ -220,8 +227,16 @@ class Database:
         self._require_online()
         return await self._submit(fn)
 
-    async def read(self, fn: Callable[[apsw.Connection], T], *, stale: bool = False) -> T:
-        """Run ``fn(conn)`` in a read transaction on a reader connection.
+    @overload
+    async def read(
+        self, fn: Callable[[apsw.Connection], apsw.Cursor], *, stale: bool = False
+    ) -> list[Any]: ...
+    @overload
+    async def read(self, fn: Callable[[apsw.Connection], T], *, stale: bool = False) -> T: ...
+
+    async def read(self, fn: Callable[[apsw.Connection], Any], *, stale: bool = False) -> Any:
+        """Run ``fn(conn)`` in a read transaction on a reader connection (a returned
+        cursor is drained into a list of rows).
 
         Linearizable by default (the committer's read barrier first); ``stale=True``
         reads the local state without a round trip.
