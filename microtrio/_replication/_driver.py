@@ -1,0 +1,678 @@
+"""The Raft driver: one task per member that turns a pure :class:`RaftNode` into a live one.
+
+Theory of operation
+-------------------
+
+Everything that touches the :class:`~microtrio.raft.RaftNode` happens in the driver task
+(:meth:`RaftDriver.run`). Other tasks talk to it through one bounded inbox channel:
+
+* inbound peer traffic (a forwarder task moves the transport's inbound messages into the
+  inbox, so a slow driver pushes back on the transport);
+* local requests (propose, read index, membership change, leadership transfer, status),
+  each carrying a :class:`_Reply` the caller waits on (with its own deadline).
+
+The loop takes one event (or wakes up for the next tick: ticks come from trio's clock
+every ``tick_interval`` seconds, and a late loop never ticks twice in a row), drains what
+else is queued, and then handles one Ready in contract order:
+
+1. persist snapshot, entries and hard state in one call of the storage thread (one group
+   fsync for the entries) - :meth:`AsyncLogStore.persist`;
+2. install a received snapshot into the state machine (``restore``);
+3. only then send the messages;
+4. apply the committed entries in order (``apply(index, data, term=...)``; no-op and
+   configuration entries advance the index only) and resolve whoever waits for them;
+5. answer read-index requests, then ``advance``.
+
+After advancing, when more than ``snapshot_threshold`` entries were applied since the last
+snapshot, the driver takes the state machine's snapshot, hands it to ``node.compact`` and
+writes it, then compacts the durable log behind what the node still keeps in memory.
+
+Restart: storage is loaded (a torn tail is cut there), a snapshot newer than the state
+machine is restored into it first, and the node is told the state machine's applied index
+(``Config.applied``) so no entry is applied twice (the applier is idempotent as well).
+
+Forwarded writes travel on the Raft channel itself: a follower sends
+:class:`ForwardPropose` to the leader, which proposes the payload and answers with
+:class:`ForwardResult` (the index and term it got, or "not leader"). The wire codec
+(:data:`WIRE_CODEC`) tags those two with a leading ``0xF0`` byte; anything else is a Raft
+message of :mod:`microtrio.raft`'s own codec (whose first byte is its schema version).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import struct
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, Generic, Protocol, TypeVar, final
+
+import trio
+
+from .._errors import UnavailableError
+from ..raft import (
+    CodecError,
+    Config,
+    ConfState,
+    EntryType,
+    Message,
+    NotLeaderError,
+    PersistedState,
+    ProposalDroppedError,
+    RaftNode,
+    Ready,
+    Role,
+    StateRole,
+    Status,
+    bootstrap_state,
+    decode_message,
+    encode_message,
+)
+from ._storage import AsyncLogStore
+from ._transport import Transport, WireCodec
+
+__all__ = [
+    "WIRE_CODEC",
+    "DriverConfig",
+    "ForwardPropose",
+    "ForwardResult",
+    "ForwardStatus",
+    "RaftDriver",
+    "StateMachine",
+    "Wire",
+    "decode_wire",
+    "encode_wire",
+]
+
+logger = logging.getLogger("microtrio.replication.driver")
+
+_T = TypeVar("_T")
+
+# -- forwarded proposals on the Raft channel ----------------------------------------------
+
+_TAG: Final = 0xF0
+_FWD_HEADER: Final = struct.Struct(">BBQQQ")  # tag, kind, src, dst, request id
+_FWD_RESULT: Final = struct.Struct(">BQQQ")  # status, index, term, leader hint
+_KIND_PROPOSE: Final = 1
+_KIND_RESULT: Final = 2
+
+
+class ForwardStatus:
+    """Status codes of a :class:`ForwardResult`."""
+
+    OK: Final = 0
+    NOT_LEADER: Final = 1  # not proposed (``leader`` is the hint, 0 = unknown)
+    DROPPED: Final = 2  # not proposed (a leadership transfer runs)
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ForwardPropose:
+    """A follower asks the leader to propose ``data`` (one write batch)."""
+
+    src: int
+    dst: int
+    request_id: int
+    data: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ForwardResult:
+    """The leader's answer: proposed at (``index``, ``term``), or why not."""
+
+    src: int
+    dst: int
+    request_id: int
+    status: int
+    index: int = 0
+    term: int = 0
+    leader: int = 0
+
+
+Wire = Message | ForwardPropose | ForwardResult
+"""Everything that travels on the Raft channel."""
+
+
+def encode_wire(msg: Wire) -> bytes:
+    if isinstance(msg, ForwardPropose):
+        return _FWD_HEADER.pack(_TAG, _KIND_PROPOSE, msg.src, msg.dst, msg.request_id) + msg.data
+    if isinstance(msg, ForwardResult):
+        head = _FWD_HEADER.pack(_TAG, _KIND_RESULT, msg.src, msg.dst, msg.request_id)
+        return head + _FWD_RESULT.pack(msg.status, msg.index, msg.term, msg.leader)
+    return encode_message(msg)
+
+
+def decode_wire(data: bytes) -> Wire:
+    """Decode one payload; raises :class:`~microtrio.raft.CodecError` on bad input."""
+    if not data or data[0] != _TAG:
+        return decode_message(data)
+    if len(data) < _FWD_HEADER.size:
+        raise CodecError("truncated forwarded-proposal header")
+    _, kind, src, dst, request_id = _FWD_HEADER.unpack_from(data)
+    body = data[_FWD_HEADER.size :]
+    if kind == _KIND_PROPOSE:
+        return ForwardPropose(src, dst, request_id, bytes(body))
+    if kind == _KIND_RESULT:
+        if len(body) != _FWD_RESULT.size:
+            raise CodecError("bad forwarded-result length")
+        status, index, term, leader = _FWD_RESULT.unpack(body)
+        if status not in (ForwardStatus.OK, ForwardStatus.NOT_LEADER, ForwardStatus.DROPPED):
+            raise CodecError(f"unknown forwarded-result status {status}")
+        return ForwardResult(src, dst, request_id, status, index, term, leader)
+    raise CodecError(f"unknown forwarded message kind {kind}")
+
+
+WIRE_CODEC: Final[WireCodec[Wire]] = WireCodec(encode_wire, decode_wire, (CodecError,))
+
+
+# -- configuration and seams --------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class DriverConfig:
+    """Timing and sizing of one driver (ticks are ``tick_interval`` seconds of trio time)."""
+
+    tick_interval: float = 0.05
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    #: Entries applied since the last snapshot before a new one is taken.
+    snapshot_threshold: int = 4096
+    #: Entries the node keeps behind a snapshot (slow followers catch up by log).
+    snapshot_trailing: int = 1024
+    snapshot_chunk_size: int = 1 << 20
+    inbox_size: int = 1024
+    #: Terms of this many recently applied entries are remembered (commit outcomes).
+    recent_terms: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.tick_interval <= 0:
+            raise ValueError("tick_interval must be positive")
+        if self.snapshot_threshold < 1 or self.inbox_size < 1 or self.recent_terms < 1:
+            raise ValueError("snapshot_threshold, inbox_size and recent_terms must be >= 1")
+
+
+class _Snapshot(Protocol):
+    @property
+    def index(self) -> int: ...
+
+    @property
+    def data(self) -> bytes: ...
+
+
+class StateMachine(Protocol):
+    """What the driver applies to (the database's :class:`~microtrio._db.Applier`)."""
+
+    @property
+    def applied_index(self) -> int: ...
+
+    async def apply(self, index: int, payload: bytes | None, *, term: int = 0) -> None: ...
+
+    async def snapshot(self) -> _Snapshot: ...
+
+    async def restore(self, data: bytes) -> None: ...
+
+
+@final
+class _Reply(Generic[_T]):
+    """A one-shot answer from the driver task to a waiting caller."""
+
+    __slots__ = ("_done", "_error", "_value")
+
+    def __init__(self) -> None:
+        self._done = trio.Event()
+        self._value: _T | None = None
+        self._error: BaseException | None = None
+
+    def set(self, value: _T) -> None:
+        if not self._done.is_set():
+            self._value = value
+            self._done.set()
+
+    def fail(self, error: BaseException) -> None:
+        if not self._done.is_set():
+            self._error = error
+            self._done.set()
+
+    async def wait(self) -> _T:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """A local request: ``action(node)`` runs in the driver task; its result is the reply."""
+
+    action: Callable[[RaftNode], Any]
+    reply: _Reply[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Inbound:
+    msg: Wire
+
+
+_Event = _Request | _Inbound
+
+
+@final
+class _EntryWaiter:
+    __slots__ = ("done", "term")
+
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.term: int | None = None  # the applied entry's term; None = cannot tell
+
+
+# -- the driver ---------------------------------------------------------------------------
+
+
+@final
+class RaftDriver:
+    """Runs one member's Raft node (see the module docstring)."""
+
+    def __init__(
+        self,
+        node_id: int,
+        *,
+        store: AsyncLogStore,
+        state_machine: StateMachine,
+        transport: Transport[Wire],
+        config: DriverConfig | None = None,
+        bootstrap: ConfState | None = None,
+        rng: random.Random | None = None,
+        name: str = "",
+    ) -> None:
+        if node_id <= 0:
+            raise ValueError("node id must be positive")
+        self.id = node_id
+        self.config = config if config is not None else DriverConfig()
+        self._store = store
+        self._sm = state_machine
+        self._transport = transport
+        self._bootstrap = bootstrap
+        self._rng = rng if rng is not None else random.Random()
+        self._name = name or f"node-{node_id}"
+        self._inbox_send, self._inbox_recv = trio.open_memory_channel[_Event](
+            self.config.inbox_size
+        )
+        self._node: RaftNode | None = None
+        self._addresses: dict[int, str] = {}
+        self._leader = 0
+        self._role = StateRole.FOLLOWER
+        self._term = 0
+        self._commit = 0
+        self._applied = 0
+        self._changed = trio.Event()  # set and replaced whenever leader/applied changes
+        self._recent: deque[int] = deque(maxlen=self.config.recent_terms)
+        self._waiters: dict[int, list[_EntryWaiter]] = {}
+        self._reads: dict[bytes, _Reply[int]] = {}
+        self._forwards: dict[int, _Reply[ForwardResult]] = {}
+        self._next_request = 1
+        self._snapshot_index = 0
+        self._running = False
+        self._stopped = False
+
+    # -- queries (any task) --
+
+    @property
+    def leader_id(self) -> int:
+        """The leader this member knows of (0 = none)."""
+        return self._leader
+
+    @property
+    def is_leader(self) -> bool:
+        return self._role is StateRole.LEADER
+
+    @property
+    def role(self) -> StateRole:
+        return self._role
+
+    @property
+    def term(self) -> int:
+        return self._term
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def address_of(self, node_id: int) -> str | None:
+        return self._addresses.get(node_id)
+
+    def set_address(self, node_id: int, address: str) -> None:
+        """Record a member's core address (our own too); the transport dials peers there."""
+        self._addresses[node_id] = address
+        if node_id != self.id:
+            self._transport.add_peer(node_id, address)
+
+    def forget_address(self, node_id: int) -> None:
+        self._addresses.pop(node_id, None)
+        if node_id != self.id:
+            self._transport.remove_peer(node_id)
+
+    async def wait_changed(self) -> None:
+        """Return after the next change of leader, role or applied index."""
+        await self._changed.wait()
+
+    async def wait_leader(self) -> int:
+        """Wait until some leader is known; return its id (callers bound the wait)."""
+        while not self._leader:
+            self._check_running()
+            await self._changed.wait()
+        return self._leader
+
+    async def wait_applied(self, index: int) -> None:
+        """Wait until the local applied index reaches ``index``."""
+        while self._applied < index:
+            self._check_running()
+            await self._changed.wait()
+
+    async def wait_entry(self, index: int, term: int) -> bool | None:
+        """Once entry ``index`` is applied here: True if it is the entry of ``term`` (ours),
+        False if another entry was committed there, None if that cannot be told any more
+        (the entry was covered by a snapshot, or the driver stopped)."""
+        if index <= self._applied:
+            return self._outcome(index, term)
+        waiter = _EntryWaiter()
+        self._waiters.setdefault(index, []).append(waiter)
+        try:
+            await waiter.done.wait()
+        finally:
+            waiters = self._waiters.get(index)
+            if waiters is not None and waiter in waiters:
+                waiters.remove(waiter)
+                if not waiters:
+                    del self._waiters[index]
+        return None if waiter.term is None else waiter.term == term
+
+    def _outcome(self, index: int, term: int) -> bool | None:
+        back = self._applied - index
+        if back < len(self._recent):
+            return self._recent[-1 - back] == term
+        return None
+
+    # -- requests (any task; processed by the driver task) --
+
+    async def _call(self, action: Callable[[RaftNode], _T]) -> _T:
+        self._check_running()
+        reply: _Reply[_T] = _Reply()
+        try:
+            await self._inbox_send.send(_Request(action, reply))
+        except trio.ClosedResourceError:
+            raise UnavailableError(f"{self._name}: raft driver stopped") from None
+        return await reply.wait()
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise UnavailableError(f"{self._name}: raft driver stopped")
+
+    async def propose(self, data: bytes) -> tuple[int, int]:
+        """Propose on this member (must lead): (index, term) of the new entry.
+
+        Raises :class:`~microtrio.raft.NotLeaderError` / ``ProposalDroppedError``."""
+        return await self._call(lambda node: (node.propose(data), node.term))
+
+    async def forward(self, leader: int, data: bytes) -> ForwardResult:
+        """Send ``data`` to ``leader`` for proposing; wait for its answer (bound the wait)."""
+        self._check_running()
+        request_id = self._next_request
+        self._next_request += 1
+        reply: _Reply[ForwardResult] = _Reply()
+        self._forwards[request_id] = reply
+        try:
+            self._transport.send([ForwardPropose(self.id, leader, request_id, data)])
+            return await reply.wait()
+        finally:
+            self._forwards.pop(request_id, None)
+
+    async def read_index(self) -> int:
+        """A linearizable read point (ReadIndex). Raises NotLeaderError when no leader is
+        known; waits forever if the request is lost (callers bound and retry)."""
+        ctx = self._rng.getrandbits(64).to_bytes(8, "big") + self.id.to_bytes(8, "big")
+        reply: _Reply[int] = _Reply()
+        self._reads[ctx] = reply
+        try:
+            await self._call(lambda node: node.read_index(ctx))
+            return await reply.wait()
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def change_role(self, node_id: int, role: Role | None) -> tuple[int, int]:
+        """Propose ``node_id`` in ``role`` (None removes it): (index, term) of the entry."""
+
+        def action(node: RaftNode) -> tuple[int, int]:
+            conf = node.status().conf
+            if conf.role_of(node_id) == role:
+                return 0, node.term
+            return node.propose_conf_change(conf.with_role(node_id, role)), node.term
+
+        return await self._call(action)
+
+    async def transfer_leadership(self, to: int) -> None:
+        await self._call(lambda node: node.transfer_leadership(to))
+
+    async def status(self) -> Status:
+        return await self._call(lambda node: node.status())
+
+    # -- the driver task --
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Load storage, start the node, and drive it until cancelled."""
+        if self._running or self._stopped:
+            raise UnavailableError(f"{self._name}: a raft driver runs once")
+        try:
+            self._node = await self._start_node()
+            self._running = True
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._forward_inbound)
+                task_status.started()
+                await self._loop()
+        finally:
+            self._running = False
+            self._stopped = True
+            self._inbox_send.close()
+            self._wake_all()
+
+    async def _start_node(self) -> RaftNode:
+        persisted = await self._store.load()
+        if (
+            self._bootstrap is not None
+            and persisted.hard_state.term == 0
+            and not persisted.entries
+            and persisted.snapshot is None
+        ):
+            persisted = bootstrap_state(self._bootstrap)
+            await self._store.persist(persisted.hard_state, persisted.entries, None)
+            logger.info("%s: bootstrapped raft with %s", self._name, self._bootstrap.as_dict())
+        snap = persisted.snapshot
+        if snap is not None:
+            self._snapshot_index = snap.meta.index
+            if self._sm.applied_index < snap.meta.index:
+                logger.info("%s: restoring the snapshot at %d", self._name, snap.meta.index)
+                await self._sm.restore(snap.data)
+        applied = self._sm.applied_index
+        self._applied = applied
+        cfg = self.config
+        node = RaftNode(
+            Config(
+                id=self.id,
+                election_tick=cfg.election_tick,
+                heartbeat_tick=cfg.heartbeat_tick,
+                snapshot_chunk_size=cfg.snapshot_chunk_size,
+                snapshot_trailing=cfg.snapshot_trailing,
+                applied=applied,
+            ),
+            self._rng,
+            _trim(persisted),
+        )
+        self._term = node.term
+        logger.info(
+            "%s: raft node %d started: term %d, commit %d, applied %d, last %d",
+            self._name, self.id, node.term, node.committed, applied, node.last_index,
+        )
+        return node
+
+    async def _forward_inbound(self) -> None:
+        async for msg in self._transport.inbound:
+            await self._inbox_send.send(_Inbound(msg))
+
+    async def _loop(self) -> None:
+        node = self._node
+        assert node is not None
+        interval = self.config.tick_interval
+        next_tick = trio.current_time() + interval
+        while True:
+            with trio.move_on_at(next_tick):
+                self._handle(node, await self._inbox_recv.receive())
+                for _ in range(self.config.inbox_size):
+                    try:
+                        event = self._inbox_recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    self._handle(node, event)
+            now = trio.current_time()
+            if now >= next_tick:
+                node.tick()
+                next_tick = max(next_tick + interval, now + interval / 2)
+            if node.has_ready():
+                await self._handle_ready(node, node.ready())
+                await self._maybe_compact(node)
+
+    def _handle(self, node: RaftNode, event: _Event) -> None:
+        if isinstance(event, _Request):
+            try:
+                event.reply.set(event.action(node))
+            except (NotLeaderError, ProposalDroppedError, UnavailableError, ValueError) as exc:
+                event.reply.fail(exc)
+            except Exception as exc:  # a usage error: report it to the caller, keep driving
+                logger.warning("%s: request failed: %r", self._name, exc, exc_info=True)
+                event.reply.fail(exc)
+            return
+        msg = event.msg
+        if isinstance(msg, ForwardPropose):
+            self._transport.send([self._propose_forwarded(node, msg)])
+        elif isinstance(msg, ForwardResult):
+            reply = self._forwards.get(msg.request_id)
+            if reply is not None:
+                reply.set(msg)
+        else:
+            node.step(msg)
+
+    def _propose_forwarded(self, node: RaftNode, msg: ForwardPropose) -> ForwardResult:
+        try:
+            index = node.propose(msg.data)
+        except NotLeaderError as exc:
+            return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.NOT_LEADER,
+                                 leader=exc.leader_id)
+        except ProposalDroppedError:
+            return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.DROPPED,
+                                 leader=self.id)
+        return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.OK, index, node.term)
+
+    async def _handle_ready(self, node: RaftNode, rd: Ready) -> None:
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            await self._store.persist(rd.hard_state, rd.entries, rd.snapshot)
+        if rd.hard_state is not None:
+            self._term, self._commit = rd.hard_state.term, rd.hard_state.commit
+        if rd.snapshot is not None:
+            await self._install(rd.snapshot.meta.index, rd.snapshot.data)
+        if rd.messages:
+            self._transport.send(rd.messages)
+        for entry in rd.committed_entries:
+            if entry.index <= self._applied:
+                continue
+            data = entry.data if entry.type is EntryType.NORMAL else None
+            await self._sm.apply(entry.index, data, term=entry.term)
+            self._record_applied(entry.index, entry.term)
+        for rs in rd.read_states:
+            reply = self._reads.get(rs.ctx)
+            if reply is not None:
+                reply.set(rs.index)
+        ss = rd.soft_state
+        if ss.leader_id != self._leader or ss.role is not self._role:
+            if ss.leader_id != self._leader:
+                logger.info("%s: leader is now %d (term %d)", self._name, ss.leader_id, node.term)
+            self._leader, self._role = ss.leader_id, ss.role
+            self._term = node.term
+            self._notify()
+        node.advance(rd)
+
+    async def _install(self, index: int, data: bytes) -> None:
+        logger.info("%s: installing the snapshot at %d", self._name, index)
+        await self._sm.restore(data)
+        self._snapshot_index = index
+        self._applied = self._sm.applied_index
+        self._recent.clear()
+        for waiting_index in [i for i in self._waiters if i <= self._applied]:
+            for waiter in self._waiters.pop(waiting_index):
+                waiter.done.set()  # term stays None: cannot tell
+        self._notify()
+
+    def _record_applied(self, index: int, term: int) -> None:
+        if index != self._applied + 1:
+            self._recent.clear()
+        self._recent.append(term)
+        self._applied = index
+        waiters = self._waiters.pop(index, None)
+        if waiters:
+            for waiter in waiters:
+                waiter.term = term
+                waiter.done.set()
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _maybe_compact(self, node: RaftNode) -> None:
+        if node.applied - self._snapshot_index < self.config.snapshot_threshold:
+            return
+        snap = await self._sm.snapshot()
+        if snap.index <= self._snapshot_index or snap.index > node.applied:
+            return
+        raft_snap = node.compact(snap.index, snap.data)
+        await self._store.save_snapshot(raft_snap)
+        self._snapshot_index = snap.index
+        keep_from = node.first_index
+        if keep_from > 1:
+            await self._store.compact_to(min(keep_from - 1, snap.index))
+        logger.info(
+            "%s: snapshot at %d (%d bytes); log kept from %d",
+            self._name, snap.index, len(snap.data), keep_from,
+        )
+
+    def _wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.done.set()
+        self._waiters.clear()
+        stopped = UnavailableError(f"{self._name}: raft driver stopped")
+        for reply in self._reads.values():
+            reply.fail(stopped)
+        for forward in self._forwards.values():
+            forward.fail(stopped)
+        while True:
+            try:
+                event = self._inbox_recv.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            if isinstance(event, _Request):
+                event.reply.fail(stopped)
+        self._notify()
+
+
+def _trim(persisted: PersistedState) -> PersistedState:
+    """Entries at or below the snapshot are not the node's business."""
+    snap = persisted.snapshot
+    if snap is None:
+        return persisted
+    entries = tuple(e for e in persisted.entries if e.index > snap.meta.index)
+    return PersistedState(persisted.hard_state, snap, entries)
