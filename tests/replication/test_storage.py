@@ -306,7 +306,8 @@ def test_directory_is_locked_while_open(tmp_path: Path) -> None:
     with opened(tmp_path):
         with pytest.raises(StateError, match="already open"):
             LogStore(tmp_path).load()
-    LogStore(tmp_path).load()
+    with LogStore(tmp_path) as again:
+        again.load()
 
 
 def test_commit_beyond_the_log_is_corruption(tmp_path: Path) -> None:
@@ -326,7 +327,8 @@ def test_log_warnings_name_the_file(tmp_path: Path, caplog: pytest.LogCaptureFix
     with path.open("ab") as f:
         f.write(b"\x07\x00")
     with caplog.at_level(logging.WARNING, logger="microtrio.replication.storage"):
-        LogStore(tmp_path, name="member-a").load()
+        with LogStore(tmp_path, name="member-a") as store:
+            store.load()
     assert any(
         r.getMessage().startswith(f"member-a: {path}: offset") and "torn tail" in r.getMessage()
         for r in caplog.records
