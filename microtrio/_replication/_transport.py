@@ -115,11 +115,6 @@ class Frame:
     payloads: tuple[bytes, ...]
 
 
-def frame_size(payload_sizes: Iterable[int]) -> int:
-    """Size in bytes of a frame carrying payloads of the given sizes."""
-    return _HEADER.size + sum(_LENGTH.size + n for n in payload_sizes)
-
-
 def encode_frame(sender: int, payloads: Iterable[bytes]) -> bytes:
     """Build a frame; ``sender`` is the sending node id (non-zero)."""
     items = list(payloads)
@@ -295,12 +290,8 @@ class _Peer(Generic[M]):
         self.scope = trio.CancelScope()
         self.carry: bytes | None = None
         self.connected = False
-        self.connected_once = False
-        self.sent = 0
-        self.frames = 0
-        self.dropped = 0
-        self.fault_dropped = 0
-        self.reconnects = 0
+        self.failures = self.sent = self.frames = self.dropped = 0
+        self.fault_dropped = self.reconnects = 0
 
     def statistics(self) -> PeerStatistics:
         return PeerStatistics(
@@ -418,7 +409,6 @@ class Transport(Generic[M]):
         if peer is None:
             return
         peer.scope.cancel()
-        peer.send_channel.close()
         logger.info("%s: raft peer %d removed", self._name, node_id)
 
     def peers(self) -> dict[int, str]:
@@ -439,7 +429,7 @@ class Transport(Generic[M]):
                 continue
             try:
                 peer.send_channel.send_nowait((stamp, msg))
-            except (trio.WouldBlock, trio.ClosedResourceError):
+            except trio.WouldBlock:
                 peer.dropped += 1
 
     async def receive(self) -> M:
@@ -448,6 +438,16 @@ class Transport(Generic[M]):
             return await self._inbound_receive.receive()
         except trio.EndOfChannel:
             raise UnavailableError("raft transport is closed") from None
+
+    async def receive_batch(self, limit: int = 1024) -> list[M]:
+        """Wait for one inbound message, then take up to ``limit`` already queued."""
+        batch = [await self.receive()]
+        while len(batch) < limit:
+            try:
+                batch.append(self._inbound_receive.receive_nowait())
+            except (trio.WouldBlock, trio.EndOfChannel):
+                break
+        return batch
 
     @property
     def closed(self) -> bool:
@@ -473,28 +473,24 @@ class Transport(Generic[M]):
     # -- sender side --
 
     async def _peer_task(self, peer: _Peer[M]) -> None:
+        backoff = self.config.backoff_min
         with peer.scope:
-            backoff = self.config.backoff_min
-            attempt = 0
             while True:
-                if attempt:
-                    peer.reconnects += 1
-                attempt += 1
                 try:
                     await self._connect_and_pump(peer)
                 except MicrotrioError as exc:
-                    logger.debug(
-                        "%s: raft link to %d (%s) down: %s",
-                        self._name,
-                        peer.node_id,
-                        peer.address,
-                        exc,
-                    )
-                if peer.connected_once:
+                    # Say it once per outage (louder if the peer refuses us), then quietly.
+                    level = logging.DEBUG
+                    if not peer.failures:
+                        refused = isinstance(exc, ForbiddenError | ProtocolError)
+                        level = logging.WARNING if refused else logging.INFO
+                    logger.log(level, "%s: raft link to %d down: %s", self._name, peer.node_id, exc)
+                if not peer.failures:  # it had connected (or this is the first try)
                     backoff = self.config.backoff_min
-                    peer.connected_once = False
+                peer.failures += 1
                 await trio.sleep(backoff * (0.5 + 0.5 * self._rng.random()))
                 backoff = min(backoff * 2, self.config.backoff_max)
+                peer.reconnects += 1
 
     async def _connect_and_pump(self, peer: _Peer[M]) -> None:
         host, port = parse_address(peer.address)
@@ -510,8 +506,7 @@ class Transport(Generic[M]):
                         self.config.path,
                         extra_headers=[(b"X-Microtrio-Raft-Version", b"1")],
                     )
-                peer.connected = True
-                peer.connected_once = True
+                peer.connected, peer.failures = True, 0
                 logger.debug("%s: raft link to %d connected", self._name, peer.node_id)
                 nursery.start_soon(self._watch_closed, ws)
                 await self._pump(peer, ws)
@@ -527,12 +522,8 @@ class Transport(Generic[M]):
 
     async def _open_tls(self, host: str, port: int) -> trio.SSLStream[trio.SocketStream]:
         tcp = await trio.open_tcp_stream(host, port)
-        stream = trio.SSLStream(
-            tcp,
-            self._ssl_context,
-            server_hostname=self.config.server_hostname or host,
-            https_compatible=True,
-        )
+        name = self.config.server_hostname or host
+        stream = trio.SSLStream(tcp, self._ssl_context, server_hostname=name, https_compatible=True)
         try:
             await stream.do_handshake()
         except BaseException:
@@ -578,34 +569,22 @@ class Transport(Generic[M]):
             else:
                 stamp, msg = await peer.receive_channel.receive()
             if self._faults is not None and self._faults.enabled:
-                if not await self._outbound_fault(peer, stamp):
+                fate = self._faults.decide(self.node_id, peer.node_id)
+                if fate == DROP:
+                    peer.fault_dropped += 1
                     continue
+                await trio.sleep_until(stamp + fate)
             payload = self._codec.encode(msg)
             need = _LENGTH.size + len(payload)
             if _HEADER.size + need > limit:
                 peer.dropped += 1
-                logger.warning(
-                    "%s: raft message of %d bytes to %d exceeds the frame limit, dropped",
-                    self._name,
-                    len(payload),
-                    peer.node_id,
-                )
+                logger.warning("%s: %d-byte raft message too big, dropped", self._name, need)
                 continue
             if size + need > limit:
                 peer.carry = payload
                 return payloads
             payloads.append(payload)
             size += need
-
-    async def _outbound_fault(self, peer: _Peer[M], stamp: float) -> bool:
-        assert self._faults is not None
-        fate = self._faults.decide(self.node_id, peer.node_id)
-        if fate == DROP:
-            peer.fault_dropped += 1
-            return False
-        if fate > 0.0:
-            await trio.sleep_until(stamp + fate)
-        return True
 
     # -- receiver side --
 
@@ -614,11 +593,8 @@ class Transport(Generic[M]):
         trusted = any(self.is_trusted(der) for der in client_certificates(scope))
         if not trusted:
             self._refused += 1
-            logger.warning(
-                "%s: refused raft connection from %s: no trusted client certificate",
-                self._name,
-                scope.get("client"),
-            )
+            client = scope.get("client")
+            logger.warning("%s: refused raft peer %s: no trusted certificate", self._name, client)
         return trusted
 
     async def handle_inbound(self, socket: _InboundSocket) -> None:
@@ -646,14 +622,14 @@ class Transport(Generic[M]):
                 await socket.close(refusal.code, refusal.reason[:120])
                 return
             faults = self._faults
-            apply_faults = (
-                faults is not None and faults.enabled and faults.applies_on_receive(sender)
-            )
+            if faults is not None and faults.enabled and faults.applies_on_receive(sender):
+                messages = await self._inbound_faults(faults, sender, messages)
             for msg in messages:
-                if apply_faults and not await self._inbound_fault(sender):
-                    continue
                 self._received += 1
-                await self._inbound_send.send(msg)
+                try:
+                    self._inbound_send.send_nowait(msg)
+                except trio.WouldBlock:
+                    await self._inbound_send.send(msg)
 
     def _decode(self, data: str | bytes | None) -> tuple[list[M], int]:
         if isinstance(data, str):
@@ -678,15 +654,16 @@ class Transport(Generic[M]):
                 )
         return messages, frame.sender
 
-    async def _inbound_fault(self, sender: int) -> bool:
-        assert self._faults is not None
-        fate = self._faults.decide(sender, self.node_id)
-        if fate == DROP:
-            self._fault_dropped += 1
-            return False
-        if fate > 0.0:
-            await trio.sleep(fate)
-        return True
+    async def _inbound_faults(self, faults: Faults, sender: int, messages: list[M]) -> list[M]:
+        arrival, kept = trio.current_time(), []
+        for msg in messages:
+            fate = faults.decide(sender, self.node_id)
+            if fate == DROP:
+                self._fault_dropped += 1
+                continue
+            await trio.sleep_until(arrival + fate)
+            kept.append(msg)
+        return kept
 
 
 class _Refusal(Exception):

@@ -27,7 +27,7 @@ from microtrio._certs import (
     generate_cert_key_pair,
     pinned_server_name,
 )
-from microtrio._errors import UnavailableError
+from microtrio._errors import UnavailableError, ValidationError
 from microtrio._replication._faults import Faults
 from microtrio._replication._transport import (
     RAFT_CODEC,
@@ -435,7 +435,8 @@ async def test_pipelined_batch_is_delivered_in_order(pki: Pki) -> None:
             received: list[Message] = []
 
             async def drain() -> None:
-                received.extend(await receive_n(m[2].transport, n))
+                while len(received) < n:
+                    received.extend(await m[2].transport.receive_batch(limit=1000))
 
             async with trio.open_nursery() as inner:
                 inner.start_soon(drain)
@@ -446,3 +447,38 @@ async def test_pipelined_batch_is_delivered_in_order(pki: Pki) -> None:
             assert [msg.commit for msg in received] == list(range(n))  # type: ignore[union-attr]
             assert link().dropped == 0
             assert link().frames < n
+
+
+async def test_peer_changes_and_misuse(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        (stalled,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        stalled_address = f"127.0.0.1:{stalled.socket.getsockname()[1]}"
+        async with cluster(pki, (1, 2)) as (_, m):
+            t1 = m[1].transport
+            with pytest.raises(ValidationError):
+                t1.add_peer(1, m[2].address)  # ourselves
+            with pytest.raises(ValidationError):
+                t1.add_peer(5, "not an address:x")
+            with pytest.raises(UnavailableError):
+                await t1.run()  # already running
+            # Re-pointing a peer replaces its sender: first at a dead end, then back.
+            t1.add_peer(2, stalled_address)
+            t1.send([hb(1, 2, 1)])
+            assert t1.statistics().peers[2].queued == 1
+            t1.add_peer(2, m[2].address)
+            assert t1.peers() == {2: m[2].address}
+            t1.send([hb(1, 2, 2)])
+            assert await m[2].transport.receive() == hb(1, 2, 2)
+        await stalled.aclose()
+
+
+async def test_unreachable_peer_is_retried_with_capped_backoff(pki: Pki) -> None:
+    config = TransportConfig(backoff_min=0.01, backoff_max=0.02)
+    with trio.fail_after(CEILING):
+        (closed,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        address = f"127.0.0.1:{closed.socket.getsockname()[1]}"
+        await closed.aclose()  # nothing listens there any more
+        async with cluster(pki, (1,), config=config) as (_, m):
+            m[1].transport.add_peer(2, address)
+            await wait_for(lambda: m[1].transport.statistics().peers[2].reconnects >= 5)
+            assert not m[1].transport.statistics().peers[2].connected
