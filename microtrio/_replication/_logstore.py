@@ -321,9 +321,9 @@ class LogStore:
             prev_term = self._snapshot_term if first - 1 == self._snapshot_index else 0
         if entries[0].term < prev_term:
             raise ValueError(f"entry {first} has a lower term than entry {first - 1}")
+        data, sizes = encode_records(entries)  # before truncating: it may refuse an entry
         if first < self._next_index:
             self.truncate_from(first)
-        data, sizes = encode_records(entries)
         with self._io("append", write=True):
             newest = segments[-1] if segments else None
             if newest is None or self._fd is None or newest.size >= self._segment_size:

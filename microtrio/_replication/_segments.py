@@ -38,6 +38,7 @@ from ..raft import Entry, EntryType
 
 __all__ = [
     "HEADER_SIZE",
+    "MAX_ENTRY_DATA",
     "RECORD_OVERHEAD",
     "SegmentScan",
     "encode_header",
@@ -59,6 +60,7 @@ RECORD_OVERHEAD = _PREFIX.size + _BODY.size  # 25 bytes around each entry's data
 # Refuse absurd lengths before touching memory: an entry is one batch of changesets, far
 # below this; a larger length field can only be damage.
 MAX_RECORD_BODY = 1 << 30
+MAX_ENTRY_DATA = MAX_RECORD_BODY - _BODY.size
 
 _NAME_RE = re.compile(r"^log-(\d{20})\.seg$")
 
@@ -84,6 +86,8 @@ def encode_records(entries: Sequence[Entry]) -> tuple[bytes, list[int]]:
     sizes: list[int] = []
     for entry in entries:
         data = bytes(entry.data)
+        if len(data) > MAX_ENTRY_DATA:
+            raise ValueError(f"entry {entry.index} holds {len(data)} bytes, over {MAX_ENTRY_DATA}")
         length = _U32.pack(_BODY.size + len(data))
         body = _BODY.pack(entry.index, entry.term, int(entry.type))
         crc = zlib.crc32(data, zlib.crc32(body, zlib.crc32(length)))

@@ -12,6 +12,7 @@ import trio
 from microtrio import CorruptionError, StateError
 from microtrio._replication import _durable as durable
 from microtrio._replication import _snapshots as snapshots
+from microtrio._replication._segments import MAX_ENTRY_DATA
 from microtrio._replication._storage import LogStore, open_log_store
 from microtrio.raft import ConfState, Entry, EntryType, HardState, Role, Snapshot, SnapshotMeta
 
@@ -133,7 +134,9 @@ def test_truncate_at_a_segment_start_removes_that_segment(tmp_path: Path) -> Non
     assert loaded[-1].term == 5
 
 
-def test_truncate_and_append_refuse_bad_arguments(tmp_path: Path) -> None:
+def test_truncate_and_append_refuse_bad_arguments(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with opened(tmp_path) as store:
         store.append(entries(1, 10))
         store.save_hard_state(HardState(1, 1, 5))
@@ -149,6 +152,11 @@ def test_truncate_and_append_refuse_bad_arguments(tmp_path: Path) -> None:
             store.append(entries(11, 1, term=0))
         with pytest.raises(ValueError, match="beyond"):
             store.save_hard_state(HardState(1, 1, 11))
+        assert MAX_ENTRY_DATA >= 1 << 29
+        with monkeypatch.context() as patch:
+            patch.setattr("microtrio._replication._segments.MAX_ENTRY_DATA", 100)
+            with pytest.raises(ValueError, match="101 bytes, over 100"):
+                store.append([Entry(1, 11, EntryType.NORMAL, bytes(101))])
         assert store.statistics().last_index == 10
 
 
