@@ -43,6 +43,7 @@ senders that do not apply it themselves, in the receiver.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import ssl
@@ -96,6 +97,7 @@ FRAME_MAGIC: Final = b"MTRF"
 FRAME_VERSION: Final = 1
 _HEADER: Final = struct.Struct(">4sBBQI")
 _LENGTH: Final = struct.Struct(">I")
+_PING: Final = struct.Struct(">Q")
 
 # Websocket close codes (RFC 6455, section 7.4.1).
 CLOSE_GOING_AWAY: Final = 1001
@@ -229,6 +231,10 @@ class TransportConfig:
     connect_timeout: float = 5.0
     backoff_min: float = 0.05
     backoff_max: float = 2.0
+    #: A link whose peer does not answer a websocket ping within ``ping_timeout``
+    #: (pings every ``ping_interval`` seconds) is dropped and redialled.
+    ping_interval: float = 5.0
+    ping_timeout: float = 5.0
     #: Name checked against the peer's certificate (the pinned cluster certificate's
     #: first DNS SAN); None uses the address host. The SSL context decides whether
     #: names are checked at all.
@@ -241,8 +247,8 @@ class TransportConfig:
             raise ValidationError("queue sizes must be at least 1")
         if not 0 < self.backoff_min <= self.backoff_max:
             raise ValidationError("need 0 < backoff_min <= backoff_max")
-        if self.connect_timeout <= 0:
-            raise ValidationError("connect_timeout must be positive")
+        if min(self.connect_timeout, self.ping_interval, self.ping_timeout) <= 0:
+            raise ValidationError("timeouts and intervals must be positive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +336,7 @@ class Transport(Generic[M]):
         self.is_trusted = is_trusted
         self._codec = codec
         self._ssl_context = ssl_context
+        self._server_hostname = self.config.server_hostname
         self._faults = faults
         if faults is not None:
             faults.attach(node_id)
@@ -410,6 +417,10 @@ class Transport(Generic[M]):
             return
         peer.scope.cancel()
         logger.info("%s: raft peer %d removed", self._name, node_id)
+
+    def set_client_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> None:
+        """Use a new client context (e.g. a new cluster certificate) for later dials."""
+        self._ssl_context, self._server_hostname = ssl_context, server_hostname
 
     def peers(self) -> dict[int, str]:
         return {node_id: peer.address for node_id, peer in self._peers.items()}
@@ -509,6 +520,7 @@ class Transport(Generic[M]):
                 peer.connected, peer.failures = True, 0
                 logger.debug("%s: raft link to %d connected", self._name, peer.node_id)
                 nursery.start_soon(self._watch_closed, ws)
+                nursery.start_soon(self._keepalive, ws)
                 await self._pump(peer, ws)
         except BaseException as exc:
             mapped = _map_link_error(exc)
@@ -522,7 +534,7 @@ class Transport(Generic[M]):
 
     async def _open_tls(self, host: str, port: int) -> trio.SSLStream[trio.SocketStream]:
         tcp = await trio.open_tcp_stream(host, port)
-        name = self.config.server_hostname or host
+        name = self._server_hostname or host
         stream = trio.SSLStream(tcp, self._ssl_context, server_hostname=name, https_compatible=True)
         try:
             await stream.do_handshake()
@@ -539,6 +551,14 @@ class Transport(Generic[M]):
         except ConnectionClosed as exc:
             raise UnavailableError(f"closed by the peer: {exc.reason}") from None
         raise ProtocolError("the peer sent data on the raft channel")
+
+    async def _keepalive(self, ws: WebSocketConnection) -> None:
+        for n in itertools.count():
+            await trio.sleep(self.config.ping_interval)
+            with trio.move_on_after(self.config.ping_timeout) as scope:
+                await ws.ping(_PING.pack(n))
+            if scope.cancelled_caught:
+                raise UnavailableError(f"no pong within {self.config.ping_timeout} s")
 
     async def _pump(self, peer: _Peer[M], ws: WebSocketConnection) -> None:
         while True:

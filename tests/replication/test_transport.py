@@ -482,3 +482,63 @@ async def test_unreachable_peer_is_retried_with_capped_backoff(pki: Pki) -> None
             m[1].transport.add_peer(2, address)
             await wait_for(lambda: m[1].transport.statistics().peers[2].reconnects >= 5)
             assert not m[1].transport.statistics().peers[2].connected
+
+
+class FreezingProxy:
+    """A TCP relay that can stop forwarding without closing anything (a silent peer)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.thawed = trio.Event()
+        self.thawed.set()
+
+    def freeze(self) -> None:
+        self.thawed = trio.Event()
+
+    async def serve(self, *, task_status: trio.TaskStatus[int]) -> None:
+        (listener,) = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        task_status.started(listener.socket.getsockname()[1])
+        await trio.serve_listeners(self._relay, [listener])
+
+    async def _relay(self, client: trio.SocketStream) -> None:
+        server = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        async with client, server, trio.open_nursery() as nursery:
+            nursery.start_soon(self._pipe, client, server, nursery.cancel_scope)
+            nursery.start_soon(self._pipe, server, client, nursery.cancel_scope)
+
+    async def _pipe(
+        self, src: trio.SocketStream, dst: trio.SocketStream, scope: trio.CancelScope
+    ) -> None:
+        try:
+            async for chunk in src:
+                await self.thawed.wait()
+                await dst.send_all(chunk)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+
+async def test_a_silent_peer_is_detected_by_ping_and_redialled(pki: Pki) -> None:
+    config = TransportConfig(
+        backoff_min=0.01,
+        backoff_max=0.05,
+        connect_timeout=0.5,
+        ping_interval=0.05,
+        ping_timeout=0.3,
+    )
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), config=config) as (nursery, m):
+            proxy = FreezingProxy(m[2].port)
+            port = await nursery.start(proxy.serve)
+            m[1].transport.add_peer(2, f"127.0.0.1:{port}")
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            m[1].transport.send([hb(1, 2, 1)])
+            assert await m[2].transport.receive() == hb(1, 2, 1)
+            reconnects = link().reconnects
+            proxy.freeze()  # the TCP connection stays open, nothing gets through
+            await wait_for(lambda: link().reconnects > reconnects)
+            assert not link().connected
+            proxy.thawed.set()
+            await wait_for(lambda: link().connected)
+            m[1].transport.send([hb(1, 2, 2)])
+            assert await m[2].transport.receive() == hb(1, 2, 2)
