@@ -164,7 +164,8 @@ class Replication:
                 pr.snap_sent = False
                 self._send_snapshot_chunk(m.src, pr)
         elif pr.match < self._log.last_index:
-            self._send_appends(m.src, pr)
+            # Appends may have been lost: an empty one at least draws a rejection or an ack.
+            self._send_appends(m.src, pr, allow_empty=True)
         for read in self._readonly.ack(m.src, m.read_round, self.conf.voters):
             self._respond_read(read.index, read.ctx, read.requester)
 

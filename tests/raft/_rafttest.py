@@ -228,6 +228,14 @@ class Net:
                 return
         raise AssertionError(f"node {node} could not win an election")
 
+    def compact(self, node: int) -> Snapshot:
+        """The state machine of ``node`` snapshots at its applied index; storage follows."""
+        app, raft, store = self.apps[node], self.nodes[node], self.stores[node]
+        snap = raft.compact(app.applied_index, encode_payloads(app.applied))
+        store.snapshot = snap
+        store.entries = [e for e in store.entries if e.index >= raft.first_index]
+        return snap
+
     def leader(self) -> int:
         leaders = [i for i, r in self.nodes.items() if r.role is StateRole.LEADER]
         top = max((self.nodes[i].term for i in leaders), default=0)
