@@ -36,6 +36,7 @@ import apsw
 
 from ._apply import read_applied
 from ._payload import Op, OpKind, WriteBatch
+from ._sql import QUERY_PRAGMAS
 
 __all__ = ["PRIVATE_TABLES", "TxnOutcome", "drain", "execute_batch", "rollback"]
 
@@ -62,6 +63,8 @@ _DDL_CODES = frozenset(
 _DENIED_CODES = frozenset({apsw.SQLITE_TRANSACTION, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH})
 #: Pragmas that change the database file itself: their text is replicated.
 _REPLICATED_PRAGMAS = frozenset({"user_version", "application_id"})
+#: Pragma assignments that last only for the transaction: allowed.
+_TRANSACTION_PRAGMAS = frozenset({"defer_foreign_keys"})
 _SAVEPOINT = "microtrio_txn"
 
 
@@ -103,13 +106,12 @@ class _Recorder:
             self._select_after_ddl = False
         elif code == apsw.SQLITE_SELECT and self._ddl_code is not None:
             self._select_after_ddl = True
-        elif (
-            code == apsw.SQLITE_PRAGMA
-            and arg2 is not None
-            and (arg1 or "").lower() in _REPLICATED_PRAGMAS
-            and dbname in (None, "main")
-        ):
-            self._pragma_seen = True
+        elif code == apsw.SQLITE_PRAGMA and arg2 is not None:
+            name = (arg1 or "").lower()
+            if name in _REPLICATED_PRAGMAS and dbname in (None, "main"):
+                self._pragma_seen = True
+            elif name not in _TRANSACTION_PRAGMAS and name not in QUERY_PRAGMAS:
+                return apsw.SQLITE_DENY  # would change the writer connection's settings
         return apsw.SQLITE_OK
 
     def exec_trace(self, cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:

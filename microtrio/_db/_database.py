@@ -45,7 +45,15 @@ from ._schema import (
     current_versions,
     ensure_schema,
 )
-from ._sql import SQLResult, dump_database, map_sqlite_error, run_statements, split_statements
+from ._sql import (
+    NotReadOnlyError,
+    SQLResult,
+    dump_database,
+    map_sqlite_error,
+    reader_authorizer,
+    run_statements,
+    split_statements,
+)
 from ._status import DatabaseStatus
 
 __all__ = ["Database"]
@@ -257,10 +265,13 @@ class Database:
         if not statements:
             raise BadRequestError("No query provided")
         try:
-            return await self.read(lambda conn: run_statements(conn, statements))
+            return await self.read(lambda conn: run_statements(conn, statements, read_only=True))
+        except NotReadOnlyError:
+            pass  # a writing statement: the whole request goes through the writer
         except BadRequestError as exc:
-            if not isinstance(exc.__cause__, apsw.ReadOnlyError):
+            if not isinstance(exc.__cause__, apsw.AuthError):
                 raise
+            # e.g. PRAGMA user_version = N: refused on readers, replicated by the writer
         return await self._submit(lambda conn: run_statements(conn, statements))
 
     async def dump(self, *, schema_only: bool = False) -> str:
@@ -322,6 +333,7 @@ class Database:
                 reader = apsw.Connection(str(self._path))
                 reader.set_busy_timeout(10_000)
                 reader.pragma("query_only", True)
+                reader.authorizer = reader_authorizer
                 readers.append(reader)
         except apsw.Error as exc:
             raise StateError(f"cannot open database {self._path}: {exc}") from exc

@@ -103,7 +103,11 @@ INTERNAL_SCHEMA_VERSION = len(INTERNAL_UPDATES)
 
 def current_versions(conn: apsw.Connection) -> tuple[int, int]:
     """Highest recorded (internal, external) versions; (0, 0) on an empty database."""
-    if not conn.table_exists("main", "schemas"):
+    # Not conn.table_exists(): it can answer from a stale schema cache after a rolled-back
+    # batch re-executes on a state that an applied entry changed (replication).
+    if not conn.execute(
+        "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = 'schemas'"
+    ).get:
         return 0, 0
     internal = conn.execute("SELECT coalesce(max(version), 0) FROM schemas WHERE type = 0").get
     external = conn.execute("SELECT coalesce(max(version), 0) FROM schemas WHERE type = 1").get

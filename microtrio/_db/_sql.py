@@ -21,9 +21,11 @@ from .._errors import (
 )
 
 __all__ = [
+    "NotReadOnlyError",
     "SQLResult",
     "dump_database",
     "map_sqlite_error",
+    "reader_authorizer",
     "run_statements",
     "split_statements",
 ]
@@ -102,18 +104,50 @@ def _text(value: Any) -> Any:
     return value
 
 
-def run_statements(conn: apsw.Connection, statements: Sequence[str]) -> list[SQLResult]:
+class NotReadOnlyError(Exception):
+    """Raised by :func:`run_statements` with ``read_only=True`` before a writing statement."""
+
+
+#: Pragmas that take an argument but only report: allowed everywhere. Any other pragma
+#: with an argument would change a pooled connection's settings (``query_only``,
+#: ``foreign_keys``, ``journal_mode``...) and is refused.
+QUERY_PRAGMAS = frozenset(
+    {
+        "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list",
+        "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check",
+    }
+)
+
+
+def reader_authorizer(
+    code: int, arg1: str | None, arg2: str | None, dbname: str | None, trig: str | None
+) -> int:
+    """Reader connections: no ATTACH/DETACH, no pragma assignments (``query_only`` stays)."""
+    if code in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
+        return apsw.SQLITE_DENY
+    if code == apsw.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() not in QUERY_PRAGMAS:
+        return apsw.SQLITE_DENY
+    return apsw.SQLITE_OK
+
+
+def run_statements(
+    conn: apsw.Connection, statements: Sequence[str], *, read_only: bool = False
+) -> list[SQLResult]:
     """Execute ``statements`` in order on ``conn`` (inside the caller's transaction).
 
     A statement with result columns (seen on the prepared statement, so
     ``INSERT ... RETURNING`` and ``PRAGMA`` count) gives a ``select`` result with bytes
-    turned into text; others an ``exec`` result with the rows they changed.
+    turned into text; others an ``exec`` result with the rows they changed. With
+    ``read_only``, :class:`NotReadOnlyError` is raised before any statement that is not
+    read-only (``sqlite3_stmt_readonly``) runs.
     """
     results: list[SQLResult] = []
     outer_trace = conn.exec_trace
     columns: list[tuple[str, ...]] = []
 
     def trace(cursor: apsw.Cursor, sql: str, bindings: Any) -> bool:
+        if read_only and not cursor.is_readonly:
+            raise NotReadOnlyError(sql)
         columns.append(tuple(d[0] for d in cursor.get_description()))
         return True if outer_trace is None else bool(outer_trace(cursor, sql, bindings))
 

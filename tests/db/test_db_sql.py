@@ -102,3 +102,31 @@ async def test_dump(tmp_path: Path) -> None:
         (2, None, None, -2.0),
     ]
     assert fresh.execute("SELECT seq FROM sqlite_sequence WHERE name = 't'").get == 2
+
+
+async def test_connection_settings_cannot_be_changed(tmp_path: Path) -> None:
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
+            for query in (
+                "PRAGMA query_only = 0",
+                "PRAGMA foreign_keys = OFF",
+                "ATTACH ':memory:' AS other",
+                "PRAGMA journal_mode = DELETE",
+            ):
+                with pytest.raises(BadRequestError, match="not authorized"):
+                    await db.execute_sql(query)
+            entries = len(rec.entries)
+            # a replicated pragma goes through the writer; reporting pragmas stay reads
+            await db.execute_sql("PRAGMA user_version = 7")
+            assert len(rec.entries) == entries + 1
+            results = await db.execute_sql(
+                "PRAGMA user_version; PRAGMA table_info(core_token_records)"
+            )
+            assert results[0].rows == ((7,),)
+            assert [row[1] for row in results[1].rows] == ["id", "name", "secret", "expiry_date"]
+            assert len(rec.entries) == entries + 1
+            await db.execute_sql("CREATE TABLE t (a); INSERT INTO t VALUES (1)")
+            assert await db.read(lambda c: c.execute("PRAGMA foreign_keys").get) == 0
+            assert await db.read(lambda c: c.execute("PRAGMA query_only").get) == 1
+            await db.close()
