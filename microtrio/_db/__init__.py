@@ -49,6 +49,7 @@ from ._apply import DatabaseSnapshot as DatabaseSnapshot
 from ._committer import Committer as Committer
 from ._committer import LocalCommitter as LocalCommitter
 from ._database import Database as Database
+from ._database import DatabaseStatistics as DatabaseStatistics
 from ._extensions import INTERNAL_EXTENSIONS as INTERNAL_EXTENSIONS
 from ._extensions import ExtensionRegistry as ExtensionRegistry
 from ._extensions import decode_extensions as decode_extensions
@@ -70,6 +71,7 @@ __all__ = [
     "Committer",
     "Database",
     "DatabaseSnapshot",
+    "DatabaseStatistics",
     "DatabaseStatus",
     "ExtensionRegistry",
     "LocalCommitter",

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast, final, overload
@@ -56,7 +57,7 @@ from ._sql import (
 )
 from ._status import DatabaseStatus
 
-__all__ = ["Database"]
+__all__ = ["Database", "DatabaseStatistics"]
 
 logger = logging.getLogger("microtrio.db")
 
@@ -66,6 +67,17 @@ T = TypeVar("T")
 _MAX_ATTEMPTS = 5
 #: How long a member waiting for others to upgrade sleeps between checks (reference 6.4).
 UPGRADE_RETRY_SECONDS = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStatistics:
+    """``commits``: write batches committed (attempts included); ``transactions``: client
+    transactions run by the writer; ``queued``: waiting for the writer."""
+
+    commits: int
+    transactions: int
+    queued: int
+    applied_index: int
 
 
 class _Request:
@@ -127,7 +139,8 @@ class Database:
         self._stop = trio.Event()
         self._stopped = trio.Event()
         self._upgrade = trio.Event()
-        self.commit_count = 0
+        self._commits = 0
+        self._transactions = 0
 
     # -- status --------------------------------------------------------------------
     @property
@@ -147,6 +160,15 @@ class Database:
         while self._status not in statuses:
             await self._status_changed.wait()
         return self._status
+
+    def statistics(self) -> DatabaseStatistics:
+        """Counters for monitoring and tests (group commit shows as commits < transactions)."""
+        return DatabaseStatistics(
+            commits=self._commits,
+            transactions=self._transactions,
+            queued=self._recv.statistics().current_buffer_used,
+            applied_index=self._applier.applied_index if self._applier is not None else 0,
+        )
 
     # -- lifecycle -----------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -226,7 +248,8 @@ class Database:
         """Run ``fn(conn)`` as one write transaction; return its result once committed.
 
         A returned cursor is drained into a list of rows (statements must not stay
-        in progress).
+        in progress). Cancelling the caller does not withdraw a queued transaction:
+        it may still commit.
         ``fn`` runs on the writer connection inside a savepoint (do not BEGIN/COMMIT);
         it sees every earlier committed write. SQLite errors become
         :class:`~microtrio.ConflictError` (unique constraint) or
@@ -403,6 +426,7 @@ class Database:
         conn = self._conn
         assert conn is not None
         fns = [r.fn for r in batch]
+        self._transactions += len(batch)
         for attempt in range(_MAX_ATTEMPTS):
             if attempt:
                 # refused as stale: run again on a state that includes what beat us
@@ -420,7 +444,7 @@ class Database:
             except MicrotrioError as exc:
                 outcomes = [o if o.error is not None else TxnOutcome(error=exc) for o in outcomes]
                 break
-            self.commit_count += 1
+            self._commits += 1
             if not applier.was_refused(index):
                 break
             logger.info("%s: batch refused as stale at %d, re-executing", self._member, index)

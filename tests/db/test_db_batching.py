@@ -69,12 +69,15 @@ async def test_concurrent_writers_are_grouped(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
             await db.transaction(lambda c: c.execute(CREATE))
-            before = db.commit_count
+            before = db.statistics()
             async with trio.open_nursery() as clients:
                 for i in range(n):
                     clients.start_soon(db.transaction, insert(f"k{i}", i))
-            commits = db.commit_count - before
+            after = db.statistics()
+            commits = after.commits - before.commits
+            assert after.transactions - before.transactions == n
             assert 1 <= commits < n
+            assert after.queued == 0
             assert len(rec.entries) == db.applied_index
             total = await db.read(lambda c: c.execute("SELECT count(*), sum(v) FROM kv").get)
             assert total == (n, sum(range(n)))
@@ -173,9 +176,9 @@ async def test_stale_batch_is_re_executed(tmp_path: Path) -> None:
             racer = racers[0]
             # the foreign entry: counter set to 10, executed on the current state
             racer.foreign = await capture(db, lambda c: c.execute("UPDATE counter SET n = 10"))
-            commits = db.commit_count
+            commits = db.statistics().commits
             assert await db.transaction(bump) == 11  # re-executed after the foreign write
-            assert db.commit_count == commits + 2
+            assert db.statistics().commits == commits + 2
             assert racer.barriers >= 1
             assert await db.read(lambda c: c.execute("SELECT n FROM counter").get) == 11
             await db.close()
