@@ -598,7 +598,7 @@ class RaftNode(Replication):
         if pr.match == self._log.last_index:
             self._msgs.append(MsgTimeoutNow(self.id, to, self.term))
         else:
-            self._send_appends(to, pr)
+            self._send_appends(to, pr, allow_empty=True)
 
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point; a ReadState(index, ctx) appears in a later Ready

@@ -250,18 +250,27 @@ class Net:
 
 def check_durable_before_send(store: Store, rd: Ready) -> None:
     """The Ready contract: what a message promises is durable once the Ready is persisted."""
-    by_index = {e.index: e.term for e in store.entries}
+
+    def durable_term(index: int) -> int | None:
+        if store.snapshot is not None and index == store.snapshot.meta.index:
+            return store.snapshot.meta.term
+        if store.entries:
+            off = index - store.entries[0].index
+            if 0 <= off < len(store.entries):
+                return store.entries[off].term
+        return None
+
     hs = store.hard_state
     for m in rd.messages:
         if isinstance(m, MsgApp) and m.entries:
             last = m.entries[-1]
-            assert by_index.get(last.index) == last.term, f"sent {last} before persisting it"
+            assert durable_term(last.index) == last.term, f"sent {last} before persisting it"
         if isinstance(m, MsgVoteResp) and not m.reject:
             assert (hs.term, hs.vote) == (m.term, m.dst), "vote sent before it was persisted"
     if rd.committed_entries:
         last = rd.committed_entries[-1]
         snap = store.snapshot.meta.index if store.snapshot else 0
-        assert last.index <= snap or by_index.get(last.index) == last.term
+        assert last.index <= snap or durable_term(last.index) == last.term
         assert last.index <= hs.commit, "applied beyond the durable commit index"
 
 

@@ -228,3 +228,17 @@ def test_entry_type_of_new_term_marker_is_noop() -> None:
     net.elect(2)
     last = net.stores[2].entries[-1]
     assert last == Entry(net.nodes[2].term, 2, EntryType.NOOP, b"")
+
+
+def test_flow_control_recovers_when_appends_filling_the_window_are_lost() -> None:
+    """Regression (sim FINDINGS #1): lost appends with a full window must not stall forever."""
+    net = Net([1, 2, 3], max_inflight_msgs=1, max_msg_entries=1)
+    net.elect(1)
+    net.filters.append(lambda m: isinstance(m, MsgApp) and m.dst == 2 and bool(m.entries))
+    for k in range(4):
+        net.nodes[1].propose(b"%d" % k)
+        net.stabilize()
+    assert net.nodes[1].status().progress[2].match < net.nodes[1].last_index
+    net.heal()
+    net.tick(1, 3)  # heartbeat responses free the window and re-probe
+    assert net.apps[2].applied == [b"0", b"1", b"2", b"3"]
