@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -366,3 +367,32 @@ async def test_async_facade_round_trip(tmp_path: Path) -> None:
             assert state.hard_state == HardState(2, 1, 15)
             assert state.snapshot == snapshot(12, 1)
             assert [e.index for e in state.entries] == list(range(13, 19))
+
+
+async def test_async_calls_run_off_the_event_loop_one_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: set[int] = set()
+    active = [0, 0]  # now, most at once
+    real = LogStore.append
+
+    def append(self: LogStore, batch: list[Entry]) -> None:
+        threads.add(threading.get_ident())
+        active[0] += 1
+        active[1] = max(active)
+        try:
+            real(self, batch)
+        finally:
+            active[0] -= 1
+
+    monkeypatch.setattr(LogStore, "append", append)
+    with trio.fail_after(20):
+        async with open_log_store(tmp_path) as store:
+            await store.load()
+            async with trio.open_nursery() as nursery:
+                for start in range(1, 41, 4):
+                    # Whole-log rewrites from index 1 may run in any order: each is valid.
+                    nursery.start_soon(store.append, entries(1, start, term=1))
+            assert store.statistics().last_index >= 1
+    assert threading.get_ident() not in threads
+    assert active[1] == 1
