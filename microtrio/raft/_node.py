@@ -51,6 +51,7 @@ import random
 from collections.abc import Sequence
 
 from ._codec import decode_conf_state, encode_conf_state
+from ._election import Elections
 from ._errors import (
     ConfChangeInProgressError,
     NotLeaderError,
@@ -77,7 +78,6 @@ from ._messages import (
 from ._progress import Progress
 from ._readonly import ReadOnly
 from ._ready import Ready
-from ._replication import Replication
 from ._types import (
     Config,
     ConfState,
@@ -98,7 +98,7 @@ __all__ = ["RaftNode", "bootstrap_state"]
 logger = logging.getLogger("microtrio.raft")
 
 
-class RaftNode(Replication):
+class RaftNode(Elections):
     """One Raft member. See the module docstring for the driving contract."""
 
     def __init__(
@@ -238,120 +238,6 @@ class RaftNode(Replication):
         self._append([(EntryType.NOOP, b"")])
         logger.info("raft %d: leader at term %d", self.id, self.term)
 
-    # -- elections ----------------------------------------------------------------------------
-
-    def tick(self) -> None:
-        """Advance logical time by one tick."""
-        self._election_elapsed += 1
-        if self.role is StateRole.LEADER:
-            self._tick_leader()
-        elif self._election_elapsed >= self._randomized_timeout and self._promotable():
-            self._election_elapsed = 0
-            self._campaign(transfer=False)
-
-    def _tick_leader(self) -> None:
-        self._heartbeat_elapsed += 1
-        if self._election_elapsed >= self.config.election_tick:
-            self._election_elapsed = 0
-            if self.config.check_quorum and not self._quorum_active():
-                logger.warning("raft %d: lost contact with a quorum, stepping down", self.id)
-                self._become_follower(self.term, 0)
-                return
-            if self.lead_transferee:
-                logger.info(
-                    "raft %d: leadership transfer to %d timed out", self.id, self.lead_transferee
-                )
-                self.lead_transferee = 0
-        if self._heartbeat_elapsed >= self.config.heartbeat_tick:
-            self._heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self._readonly.current_round())
-
-    def _quorum_active(self) -> bool:
-        voters = self.conf.voters
-        active = 0
-        for node, pr in self.prs.items():
-            if node == self.id:
-                active += node in voters
-                continue
-            if pr.recent_active and node in voters:
-                active += 1
-            pr.recent_active = False
-        return active >= len(voters) // 2 + 1
-
-    def _campaign(self, transfer: bool) -> None:
-        if not self._promotable():
-            return
-        if self.config.pre_vote and not transfer:
-            self._become_pre_candidate()
-            term = self.term + 1
-        else:
-            self._become_candidate()
-            term = self.term
-        if self._poll(self.id, True):
-            return
-        last_index, last_term = self._log.last_index, self._log.last_term()
-        pre = self.role is StateRole.PRE_CANDIDATE
-        for v in sorted(self.conf.voters):
-            if v == self.id:
-                continue
-            if pre:
-                self._msgs.append(MsgPreVote(self.id, v, term, last_index, last_term))
-            else:
-                self._msgs.append(MsgVote(self.id, v, term, last_index, last_term, transfer))
-
-    def _poll(self, node: int, granted: bool) -> bool:
-        """Record a (pre-)vote; act on the result. True when the election is decided."""
-        voters = self.conf.voters
-        if node not in voters:
-            return False
-        self._votes.setdefault(node, granted)
-        quorum = len(voters) // 2 + 1
-        yes = sum(1 for g in self._votes.values() if g)
-        no = len(self._votes) - yes
-        if yes >= quorum:
-            if self.role is StateRole.PRE_CANDIDATE:
-                self._start_real_election()
-            else:
-                self._become_leader()
-            return True
-        if no >= quorum:
-            self._become_follower(self.term, 0)
-            return True
-        return False
-
-    def _start_real_election(self) -> None:
-        self._become_candidate()
-        if self._poll(self.id, True):
-            return
-        last_index, last_term = self._log.last_index, self._log.last_term()
-        for v in sorted(self.conf.voters):
-            if v != self.id:
-                self._msgs.append(MsgVote(self.id, v, self.term, last_index, last_term))
-
-    def _is_log_up_to_date(self, last_index: int, last_term: int) -> bool:
-        """Election restriction (5.4.1): the candidate's log is at least as up-to-date."""
-        my_term = self._log.last_term()
-        return last_term > my_term or (last_term == my_term and last_index >= self._log.last_index)
-
-    def _handle_vote(self, m: MsgVote | MsgPreVote) -> None:
-        pre = isinstance(m, MsgPreVote)
-        can_vote = (
-            self.vote == m.src
-            or (self.vote == 0 and self.lead == 0)
-            or (pre and m.term > self.term)
-        )
-        if can_vote and self._is_log_up_to_date(m.last_index, m.last_term):
-            if pre:
-                self._msgs.append(MsgPreVoteResp(self.id, m.src, m.term, False))
-            else:
-                self._msgs.append(MsgVoteResp(self.id, m.src, m.term, False))
-                self._election_elapsed = 0
-                self.vote = m.src
-        elif pre:
-            self._msgs.append(MsgPreVoteResp(self.id, m.src, self.term, True))
-        else:
-            self._msgs.append(MsgVoteResp(self.id, m.src, self.term, True))
-
     # -- step ---------------------------------------------------------------------------------
 
     def step(self, m: Message) -> None:
@@ -385,34 +271,6 @@ class RaftNode(Replication):
                     self._leader_read(m.ctx, m.src)
             case MsgReadIndexResp():
                 self._read_states.append(ReadState(m.index, m.ctx))
-
-    def _check_term(self, m: Message) -> bool:
-        """Term rules common to all roles. False when the message must be dropped."""
-        if m.term > self.term:
-            if isinstance(m, MsgVote | MsgPreVote):
-                force = isinstance(m, MsgVote) and m.transfer
-                in_lease = (
-                    self.config.check_quorum
-                    and self.lead != 0
-                    and self._election_elapsed < self.config.election_tick
-                )
-                if in_lease and not force:
-                    return False
-            if isinstance(m, MsgPreVote) or (isinstance(m, MsgPreVoteResp) and not m.reject):
-                return True
-            lead = m.src if isinstance(m, MsgApp | MsgHeartbeat | MsgSnap) else 0
-            self._become_follower(m.term, lead)
-            return True
-        if m.term < self.term:
-            if (self.config.check_quorum or self.config.pre_vote) and isinstance(
-                m, MsgApp | MsgHeartbeat
-            ):
-                # Tell a stale leader about the newer term so that it steps down.
-                self._msgs.append(MsgAppResp(self.id, m.src, self.term, 0))
-            elif isinstance(m, MsgPreVote):
-                self._msgs.append(MsgPreVoteResp(self.id, m.src, self.term, True))
-            return False
-        return True
 
     def _step_from_leader(self, m: MsgApp | MsgHeartbeat | MsgSnap | MsgTimeoutNow) -> None:
         if self.role is StateRole.LEADER:
