@@ -121,6 +121,12 @@ class _Recorder:
         ddl_code, self._ddl_code = self._ddl_code, None
         ctas, self._select_after_ddl = self._select_after_ddl, False
         pragma, self._pragma_seen = self._pragma_seen, False
+        # flags left over by a statement that failed to prepare must not stick to this one
+        keyword = first_keyword(sql)
+        if keyword not in ("CREATE", "DROP", "ALTER"):
+            ddl_code = None
+        if keyword != "PRAGMA":
+            pragma = False
         if ddl_code is not None or pragma:
             if bindings:
                 raise apsw.SQLError("schema statements with bound parameters are not supported")
@@ -184,6 +190,26 @@ class _Recorder:
         if session is not None:
             session.close()
         self.ops.clear()
+
+
+def first_keyword(sql: str) -> str:
+    """The first SQL keyword of ``sql`` (upper case), skipping whitespace and comments."""
+    i, n = 0, len(sql)
+    while i < n:
+        if sql[i].isspace():
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            j = i
+            while j < n and (sql[j].isalpha() or sql[j] == "_"):
+                j += 1
+            return sql[i:j].upper()
+    return ""
 
 
 def _sequences(conn: apsw.Connection) -> dict[str, int]:

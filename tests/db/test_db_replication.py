@@ -155,6 +155,7 @@ async def test_apply_is_idempotent_and_divergence_is_loud(tmp_path: Path) -> Non
             assert index == pair.leader.applied_index
             # a changeset inserting a row that already exists: conflict -> divergence
             ops = decode_batch(pair.rec.entries[-1][1]).ops
+            print("OPS", ops)
             changes = tuple(op for op in ops if op.kind is OpKind.CHANGESET)
             insert = encode_batch(WriteBatch(follower.applier.changed_index, changes))
             with pytest.raises(DivergenceError, match="conflict"):
@@ -264,3 +265,26 @@ async def test_renames_savepoints_pragmas_and_temp_tables(tmp_path: Path) -> Non
     ]
     assert follower.execute("PRAGMA user_version").get == 42
     follower.close()
+
+
+async def test_failed_prepare_does_not_mislabel_the_next_statement(tmp_path: Path) -> None:
+    def fn(conn: apsw.Connection) -> None:
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v)")
+        for bad in ("CREATE TABLE t (x)", "CREATE TABLE broken (a", "PRAGMA user_version = "):
+            with pytest.raises(apsw.SQLError):
+                conn.execute(bad)
+            conn.execute("INSERT INTO t (v) VALUES (random())")
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            pair = await open_pair(nursery, tmp_path)
+            await pair.leader.transaction(fn)
+            ops = decode_batch(pair.rec.entries[-1][1]).ops
+            assert [op.kind for op in ops] == [OpKind.SQL, OpKind.CHANGESET]
+            count = await pair.leader.read(lambda c: c.execute("SELECT count(*) FROM t").get)
+            assert count == 3
+            await pair.replay()
+            await pair.leader.close()
+            await pair.follower.close()
+    a = table_checksums(tmp_path / "a" / "microtrio.db")
+    assert a == table_checksums(tmp_path / "b" / "microtrio.db")
