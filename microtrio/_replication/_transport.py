@@ -39,6 +39,25 @@ Frame layout (big-endian)::
 
 Fault injection (:mod:`._faults`) is applied per message in the sender and, for
 senders that do not apply it themselves, in the receiver.
+
+Wiring (the daemon)::
+
+    transport = Transport(
+        node_id, codec=RAFT_CODEC, name=member_name,
+        ssl_context=client_ssl_context(server_pair, cluster_cert),   # our cert + the pin
+        config=TransportConfig(server_hostname=pinned_server_name(cluster_cert)),
+        is_trusted=lambda der: ...truststore has this exact certificate...,
+    )
+    add_raft_route(core_app, transport)          # before the core listener serves
+    await nursery.start(transport.run)
+    transport.add_peer(peer_id, "10.0.0.2:8443")
+    transport.send(ready.messages)               # after persisting, never blocks
+    for msg in await transport.receive_batch():  # in the driver
+        node.step(msg)
+
+The frame size limit must stay at or below hypercorn's ``websocket_max_message_size``
+(16 MiB by default) and above the largest Raft message (snapshot chunk size and the
+entry batch limit of the core's config).
 """
 
 from __future__ import annotations
@@ -346,7 +365,8 @@ class Transport(Generic[M]):
         self._inbound_send, self._inbound_receive = trio.open_memory_channel[M](
             self.config.inbound_queue_size
         )
-        self._inbound_scopes: set[trio.CancelScope] = set()
+        # Accepted inbound connections: their cancel scope -> the client's certificates.
+        self._inbound: dict[trio.CancelScope, tuple[bytes, ...]] = {}
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._unroutable = 0
@@ -386,7 +406,7 @@ class Transport(Generic[M]):
             self._nursery = None
         for peer in self._peers.values():
             peer.scope.cancel()
-        for scope in self._inbound_scopes:
+        for scope in self._inbound:
             scope.cancel()
         self._inbound_send.close()
         if self._faults is not None:
@@ -429,6 +449,8 @@ class Transport(Generic[M]):
 
     def send(self, messages: Iterable[M]) -> None:
         """Queue messages for their ``dst`` peers; never blocks, drops when a queue is full."""
+        if self._closed:
+            return
         stamp = 0.0
         if self._faults is not None and self._faults.enabled:
             stamp = trio.current_time()
@@ -474,7 +496,7 @@ class Transport(Generic[M]):
             node_id=self.node_id,
             peers={node_id: peer.statistics() for node_id, peer in self._peers.items()},
             unroutable=self._unroutable,
-            inbound_connections=len(self._inbound_scopes),
+            inbound_connections=len(self._inbound),
             received=self._received,
             refused_connections=self._refused,
             protocol_errors=self._protocol_errors,
@@ -617,19 +639,35 @@ class Transport(Generic[M]):
             logger.warning("%s: refused raft peer %s: no trusted certificate", self._name, client)
         return trusted
 
-    async def handle_inbound(self, socket: _InboundSocket) -> None:
-        """Receive frames from one accepted connection until it ends or we close."""
+    def revalidate_inbound(self) -> int:
+        """Drop inbound connections whose certificates are no longer trusted (call it
+        after the truststore changed); returns how many were dropped."""
+        stale = [s for s, certs in self._inbound.items() if not any(map(self.is_trusted, certs))]
+        for scope in stale:
+            scope.cancel()
+        if stale:
+            logger.info("%s: dropped %d untrusted raft connections", self._name, len(stale))
+        return len(stale)
+
+    async def handle_inbound(
+        self, socket: _InboundSocket, certificates: Iterable[bytes] = ()
+    ) -> None:
+        """Receive frames from one accepted connection until it ends or we close.
+
+        ``certificates`` (DER) are those the connection was trusted for, kept for
+        :meth:`revalidate_inbound`.
+        """
         if self._closed:
             await socket.close(CLOSE_GOING_AWAY, "transport closed")
             return
         with trio.CancelScope() as scope:
-            self._inbound_scopes.add(scope)
+            self._inbound[scope] = tuple(certificates)
             try:
                 await self._receive_frames(socket)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass  # the inbound channel closed under us: we are shutting down
             finally:
-                self._inbound_scopes.discard(scope)
+                del self._inbound[scope]
 
     async def _receive_frames(self, socket: _InboundSocket) -> None:
         while True:
@@ -775,7 +813,7 @@ def add_raft_route(app: Quart, transport: Transport[Any]) -> None:
         if not transport.accepts(websocket.scope):
             return Response("forbidden: untrusted client certificate", status=403)
         await websocket.accept()
-        await transport.handle_inbound(_QuartInbound())
+        await transport.handle_inbound(_QuartInbound(), client_certificates(websocket.scope))
         return None
 
     app.add_websocket(transport.config.path, "microtrio_raft", raft_channel)

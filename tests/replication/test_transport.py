@@ -65,6 +65,10 @@ def pki() -> Pki:
     )
 
 
+async def _not_found(path: str) -> tuple[str, int]:
+    return "not found", 404
+
+
 class Member:
     def __init__(
         self,
@@ -75,7 +79,7 @@ class Member:
         faults: Faults | None = None,
         client_pair: CertKeyPair | None = None,
     ) -> None:
-        trusted = pki.trusted()
+        self.trusted = trusted = pki.trusted()
         self.node_id = node_id
         self.transport = Transport[Message](
             node_id,
@@ -91,6 +95,8 @@ class Member:
         )
         self.app = QuartTrio(f"member{node_id}")
         add_raft_route(self.app, self.transport)
+        # Like the core API app: a catch-all HTTP route must not shadow the websocket.
+        self.app.add_url_rule("/<path:path>", "any", _not_found, methods=["GET", "POST"])
         self.server_context = SSLContextHolder(pki.cluster)
         self.port = 0
         self.listener_scope = trio.CancelScope()
@@ -542,3 +548,25 @@ async def test_a_silent_peer_is_detected_by_ping_and_redialled(pki: Pki) -> None
             await wait_for(lambda: link().connected)
             m[1].transport.send([hb(1, 2, 2)])
             assert await m[2].transport.receive() == hb(1, 2, 2)
+
+
+async def test_revoked_trust_drops_the_inbound_connection(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            m[1].transport.send([hb(1, 2, 1)])
+            assert await m[2].transport.receive() == hb(1, 2, 1)
+            assert m[2].transport.revalidate_inbound() == 0
+            m[2].trusted.discard(pki.members[1].der)  # member 1 removed from the truststore
+            assert m[2].transport.revalidate_inbound() == 1
+            await wait_for(lambda: m[2].transport.statistics().refused_connections >= 1)
+            assert not m[1].transport.statistics().peers[2].connected
+            m[1].transport.send([hb(1, 2, 2)])
+            refused = m[2].transport.statistics().refused_connections
+            await wait_for(lambda: m[2].transport.statistics().refused_connections > refused)
+            link = m[1].transport.statistics().peers[2]
+            assert (link.sent, link.queued) == (1, 1)  # redials are refused; it stays queued
+            with pytest.raises(trio.WouldBlock):
+                m[2].transport.inbound.receive_nowait()
+            # Member 2 itself still reaches member 1.
+            m[2].transport.send([hb(2, 1, 1)])
+            assert await m[1].transport.receive() == hb(2, 1, 1)
