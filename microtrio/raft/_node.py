@@ -229,7 +229,7 @@ class RaftNode(Elections):
         self.lead = self.id
         self.role = StateRole.LEADER
         last = self._log.last_index
-        for m in self.conf.replicated():
+        for m in self._replication_targets():
             self.prs[m] = Progress(last + 1, self.config.max_inflight_msgs)
         me = self.prs.get(self.id)
         if me is not None:
@@ -337,20 +337,39 @@ class RaftNode(Elections):
             logger.info("raft %d: configuration %s", self.id, conf.as_dict())
         if self.role is not StateRole.LEADER:
             return
-        replicated = conf.replicated()
+        self._sync_progress()
+        if conf.voters != old.voters:
+            self._maybe_commit()
+
+    def _replication_targets(self) -> frozenset[int]:
+        """Who receives the log: the latest configuration's voters and stand-bys, plus the
+        previous configuration's while the latest is uncommitted (so that a removed member
+        learns of its removal)."""
+        confs = self._confs
+        targets = self.conf.replicated()
+        if len(confs) > 1 and confs[-1][0] > self._log.committed:
+            targets |= confs[-2][1].replicated()
+        return targets
+
+    def _sync_progress(self) -> None:
+        targets = self._replication_targets()
         last = self._log.last_index
-        for m in replicated:
+        for m in targets:
             if m not in self.prs:
                 pr = self.prs[m] = Progress(last + 1, self.config.max_inflight_msgs)
                 if m == self.id:
                     pr.match = last
-        for m in list(self.prs):
-            if m not in replicated:
-                del self.prs[m]
-                if self.lead_transferee == m:
-                    self.lead_transferee = 0
-        if conf.voters != old.voters:
-            self._maybe_commit()
+        commit, conf_index = self._log.committed, self._confs[-1][0]
+        for m in [m for m in self.prs if m not in targets]:
+            pr = self.prs[m]
+            if m != self.id and pr.match < conf_index:
+                continue  # keep replicating until it holds the entry that removes it
+            del self.prs[m]
+            if m != self.id:
+                # Last word to a removed member: the commit index that covers its removal.
+                self._msgs.append(MsgHeartbeat(self.id, m, self.term, min(pr.match, commit)))
+            if self.lead_transferee == m:
+                self.lead_transferee = 0
 
     def _conf_at(self, index: int) -> ConfState:
         conf = self._confs[0][1]
@@ -363,6 +382,8 @@ class RaftNode(Elections):
     def _after_commit(self) -> None:
         """Leader bookkeeping after the commit index moved."""
         self._bcast_commit = True
+        if len(self.prs) > len(self.conf.replicated()):
+            self._sync_progress()  # the latest configuration committed: drop the old members
         ro = self._readonly
         if ro.waiting and self._log.term(self._log.committed) == self.term:
             waiting, ro.waiting = ro.waiting, []

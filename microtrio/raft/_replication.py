@@ -69,6 +69,9 @@ class Replication:
     def _set_conf(self, conf: ConfState) -> None:
         raise NotImplementedError
 
+    def _sync_progress(self) -> None:
+        raise NotImplementedError
+
     # -- leader: sending ----------------------------------------------------------------------
 
     def _flush(self) -> None:
@@ -147,6 +150,10 @@ class Replication:
                 pr.become_replicate()
             if self._maybe_commit():
                 self._flush()
+            if m.src not in self.conf.replicated():
+                self._sync_progress()  # a removed member caught up with its removal
+                if m.src not in self.prs:
+                    return
             if m.src == self.lead_transferee and pr.match == self._log.last_index:
                 self._msgs.append(MsgTimeoutNow(self.id, m.src, self.term))
         self._send_appends(m.src, pr, pr.sent_commit < self._log.committed)

@@ -111,12 +111,21 @@ def test_ch4_configuration_takes_effect_on_append_not_on_commit() -> None:
     net.elect(1)
     net.filters.append(lambda m: isinstance(m, MsgAppResp))  # nothing new commits
     index = conf_change(net, 3, None)
-    for i in (1, 2):
+    for i in (1, 2, 3):  # the removed member still receives it while it is uncommitted
         assert net.nodes[i].committed < index
         assert net.nodes[i].conf.voters == {1, 2}  # in effect wherever it was appended
-    # In effect on the leader at once: the removed member gets nothing more.
-    assert net.nodes[3].conf.voters == {1, 2, 3}
-    assert net.stores[3].entries[-1].index < index
+
+
+def test_ch4_removed_member_learns_and_applies_its_removal() -> None:
+    net = Net([1, 2, 3])
+    net.elect(1)
+    index = conf_change(net, 3, None)
+    assert net.apps[3].applied_index == index  # the app can now shut the member down
+    assert net.nodes[3].conf.voters == {1, 2}
+    net.sent.clear()
+    net.tick_all(40)
+    assert not [m for m in net.sent if m.dst == 3 or m.src == 3]  # no more traffic either way
+    assert net.leader() == 1
 
 
 def test_ch4_uncommitted_configuration_reverts_when_truncated() -> None:
