@@ -4,7 +4,7 @@ Theory of operation
 -------------------
 :meth:`Daemon.run` takes the state directory's lock (a second daemon is refused), loads or
 creates ``server.crt`` and the truststore, and opens the root nursery. Every listener is a task
-in it with its own cancel scope and graceful-shutdown trigger (:class:`_Running`), so it can be
+in it with its own cancel scope and graceful-shutdown trigger (:class:`~microtrio._api._group.ListenerGroup`), so it can be
 stopped and restarted on its own (pre-init listener at init, core listener at reset,
 additional servers on ``PUT /core/1.0/daemon/servers``).
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 import datetime
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, final
@@ -36,6 +36,7 @@ import trio
 import yaml
 
 from ._api._control import control_resources
+from ._api._group import ListenerGroup, Running, Serve
 from ._api._internal import internal_resources
 from ._api._listener import serve_tcp, serve_unix
 from ._api._public import public_resources
@@ -99,20 +100,6 @@ class DaemonArgs:
     wall_clock: Callable[[], datetime.datetime] = _utc_now
 
 
-@dataclass
-class _Running:
-    """One running listener: its cancel scope, shutdown trigger and bound address."""
-
-    scope: trio.CancelScope
-    trigger: trio.Event = field(default_factory=trio.Event)
-    done: trio.Event = field(default_factory=trio.Event)
-    address: str = ""
-    holder: SSLContextHolder | None = None
-
-
-_Serve = Callable[..., Awaitable[None]]
-
-
 @final
 class Daemon:
     """One member. Run with ``await nursery.start(daemon.run)``; stop with :meth:`shutdown`."""
@@ -139,7 +126,7 @@ class Daemon:
         self._db: Database | None = None
         self._db_closed = trio.Event()
         self._nursery: trio.Nursery | None = None
-        self._listeners: dict[str, _Running] = {}
+        self._listeners = ListenerGroup(drain_timeout=args.drain_timeout)
         self._stop = trio.Event()
         self._stopping = False
         self._init_lock = trio.Lock()
@@ -191,9 +178,7 @@ class Daemon:
             await self._close_database()
         if scope.cancelled_caught:
             logger.warning("%s: database did not close in time", self.state.name)
-        async with trio.open_nursery() as nursery:
-            for key in list(self._listeners):
-                nursery.start_soon(self._stop_listener, key)
+        await self._listeners.stop_all()
 
     async def _prepare(self) -> None:
         config = await trio.to_thread.run_sync(self._dir.load_daemon_config)
@@ -243,47 +228,17 @@ class Daemon:
 
     # -- listeners -----------------------------------------------------------------------
 
-    async def _listener_task(
-        self, key: str, serve: _Serve, running: _Running, *, task_status: trio.TaskStatus[str]
-    ) -> None:
-        try:
-            with running.scope:
-                async with trio.open_nursery() as nursery:
-                    bound = await nursery.start(
-                        partial(serve, shutdown_trigger=running.trigger.wait)
-                    )
-                    running.address = bound
-                    self._listeners[key] = running
-                    task_status.started(bound)
-        finally:
-            if self._listeners.get(key) is running:
-                del self._listeners[key]
-            running.done.set()
-
     async def _start_listener(
         self,
         key: str,
-        make_serve: Callable[[_Running], _Serve],
+        make_serve: Callable[[Running], Serve],
         holder: SSLContextHolder | None = None,
     ) -> str:
         assert self._nursery is not None
-        running = _Running(trio.CancelScope(), holder=holder)
-        serve = make_serve(running)
-        bound: str = await self._nursery.start(self._listener_task, key, serve, running)
-        return bound
-
-    async def _stop_listener(self, key: str) -> None:
-        running = self._listeners.get(key)
-        if running is None:
-            return
-        running.trigger.set()
-        with trio.move_on_after(self._args.drain_timeout + 1.0):
-            await running.done.wait()
-        running.scope.cancel()
-        await running.done.wait()
+        return await self._listeners.start(self._nursery, key, make_serve, holder)
 
     def _context(
-        self, kind: ListenerKind, resources: Sequence[Resources], running: _Running | None = None
+        self, kind: ListenerKind, resources: Sequence[Resources], running: Running | None = None
     ) -> ListenerContext:
         host = None if running is None else (lambda: running.address)
         return ListenerContext(self.state, kind, Router(resources), host)
@@ -298,7 +253,7 @@ class Daemon:
             found.extend(server.resources)
         return found
 
-    async def _serve_unix(self, running: _Running, **kwargs: Any) -> None:
+    async def _serve_unix(self, running: Running, **kwargs: Any) -> None:
         core = [control_resources(), internal_resources(), public_resources()]
         apps = self._app_resources(unix=True, pre_init_only=False)
         app = build_app(self._context(ListenerKind.UNIX, core + apps))
@@ -319,7 +274,7 @@ class Daemon:
         resources: Sequence[Resources],
         address: str,
         holder: SSLContextHolder,
-        running: _Running,
+        running: Running,
         **kwargs: Any,
     ) -> None:
         # The Host check compares with the bound address (known once bound: port 0 works).
@@ -456,7 +411,7 @@ class Daemon:
             await trio.to_thread.run_sync(
                 write_cert_key_pair, self._dir.cluster_crt, self._dir.cluster_key, cluster
             )
-        await self._stop_listener("pre-init")
+        await self._listeners.stop("pre-init")
         address = await self._start_core_listener(request.address)
         if address != request.address:
             self.state._address = address
@@ -500,8 +455,8 @@ class Daemon:
 
     async def _reset_member(self) -> None:
         self.state._ready = False
-        for key in [k for k in self._listeners if k != "unix"]:
-            await self._stop_listener(key)
+        for key in [k for k in self._listeners.keys() if k != "unix"]:
+            await self._listeners.stop(key)
         await self._close_database()
         await trio.to_thread.run_sync(self._dir.reset)
         self.state._name = State.default_name()
@@ -569,7 +524,7 @@ class Daemon:
             new_address = update.get(name, "")
             running = self._listeners.get(name)
             if running is not None and (new_address != old_address or not new_address):
-                await self._stop_listener(name)
+                await self._listeners.stop(name)
             if new_address and name not in self._listeners:
                 await self._start_extra(name, server, new_address)
 
@@ -588,7 +543,7 @@ class Daemon:
     @property
     def listener_addresses(self) -> dict[str, str]:
         """Bound address of every running listener, by key (``unix``, ``core``, ...)."""
-        return {k: r.address for k, r in self._listeners.items()}
+        return self._listeners.addresses
 
 
 def _unlink(path: os.PathLike[str]) -> None:
