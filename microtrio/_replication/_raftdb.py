@@ -280,8 +280,9 @@ class RaftReplication:
                 await nursery.start(driver.run)
                 task_status.started()
         finally:
-            await self.transport.aclose()
-            await self._store.aclose()
+            with trio.CancelScope(shield=True):
+                await self._store.aclose()
+                await self.transport.aclose()
 
     # -- queries --
 

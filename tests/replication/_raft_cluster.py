@@ -91,6 +91,7 @@ class Member:
         self.replication: RaftReplication | None = None
         self.database: Database | None = None
         self.starts = 0
+        self.killed = False
 
     @property
     def db(self) -> Database:
@@ -112,11 +113,17 @@ class Member:
 
     @property
     def running(self) -> bool:
-        return self.replication is not None
+        return self.replication is not None and not self.killed
+
+    @property
+    def stopped(self) -> bool:
+        """True once a kill has fully unwound (the state directory is free again)."""
+        return self.replication is None
 
     async def listen(self, nursery: trio.Nursery, bootstrap: Sequence[int] | None) -> None:
         """Phase 1: the listener with the Raft route (the address becomes known)."""
         self.scope = trio.CancelScope()
+        self.killed = False
         self.starts += 1
         self.inner: trio.Nursery | None = None
         self.inner = await nursery.start(self._own)
@@ -179,7 +186,12 @@ class Member:
 
     def kill(self) -> None:
         """Crash-stop: cancel everything the member runs (nothing is flushed specially)."""
+        self.killed = True
         self.scope.cancel()
+
+    async def wait_stopped(self) -> None:
+        while not self.stopped:  # noqa: ASYNC110 - the kill's cancellation is unwinding
+            await trio.sleep(0.01)
 
 
 class Cluster:
@@ -212,8 +224,7 @@ class Cluster:
 
     async def restart(self, member: Member) -> None:
         """Start a killed member again on its state directory and open its database."""
-        while member.running:  # the kill's cancellation has not finished unwinding yet
-            await trio.sleep(0.01)
+        await member.wait_stopped()
         await self.start([member], bootstrap=[m.id for m in self.members])
         await member.open_database()
 
@@ -275,3 +286,11 @@ def sql(statement: str, *args: Any) -> Callable[[apsw.Connection], Any]:
         return conn.execute(statement, args).fetchall()
 
     return run
+
+
+async def write(member: Member, fn: Callable[[apsw.Connection], T]) -> T:
+    """A write on ``member`` after a read barrier: the Database executes a batch on the
+    local applied state, so without the barrier a write right after another member's
+    acknowledged write may run on a state that does not include it yet."""
+    await member.db.read(lambda conn: None)
+    return await member.db.transaction(fn)
