@@ -398,6 +398,11 @@ async def test_receiver_applies_faults_for_senders_without_them(pki: Pki) -> Non
             faults.heal()
             m[1].transport.send([hb(1, 3, 3)])
             assert await receiver.transport.receive() == hb(1, 3, 3)
+            faults.set_link(1, 3, delay=0.2)
+            start = trio.current_time()
+            m[1].transport.send([hb(1, 3, 4), hb(1, 3, 5)])
+            assert await receive_n(receiver.transport, 2) == [hb(1, 3, 4), hb(1, 3, 5)]
+            assert 0.2 <= trio.current_time() - start
 
 
 async def test_delay_and_drop_faults(pki: Pki) -> None:

@@ -7,7 +7,7 @@ import ssl
 import struct
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from microtrio._errors import ProtocolError, ValidationError
@@ -24,6 +24,7 @@ from microtrio._replication._transport import (
 payload_lists = st.lists(st.binary(max_size=64), max_size=20)
 
 
+@settings(deadline=None)  # no wall-clock deadline on a loaded CI machine
 @given(sender=st.integers(1, 2**64 - 1), payloads=payload_lists)
 def test_frame_round_trip(sender: int, payloads: list[bytes]) -> None:
     data = encode_frame(sender, payloads)
@@ -31,6 +32,7 @@ def test_frame_round_trip(sender: int, payloads: list[bytes]) -> None:
     assert decode_frame(data) == Frame(sender=sender, payloads=tuple(payloads))
 
 
+@settings(deadline=None)  # no wall-clock deadline on a loaded CI machine
 @given(payloads=payload_lists.filter(bool), cut=st.integers(1, 10_000))
 def test_every_truncation_is_rejected(payloads: list[bytes], cut: int) -> None:
     data = encode_frame(7, payloads)
@@ -39,6 +41,7 @@ def test_every_truncation_is_rejected(payloads: list[bytes], cut: int) -> None:
         decode_frame(data[:-cut])
 
 
+@settings(deadline=None)  # no wall-clock deadline on a loaded CI machine
 @given(data=st.binary(max_size=200))
 def test_random_bytes_never_crash(data: bytes) -> None:
     try:
