@@ -244,7 +244,10 @@ class RaftNode(Elections):
         """Feed one message from a peer."""
         if m.dst != self.id:
             return
-        if m.term and not self._check_term(m):
+        if m.term == 0:
+            if not isinstance(m, MsgReadIndex | MsgReadIndexResp):
+                return  # only read requests/answers travel without a term
+        elif not self._check_term(m):
             return
         match m:
             case MsgVote() | MsgPreVote():

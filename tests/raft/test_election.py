@@ -12,6 +12,7 @@ from microtrio.raft import (
     Config,
     ConfState,
     HardState,
+    MsgApp,
     MsgPreVote,
     MsgVote,
     MsgVoteResp,
@@ -208,3 +209,12 @@ def test_candidate_steps_down_on_quorum_of_rejections() -> None:
     assert net.nodes[1].role is StateRole.FOLLOWER  # the higher term deposed the leader
     net.campaign(1)
     assert net.leader() == 1 and net.apps[3].applied == [b"a"]
+
+
+def test_termless_protocol_messages_are_dropped() -> None:
+    net = Net([1, 2, 3])
+    node = net.nodes[2]
+    node.step(MsgVote(3, 2, 0, 99, 99))
+    node.step(MsgApp(1, 2, 0, 1, 1, (), 5))
+    assert node.lead == 0 and node.vote == 0
+    assert not node.ready().messages
