@@ -8,8 +8,12 @@ Public names for the other layers:
   ``transaction(fn)`` (write; ``fn(conn)`` runs on the leader, its effect is captured
   and replicated), ``read(fn, stale=False)`` (linearizable unless ``stale``),
   ``execute_sql(query)`` / ``dump(schema_only=...)`` (``/core/internal/sql``),
-  ``status``, ``schema_versions()``, ``applied_index``, ``snapshot()``/``restore()``,
-  ``notify_upgrade()`` (the ``PATCH /core/internal/database`` wake-up).
+  ``status``, ``wait_for_status(*statuses)``, ``schema_versions()``, ``applied_index``,
+  ``statistics()``, ``snapshot()``/``restore()``, ``notify_upgrade()`` (the
+  ``PATCH /core/internal/database`` wake-up). A function's returned cursor is drained
+  into a list of rows. Writes may only use replicable SQL: no BEGIN/COMMIT (the
+  function runs in a savepoint), no ATTACH, no connection-setting pragmas, no
+  ``CREATE TABLE ... AS SELECT``; ``PRAGMA user_version`` is replicated.
 * :class:`DatabaseStatus` - the exact status strings of reference 6.10.
 * :class:`SchemaUpdate` - one app schema update (SQL text or ``fn(conn)``).
 * :class:`ExtensionRegistry`, :func:`encode_extensions`, :func:`decode_extensions` -
