@@ -548,7 +548,8 @@ class Transport(Generic[M]):
             mapped = _map_link_error(exc)
             if mapped is None:
                 raise
-            raise mapped from exc
+            # Our own errors (from the watcher or keepalive) are raised as they are.
+            raise mapped from (None if mapped in _leaves(exc) else exc)
         finally:
             peer.connected = False
             if stream is not None:
