@@ -42,7 +42,7 @@ def validate_name(name: object) -> str:
     if not 1 <= len(name) <= 255:
         raise ValidationError(f"Invalid member name {name!r}: must be 1-255 characters long")
     for label in name.split("."):
-        if not _LABEL.match(label):
+        if not _LABEL.fullmatch(label):
             raise ValidationError(
                 f"Invalid member name {name!r}: must be dot-separated hostname labels "
                 "(letters, digits and inner hyphens, 1-63 characters each)"
@@ -103,7 +103,9 @@ def parse_address(
             raise ValidationError(f"Invalid address {address!r}: missing port")
         return str(ip), default_port
     lowest = 0 if allow_port_zero else 1
-    if not port_text.isdigit() or not lowest <= int(port_text) <= 65535:
+    # ASCII digits only: str.isdigit() also accepts '²' (int() refuses it) and other scripts.
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5
+    if not digits or not lowest <= int(port_text) <= 65535:
         raise ValidationError(f"Invalid address {address!r}: port must be {lowest}-65535")
     return str(ip), int(port_text)
 

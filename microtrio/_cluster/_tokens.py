@@ -68,7 +68,7 @@ def decode_token(text: object) -> JoinToken:
         raise ValidationError("Invalid join token: not base64") from exc
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ValidationError("Invalid join token: not JSON") from exc
     if not isinstance(data, dict):
         raise ValidationError("Invalid join token: not a JSON object")
@@ -78,7 +78,7 @@ def decode_token(text: object) -> JoinToken:
     secret, fp, addresses = data["secret"], data["fingerprint"], data["join_addresses"]
     if not isinstance(secret, str) or not secret:
         raise ValidationError("Invalid join token: secret must be a non-empty string")
-    if not isinstance(fp, str) or not _HEX64.match(fp):
+    if not isinstance(fp, str) or not _HEX64.fullmatch(fp):
         raise ValidationError("Invalid join token: fingerprint must be 64 lowercase hex chars")
     if not isinstance(addresses, list) or not addresses:
         raise ValidationError("Invalid join token: join_addresses must be a non-empty list")
