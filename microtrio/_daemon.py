@@ -238,25 +238,32 @@ class Daemon:
         return await self._listeners.start(self._nursery, key, make_serve, holder)
 
     def _context(
-        self, kind: ListenerKind, resources: Sequence[Resources], running: Running | None = None
+        self,
+        kind: ListenerKind,
+        resources: Sequence[Resources],
+        running: Running | None = None,
+        after_init: Sequence[Resources] = (),
     ) -> ListenerContext:
         host = None if running is None else (lambda: running.address)
-        return ListenerContext(self.state, kind, Router(resources), host)
+        return ListenerContext(self.state, kind, Router(resources, after_init), host)
 
-    def _app_resources(self, *, unix: bool, pre_init_only: bool) -> list[Resources]:
+    def _app_resources(self, *, unix: bool, pre_init: bool | None = None) -> list[Resources]:
+        """Resources of ``core_api`` servers (``serve_unix`` ones for the control socket);
+        ``pre_init`` True/False selects servers with/without the pre-init flag."""
         found: list[Resources] = []
         for server in self._args.servers.values():
             if not server.core_api or (unix and not server.serve_unix):
                 continue
-            if pre_init_only and not server.pre_init:
+            if pre_init is not None and server.pre_init != pre_init:
                 continue
             found.extend(server.resources)
         return found
 
     async def _serve_unix(self, running: Running, **kwargs: Any) -> None:
         core = [control_resources(), internal_resources(), public_resources()]
-        apps = self._app_resources(unix=True, pre_init_only=False)
-        app = build_app(self._context(ListenerKind.UNIX, core + apps))
+        early = self._app_resources(unix=True, pre_init=True)
+        late = self._app_resources(unix=True, pre_init=False)
+        app = build_app(self._context(ListenerKind.UNIX, core + early, after_init=late))
         group = self._args.socket_group or os.environ.get("SOCKET_GROUP") or None
         await serve_unix(
             app,
@@ -294,7 +301,7 @@ class Daemon:
         )
         holder = await trio.to_thread.run_sync(SSLContextHolder, pair)
         resources = [internal_resources(), public_resources()]
-        resources += self._app_resources(unix=False, pre_init_only=False)
+        resources += self._app_resources(unix=False)
         return await self._start_listener(
             "core",
             lambda r: partial(self._serve_tls, ListenerKind.CORE, resources, address, holder, r),
@@ -308,7 +315,7 @@ class Daemon:
                 load_cert_key_pair, self._dir.server_crt, self._dir.server_key
             )
             holder = await trio.to_thread.run_sync(SSLContextHolder, pair)
-            resources = [public_resources()] + self._app_resources(unix=False, pre_init_only=True)
+            resources = [public_resources()] + self._app_resources(unix=False, pre_init=True)
             await self._start_listener(
                 "pre-init",
                 lambda r: partial(

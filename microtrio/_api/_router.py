@@ -29,6 +29,7 @@ from typing import Any, cast, final
 from quart import Request, Response, request
 from quart_trio import QuartTrio
 
+from .._db._status import DatabaseStatus
 from .._errors import (
     BadRequestError,
     ForbiddenError,
@@ -70,6 +71,7 @@ class ListenerKind(enum.Enum):
 class _Route:
     segments: tuple[str, ...]
     endpoint: Endpoint
+    after_init: bool
 
 
 def _join(prefix: str, path: str) -> str:
@@ -79,25 +81,33 @@ def _join(prefix: str, path: str) -> str:
 
 @final
 class Router:
-    """Matches a request path against the mounted resources."""
+    """Matches a request path against the mounted resources.
 
-    def __init__(self, resources: Sequence[Resources]) -> None:
+    ``after_init`` resources are served only once the member is initialised (application
+    servers without ``pre_init``); before that they answer 503 with the database status.
+    """
+
+    def __init__(
+        self, resources: Sequence[Resources], after_init: Sequence[Resources] = ()
+    ) -> None:
         routes = []
-        for res in resources:
-            for ep in res.endpoints:
-                for path in (ep.path, *(a.path for a in ep.aliases)):
-                    full = _join(res.path_prefix, path)
-                    routes.append(_Route(tuple(full.split("/")[1:]), ep))
+        for group, late in ((resources, False), (after_init, True)):
+            for res in group:
+                for ep in res.endpoints:
+                    for path in (ep.path, *(a.path for a in ep.aliases)):
+                        full = _join(res.path_prefix, path)
+                        routes.append(_Route(tuple(full.split("/")[1:]), ep, late))
         self._routes = tuple(routes)
 
-    def match(self, path: str) -> tuple[Endpoint, dict[str, str]] | None:
+    def match(self, path: str) -> tuple[Endpoint, dict[str, str], bool] | None:
+        """``(endpoint, path variables, served only after init)`` or None."""
         segments = path.split("/")[1:] if path.startswith("/") else None
         if segments is None:
             return None
         for route in self._routes:
             found = _match(route.segments, segments)
             if found is not None:
-                return route.endpoint, found
+                return route.endpoint, found, route.after_init
         return None
 
 
@@ -191,17 +201,21 @@ async def _dispatch(ctx: ListenerContext, req: Request) -> Any:
     found = ctx.router.match(path)
     if found is None:
         raise NotFoundError("not found")
-    endpoint, variables = found
+    endpoint, variables, after_init = found
     action = endpoint.action(req.method)
     if action is None:
         raise NotImplementedMethodError(f"Method {req.method} not implemented")
     state = ctx.state
-    if not action.allow_untrusted and not is_trusted(ctx, cast("MutableMapping[str, Any]", req.scope)):
+    scope = cast("MutableMapping[str, Any]", req.scope)
+    if not action.allow_untrusted and not is_trusted(ctx, scope):
         raise ForbiddenError("not authorized")
     if state.shutting_down and not endpoint.allowed_during_shutdown:
         raise UnavailableError("Daemon is shutting down")
-    if not endpoint.allowed_before_init and not state.database_open:
-        raise UnavailableError(str(state.database_status))
+    status = state.database_status
+    if after_init and status is DatabaseStatus.NOT_INITIALIZED:
+        raise UnavailableError(str(status))
+    if not endpoint.allowed_before_init and status is not DatabaseStatus.ONLINE:
+        raise UnavailableError(str(status))
     if action.access_handler is not None:
         await action.access_handler(state, req)
     req.view_args = variables

@@ -158,3 +158,43 @@ def test_server_validation(tmp_path: Path, servers: dict[str, Server], message: 
 def test_version_is_required(tmp_path: Path) -> None:
     with pytest.raises(microtrio.ValidationError, match="version"):
         Daemon(tmp_path, microtrio.DaemonArgs(version=""))
+
+
+async def test_pre_init_servers_and_dedicated_certificates(state_dir: Path) -> None:
+    early = Endpoint("early", get=EndpointAction(hello), allowed_before_init=True)
+    late = Endpoint("late", get=EndpointAction(hello), allowed_before_init=True)
+    servers = {
+        "pre": Server(core_api=True, serve_unix=True, pre_init=True,
+                      resources=[Resources("1.0", [early])]),
+        "post": Server(core_api=True, serve_unix=True, resources=[Resources("1.0", [late])]),
+        "own": Server(address="127.0.0.1:0", dedicated_certificate=True,
+                      resources=[Resources("own", [Endpoint("ping", get=EndpointAction(hello))])]),
+    }
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CEILING):
+            member = await start_member(
+                nursery, state_dir, make_args(servers=servers), bootstrap=False
+            )
+            assert_sync(*await call(member, "GET", "/1.0/early"))
+            error = assert_error(*await call(member, "GET", "/1.0/late"), 503)
+            assert error == "Database is not yet initialized"
+            await member.app.new_cluster("member1", "127.0.0.1:0")
+            member.address = (await member.app.status())["address"]
+            assert_sync(*await call(member, "GET", "/1.0/late"))
+            assert_sync(*await call(member, "GET", "/1.0/late", via="tls"))
+
+            dedicated = (state_dir / "certificates" / "own.crt").read_bytes()
+            assert dedicated != member.cluster_cert()
+            assert (state_dir / "certificates" / "own.key").stat().st_mode & 0o077 == 0
+            daemon = member.app.daemon
+            assert daemon is not None
+            address = daemon.listener_addresses["own"]
+            assert_sync(
+                *await call(member, "GET", "/own/ping", via="tls", address=address, pinned=dedicated)
+            )
+            # The App's own remote client: presents server.crt, pins cluster.crt.
+            async with await member.app.remote_client(member.address) as client:
+                status = await client.status()
+                assert status["name"] == "member1"
+                assert (await client.cluster_members())[0]["status"] == "ONLINE"
+        nursery.cancel_scope.cancel()
