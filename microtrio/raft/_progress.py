@@ -23,6 +23,7 @@ class Progress:
         "probe_sent",
         "recent_active",
         "sent_commit",
+        "snap_idle",
         "snap_index",
         "snap_offset",
         "snap_sent",
@@ -40,10 +41,12 @@ class Progress:
         self.max_inflight = max_inflight
         #: last index of each unacknowledged append (REPLICATE state)
         self.inflight: deque[int] = deque()
-        #: snapshot being sent: its index, bytes acknowledged, whether a chunk is unacked
+        #: snapshot being sent: its index, bytes acknowledged, whether a chunk is unacked and
+        #: for how many heartbeat responses it has been
         self.snap_index = 0
         self.snap_offset = 0
         self.snap_sent = False
+        self.snap_idle = 0
 
     def become_probe(self) -> None:
         if self.state is ProgressState.SNAPSHOT:

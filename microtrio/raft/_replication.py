@@ -167,7 +167,8 @@ class Replication:
         if pr.state is ProgressState.REPLICATE and pr.is_paused():
             pr.inflight.popleft()  # acks may have been lost: let one more append through
         if pr.state is ProgressState.SNAPSHOT:
-            if pr.snap_sent:  # the chunk or its ack was lost (or is slow): resend from the ack
+            pr.snap_idle += pr.snap_sent
+            if pr.snap_idle >= 2:  # no ack for a whole heartbeat round: resend from the ack
                 pr.snap_sent = False
                 self._send_snapshot_chunk(m.src, pr)
         elif pr.match < self._log.last_index:
@@ -200,6 +201,7 @@ class Replication:
         done = off + len(chunk) >= total
         self._msgs.append(MsgSnap(self.id, to, self.term, snap.meta, off, total, chunk, done))
         pr.snap_sent = True
+        pr.snap_idle = 0
 
     def _handle_snap_resp(self, m: MsgSnapResp) -> None:
         pr = self.prs.get(m.src)
@@ -214,6 +216,8 @@ class Replication:
             return
         if pr.state is not ProgressState.SNAPSHOT or m.index != pr.snap_index:
             return
+        if m.offset == pr.snap_offset and pr.snap_sent:
+            return  # a duplicate answer: the chunk in flight will be answered itself
         pr.snap_offset = m.offset
         pr.snap_sent = False
         self._send_snapshot_chunk(m.src, pr)

@@ -173,3 +173,23 @@ def test_follower_with_snapshot_covered_by_commit_ignores_it() -> None:
     assert rd.snapshot is None
     (resp,) = rd.messages
     assert isinstance(resp, MsgSnapResp) and resp.done and resp.index == follower.committed
+
+
+def test_duplicated_chunks_and_acks_do_not_multiply_the_transfer() -> None:
+    net = lagging_cluster(chunk=16)
+    net.heal()
+    seen: set[int] = set()
+
+    def duplicate(m: Message) -> bool:
+        if isinstance(m, MsgSnap | MsgSnapResp) and id(m) not in seen:
+            seen.add(id(m))
+            net.queue.append(m)  # deliver it twice
+        return False
+
+    net.filters.append(duplicate)
+    net.tick(1, 1)
+    snap = net.stores[1].snapshot
+    assert snap is not None
+    assert len(snaps(net)) == -(-len(snap.data) // 16)  # each chunk sent exactly once
+    assert net.apps[3].snapshot_installs == 1
+    assert net.apps[3].applied == net.apps[1].applied
