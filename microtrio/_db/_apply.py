@@ -171,7 +171,10 @@ class Applier:
             if batch.ops and batch.base_index < state.changed_index:
                 logger.info(
                     "%s: refusing entry %d: executed at %d, data changed at %d",
-                    self._member, index, batch.base_index, state.changed_index,
+                    self._member,
+                    index,
+                    batch.base_index,
+                    state.changed_index,
                 )
                 self._refused.append(index)
             else:
@@ -268,7 +271,9 @@ def _apply_op(conn: apsw.Connection, index: int, op: Op) -> None:
             for name, seq in json.loads(op.data).items():
                 conn.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (seq, name))
                 if conn.changes() == 0:
-                    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, seq))
+                    conn.execute(
+                        "INSERT INTO sqlite_sequence (name, seq) VALUES (?, ?)", (name, seq)
+                    )
     except apsw.Error as exc:
         raise DivergenceError(f"entry {index}: cannot apply {op.kind.name}: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:

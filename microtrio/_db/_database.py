@@ -217,9 +217,7 @@ class Database:
             await self._run_patch()
             if not bootstrap and member_name is not None:
                 await self._wait_for_members(member_name)
-            self._versions = await self._submit(
-                lambda conn: ensure_schema(conn, self._app_updates)
-            )
+            self._versions = await self._submit(lambda conn: ensure_schema(conn, self._app_updates))
         except BaseException:
             self.status = DatabaseStatus.OFFLINE
             raise
@@ -324,8 +322,13 @@ class Database:
         await self._get_applier().restore(data)
         if self.status is DatabaseStatus.ONLINE:
             internal, external = await self._read(current_versions)
-            logger.info("%s: restored snapshot at %d, schema (%d, %d)",
-                        self._member, self.applied_index, internal, external)
+            logger.info(
+                "%s: restored snapshot at %d, schema (%d, %d)",
+                self._member,
+                self.applied_index,
+                internal,
+                external,
+            )
 
     # -- internals -----------------------------------------------------------------
     def _require_online(self) -> None:
@@ -476,8 +479,12 @@ class Database:
             result = compare_versions(own, others)
             if not result.waiting:
                 return
-            logger.warning("%s: waiting for %d members to upgrade: %s",
-                           self._member, len(result.behind), ", ".join(result.behind))
+            logger.warning(
+                "%s: waiting for %d members to upgrade: %s",
+                self._member,
+                len(result.behind),
+                ", ".join(result.behind),
+            )
             self.status = DatabaseStatus.WAITING
             self._upgrade = trio.Event()
             with trio.move_on_after(UPGRADE_RETRY_SECONDS):
@@ -520,6 +527,9 @@ def _record_and_list(conn: apsw.Connection, own: MemberVersions) -> list[MemberV
             decoded = json.loads(exts) if exts else None
         except ValueError:
             decoded = None
-        members.append(MemberVersions(name, int(internal), int(external),
-                                      decoded if isinstance(decoded, list) else None))
+        members.append(
+            MemberVersions(
+                name, int(internal), int(external), decoded if isinstance(decoded, list) else None
+            )
+        )
     return members

@@ -185,8 +185,7 @@ def compare_versions(own: MemberVersions, others: Iterable[MemberVersions]) -> V
         ext = _extensions_cmp(list(own.extensions or ()), other.extensions)
         if theirs[0] > mine[0] or theirs[1] > mine[1] or (theirs == mine and ext > 0):
             raise SchemaVersionError(
-                f"This cluster member's version is behind member {other.name!r}, "
-                "please upgrade"
+                f"This cluster member's version is behind member {other.name!r}, please upgrade"
             )
         if theirs < mine or theirs[0] < mine[0] or theirs[1] < mine[1] or ext < 0:
             behind.append(other.name)

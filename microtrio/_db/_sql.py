@@ -113,8 +113,16 @@ class NotReadOnlyError(Exception):
 #: ``foreign_keys``, ``journal_mode``...) and is refused.
 QUERY_PRAGMAS = frozenset(
     {
-        "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list",
-        "foreign_key_list", "foreign_key_check", "integrity_check", "quick_check",
+        "table_info",
+        "table_xinfo",
+        "table_list",
+        "index_info",
+        "index_xinfo",
+        "index_list",
+        "foreign_key_list",
+        "foreign_key_check",
+        "integrity_check",
+        "quick_check",
     }
 )
 
@@ -125,7 +133,11 @@ def reader_authorizer(
     """Reader connections: no ATTACH/DETACH, no pragma assignments (``query_only`` stays)."""
     if code in (apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH):
         return apsw.SQLITE_DENY
-    if code == apsw.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() not in QUERY_PRAGMAS:
+    if (
+        code == apsw.SQLITE_PRAGMA
+        and arg2 is not None
+        and (arg1 or "").lower() not in QUERY_PRAGMAS
+    ):
         return apsw.SQLITE_DENY
     return apsw.SQLITE_OK
 

@@ -131,7 +131,8 @@ async def test_close_fails_queued_writes(tmp_path: Path) -> None:
                 await db.close()
             assert len(errors) == 2
             assert {type(e).__name__ for e in errors} <= {
-                "OutcomeUnknownError", "DatabaseNotOpenError"
+                "OutcomeUnknownError",
+                "DatabaseNotOpenError",
             }
 
 
@@ -212,7 +213,9 @@ async def test_cursors_left_in_progress_do_not_break_the_writer(tmp_path: Path) 
             )
             assert rows == [("c", 3)]
             assert await db.read(lambda c: c.execute("SELECT k FROM kv ORDER BY k")) == [
-                ("a",), ("b",), ("c",),
+                ("a",),
+                ("b",),
+                ("c",),
             ]
             with pytest.raises(MicrotrioError, match="in progress|locked"):
                 await db.transaction(leak)

@@ -61,7 +61,9 @@ async def test_writes_on_two_members_are_serializable(tmp_path: Path) -> None:
             for name in ("m1", "m2", "m3"):
                 members.append(
                     await start_db(
-                        nursery, tmp_path / name / "microtrio.db", committer_factory=factory,
+                        nursery,
+                        tmp_path / name / "microtrio.db",
+                        committer_factory=factory,
                         member=name,
                     )
                 )
@@ -86,8 +88,7 @@ async def test_writes_on_two_members_are_serializable(tmp_path: Path) -> None:
             assert sum(db.statistics().commits for db in members) == log.index
             # stale batches were skipped alike by every member (and re-executed by their writer)
             refused = [
-                {i for i in range(1, log.index + 1) if db.applier.was_refused(i)}
-                for db in members
+                {i for i in range(1, log.index + 1) if db.applier.was_refused(i)} for db in members
             ]
             assert refused[0] == refused[1] == refused[2]
             for db in members:

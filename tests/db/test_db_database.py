@@ -31,8 +31,15 @@ async def test_internal_schema_matches_reference(db: Database) -> None:
         )
     assert [c[0] for c in t["schemas"]] == ["id", "version", "type", "updated_at"]
     assert [c[0] for c in t["core_cluster_members"]] == [
-        "id", "name", "address", "certificate", "schema_internal", "schema_external",
-        "api_extensions", "heartbeat", "role",
+        "id",
+        "name",
+        "address",
+        "certificate",
+        "schema_internal",
+        "schema_external",
+        "api_extensions",
+        "heartbeat",
+        "role",
     ]
     assert [c[0] for c in t["core_token_records"]] == ["id", "name", "secret", "expiry_date"]
     assert ("expiry_date", "DATETIME", 0) in t["core_token_records"]
@@ -67,7 +74,9 @@ async def test_transaction_read_and_errors(db: Database) -> None:
 
         with pytest.raises(KeyError):
             await db.transaction(boom)
-        assert await db.read(lambda c: c.execute("SELECT count(*) FROM core_token_records").get) == 1
+        assert (
+            await db.read(lambda c: c.execute("SELECT count(*) FROM core_token_records").get) == 1
+        )
 
 
 async def test_status_lifecycle(tmp_path: Path) -> None:
@@ -90,7 +99,9 @@ async def test_status_lifecycle(tmp_path: Path) -> None:
 async def test_app_updates_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "database" / "microtrio.db"
     patch = tmp_path / "patch.global.sql"
-    one = SchemaUpdate("CREATE TABLE extended_table (id INTEGER PRIMARY KEY, key TEXT UNIQUE, value TEXT)")
+    one = SchemaUpdate(
+        "CREATE TABLE extended_table (id INTEGER PRIMARY KEY, key TEXT UNIQUE, value TEXT)"
+    )
 
     def two(conn: apsw.Connection) -> None:
         conn.execute("ALTER TABLE extended_table ADD COLUMN extra INTEGER DEFAULT 7")
@@ -108,13 +119,16 @@ async def test_app_updates_and_reopen(tmp_path: Path) -> None:
 
         patch.write_text("UPDATE extended_table SET value = 'patched';\n")
         async with trio.open_nursery() as nursery:
-            database = await start_db(nursery, path, updates=(one, SchemaUpdate(two)),
-                                      patch_path=patch)
+            database = await start_db(
+                nursery, path, updates=(one, SchemaUpdate(two)), patch_path=patch
+            )
             assert database.applied_index == index
             await database.open(bootstrap=False)
             assert database.schema_versions()[:2] == (6, 2)
             assert not patch.exists()
-            row = await database.read(lambda c: c.execute("SELECT key, value, extra FROM extended_table").get)
+            row = await database.read(
+                lambda c: c.execute("SELECT key, value, extra FROM extended_table").get
+            )
             assert row == ("k", "patched", 7)
             await database.close()
 

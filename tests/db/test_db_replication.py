@@ -97,10 +97,12 @@ async def test_executed_and_applied_databases_are_identical(tmp_path: Path) -> N
             assert pair.follower.applied_index == pair.leader.applied_index
             # the trigger ran once per insert, on the leader only
             n_items, n_audit = await pair.leader.read(
-                lambda c: c.execute(
-                    "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'items'), "
-                    "(SELECT count(*) FROM audit)"
-                ).get
+                lambda c: (
+                    c.execute(
+                        "SELECT (SELECT seq FROM sqlite_sequence WHERE name = 'items'), "
+                        "(SELECT count(*) FROM audit)"
+                    ).get
+                )
             )
             assert n_audit == n_items + 1  # one trigger row per inserted item, plus id -1
             await pair.leader.close()
@@ -125,6 +127,7 @@ async def test_schema_and_rows_are_captured_in_order(tmp_path: Path) -> None:
             assert sql[0].startswith("CREATE TABLE early")
             assert any(s.startswith("ALTER TABLE early") for s in sql)
             assert any(s.startswith("CREATE TRIGGER items_ai") for s in sql)
+
             # a swallowed failing schema statement is not replicated
             def swallow(conn: apsw.Connection) -> None:
                 with pytest.raises(apsw.SQLError):
@@ -261,7 +264,9 @@ async def test_renames_savepoints_pragmas_and_temp_tables(tmp_path: Path) -> Non
     assert "new_name" in a and "old_name" not in a and "scratch" not in a and "copy" not in a
     follower = apsw.Connection(str(tmp_path / "b" / "microtrio.db"))
     assert list(follower.execute("SELECT a, label FROM new_name ORDER BY a")) == [
-        (1, "one"), (2, "two"), (3, "kept"),
+        (1, "one"),
+        (2, "two"),
+        (3, "kept"),
     ]
     assert follower.execute("PRAGMA user_version").get == 42
     follower.close()

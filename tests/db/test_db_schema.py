@@ -61,7 +61,8 @@ def test_compare_versions() -> None:
     own = mv("me", 6, 2)
     assert not compare_versions(own, [mv("me", 6, 2), mv("b", 6, 2)]).waiting
     assert compare_versions(own, [mv("b", 6, 1), mv("c", 5, 2), mv("d", 6, 2)]).behind == (
-        "b", "c",
+        "b",
+        "c",
     )
     assert compare_versions(own, [mv("b", 6, 2, INTERNAL[:1])]).behind == ("b",)
     assert compare_versions(own, [MemberVersions("b", 6, 2, None)]).behind == ("b",)
@@ -98,8 +99,9 @@ async def test_waiting_for_members_behind(tmp_path: Path) -> None:
     app = (SchemaUpdate("CREATE TABLE app (x)"),)
     with trio.fail_after(30):
         async with trio.open_nursery() as nursery:
-            await _bootstrap(nursery, path, [add_member("other", 6, 0),
-                                             add_member("joining", 1, 0, "PENDING")])
+            await _bootstrap(
+                nursery, path, [add_member("other", 6, 0), add_member("joining", 1, 0, "PENDING")]
+            )
             db = await start_db(nursery, path, updates=app)
             done = trio.Event()
 
@@ -118,9 +120,11 @@ async def test_waiting_for_members_behind(tmp_path: Path) -> None:
             assert db.status is DatabaseStatus.ONLINE
             assert db.schema_versions()[:2] == (6, 1)
             row = await db.read(
-                lambda c: c.execute(
-                    "SELECT schema_external FROM core_cluster_members WHERE name = 'me'"
-                ).get
+                lambda c: (
+                    c.execute(
+                        "SELECT schema_external FROM core_cluster_members WHERE name = 'me'"
+                    ).get
+                )
             )
             assert row == 1
             await db.close()

@@ -50,7 +50,10 @@ async def test_execute_sql_results(tmp_path: Path) -> None:
             assert results[3].rows == (("w", None), ("x;y", "hi"), ("z", None))
             assert results[4].rows_affected == 0
             assert results[1].to_json() == {
-                "type": "exec", "columns": None, "rows": None, "rows_affected": 2,
+                "type": "exec",
+                "columns": None,
+                "rows": None,
+                "rows_affected": 2,
             }
             assert results[3].to_json()["rows"][1] == ["x;y", "hi"]
             await db.close()
