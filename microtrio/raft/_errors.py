@@ -9,8 +9,9 @@
     │       └── ConfChangeInProgressError  another membership change is not committed yet
     ├── BadRequestError
     │   └── RaftUsageError          the core was called wrongly (bad argument, ready twice)
-    └── ProtocolError
-        └── CodecError              bytes are not a valid encoded message
+    ├── ProtocolError
+    │   └── CodecError              bytes are not a valid encoded message
+    └── DivergenceError             a peer asked to rewrite committed entries (a safety bug)
 """
 
 from __future__ import annotations

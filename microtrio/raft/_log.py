@@ -7,6 +7,7 @@ persistence; ``committed`` and ``applying`` (handed to the application) follow R
 
 from __future__ import annotations
 
+from .._errors import DivergenceError
 from ._types import Entry
 
 __all__ = ["RaftLog"]
@@ -88,7 +89,9 @@ class RaftLog:
         first = entries[0].index
         if first <= self.last_index:
             if first <= self.committed:
-                raise AssertionError(f"truncating committed entry {first} <= {self.committed}")
+                raise DivergenceError(
+                    f"a leader rewrote committed entry {first} <= {self.committed}"
+                )
             del self.entries[first - self.base - 1 :]
             if first < self.unstable_from:
                 self.unstable_from = first
@@ -121,7 +124,7 @@ class RaftLog:
     def commit_to(self, index: int) -> None:
         if index > self.committed:
             if index > self.last_index:
-                raise AssertionError(f"commit {index} beyond last index {self.last_index}")
+                raise DivergenceError(f"commit {index} beyond last index {self.last_index}")
             self.committed = index
 
     def compact_to(self, index: int) -> None:

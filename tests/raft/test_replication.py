@@ -242,3 +242,17 @@ def test_flow_control_recovers_when_appends_filling_the_window_are_lost() -> Non
     net.heal()
     net.tick(1, 3)  # heartbeat responses free the window and re-probe
     assert net.apps[2].applied == [b"0", b"1", b"2", b"3"]
+
+
+def test_append_below_commit_never_rewrites_committed_entries() -> None:
+    net = Net([1, 2, 3])
+    net.elect(1)
+    net.propose(b"a")
+    follower = net.nodes[2]
+    forged = Entry(follower.term, 3, EntryType.NORMAL, b"forged")
+    follower.step(MsgApp(1, 2, follower.term, 2, 2, (forged,), 3))
+    rd = follower.ready()
+    assert rd.entries == ()
+    assert rd.messages == (MsgAppResp(2, 1, follower.term, index=3),)  # "I have up to 3"
+    follower.advance(rd)
+    assert net.stores[2].entries[-1].data == b"a"
