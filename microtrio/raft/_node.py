@@ -535,16 +535,20 @@ class RaftNode(Elections):
         return HardState(self.term, self.vote, self._log.committed)
 
     def has_ready(self) -> bool:
+        """Whether :meth:`ready` would return any work (cheap; call it freely)."""
         self._flush()
-        log = self._log
+        log, hs, ss = self._log, self._prev_hs, self._prev_ss
         return bool(
             self._msgs
+            or log.committed > log.applying
+            or log.unstable_from <= log.base + len(log.entries)
+            or self.term != hs.term
+            or self.vote != hs.vote
+            or log.committed != hs.commit
+            or self.lead != ss.leader_id
+            or self.role is not ss.role
             or self._read_states
             or self._pending_snapshot is not None
-            or log.unstable_from <= log.last_index
-            or log.committed > log.applying
-            or self._hard_state() != self._prev_hs
-            or SoftState(self.lead, self.role) != self._prev_ss
         )
 
     def ready(self) -> Ready:
