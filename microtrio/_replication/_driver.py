@@ -360,6 +360,7 @@ class RaftDriver:
 
     async def wait_changed(self) -> None:
         """Return after the next change of leader, role or applied index."""
+        self._check_running()
         await self._changed.wait()
 
     async def wait_leader(self) -> int:

@@ -3,10 +3,15 @@ trio.run."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
+import pytest
 import trio
-from _raft_cluster import checksums, open_cluster, sql, write
+from _raft_cluster import Member, checksums, open_cluster, sql, write
+
+from microtrio._errors import MicrotrioError, OutcomeUnknownError
+from microtrio._replication import DriverConfig
 
 CEILING = 60.0
 
@@ -104,3 +109,140 @@ async def test_five_members_survive_two_failures(tmp_path: Path) -> None:
                 await write(member, sql("INSERT INTO t VALUES (?)", k))
             for member in cluster.running():
                 assert await member.db.read(sql("SELECT count(*) FROM t")) == [(3,)]
+
+
+async def test_far_behind_follower_catches_up_by_chunked_snapshot(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="microtrio.replication.driver")
+    config = DriverConfig(
+        tick_interval=0.05, snapshot_threshold=20, snapshot_trailing=5, snapshot_chunk_size=16384
+    )
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3, driver_config=config) as cluster:
+            leader = await cluster.leader()
+            await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)"))
+            lagging = next(m for m in cluster.members if m is not leader)
+            lagging.kill()
+            await lagging.wait_stopped()
+            behind = lagging.raft_dir
+            for k in range(60):
+                await leader.db.transaction(sql("INSERT INTO t VALUES (?, randomblob(2048))", k))
+            status = await leader.repl.status()
+            assert status.first_index > 10  # the leader's log no longer holds what it misses
+            caplog.clear()
+            await cluster.restart(lagging)
+            await cluster.wait_applied(leader.repl.driver.applied_index, [lagging])
+            assert any(
+                r.name == "microtrio.replication.driver" and "installing the snapshot" in r.message
+                for r in caplog.records
+            )
+            received = list(behind.glob("snapshot-*"))  # the received snapshot is durable
+            assert received
+            assert received[0].stat().st_size > 4 * config.snapshot_chunk_size  # many chunks
+            assert await checksums(lagging) == await checksums(leader)
+            # and it keeps replicating normally afterwards
+            await write(lagging, sql("INSERT INTO t VALUES (1000, x'00')"))
+            rows = await leader.db.read(sql("SELECT count(*) FROM t"))
+            assert rows == [(61,)]
+
+
+async def test_torn_log_tail_is_repaired_on_start(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            await leader.db.transaction(sql("INSERT INTO t VALUES (1)"))
+            victim = next(m for m in cluster.members if m is not leader)
+            await cluster.wait_applied(leader.repl.driver.applied_index, [victim])
+            victim.kill()
+            await victim.wait_stopped()
+            newest = sorted(victim.raft_dir.glob("log-*.seg"))[-1]
+            size = newest.stat().st_size
+            with newest.open("ab") as f:  # a record whose write never completed
+                f.write(b"\x00\x00\x01\x00" + b"\xab" * 37)
+            await cluster.restart(victim)
+            assert newest.stat().st_size == size  # the torn tail was cut off
+            await write(victim, sql("INSERT INTO t VALUES (2)"))
+            assert await leader.db.read(sql("SELECT k FROM t ORDER BY k")) == [(1,), (2,)]
+            await cluster.wait_applied(leader.repl.driver.applied_index)
+            assert await checksums(victim) == await checksums(leader)
+
+
+async def test_nondeterministic_sql_and_triggers_leave_identical_tables(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            await leader.db.transaction(
+                sql(
+                    "CREATE TABLE t (id INTEGER PRIMARY KEY AUTOINCREMENT, r INTEGER, "
+                    "at TEXT DEFAULT (strftime('%Y-%m-%d %H:%M:%f', 'now')), b BLOB)"
+                )
+            )
+            await leader.db.transaction(sql("CREATE TABLE audit (id INTEGER PRIMARY KEY, r, at)"))
+            await leader.db.transaction(
+                sql(
+                    "CREATE TRIGGER t_ins AFTER INSERT ON t BEGIN "
+                    "INSERT INTO audit (r, at) VALUES (random(), datetime('now')); END"
+                )
+            )
+            for k in range(9):
+                member = cluster.members[k % 3]
+                await write(member, sql("INSERT INTO t (r, b) VALUES (random(), randomblob(16))"))
+            await write(cluster[1], sql("UPDATE t SET r = random() WHERE id % 2 = 0"))
+            await write(cluster[2], sql("DELETE FROM t WHERE id = 3"))
+            await cluster.wait_applied(leader.repl.driver.applied_index)
+            sums = [await checksums(m) for m in cluster.members]
+            assert sums[0] == sums[1] == sums[2]
+            assert {"t", "audit", "sqlite_sequence"} <= set(sums[0])
+            assert await leader.db.read(sql("SELECT count(*) FROM audit")) == [(9,)]
+
+
+async def test_writes_in_flight_when_the_leader_dies_are_never_plainly_failed_if_committed(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            await cluster.wait_applied(leader.repl.driver.applied_index)
+            acked: set[int] = set()
+            unknown: set[int] = set()
+            failed: set[int] = set()
+            enough = trio.Event()
+
+            async def writer(member: Member, base: int) -> None:
+                for k in range(base, base + 10_000):
+                    if member.killed:
+                        return
+                    try:
+                        await member.db.transaction(sql("INSERT INTO t VALUES (?)", k))
+                    except OutcomeUnknownError:
+                        unknown.add(k)
+                    except MicrotrioError:
+                        failed.add(k)
+                        if member.killed:
+                            return
+                        with trio.move_on_after(0.2):
+                            await member.repl.driver.wait_changed()
+                    else:
+                        acked.add(k)
+                    if len(acked) >= 30 and not leader.killed:
+                        enough.set()
+                    if leader.killed and sum(1 for a in acked if a >= base) >= 40:
+                        return
+
+            async with trio.open_nursery() as nursery:
+                for n, member in enumerate(cluster.members):
+                    nursery.start_soon(writer, member, 100_000 * (n + 1))
+                await enough.wait()
+                leader.kill()
+            await cluster.leader()
+            await cluster.restart(leader)
+            await cluster.wait_applied(cluster.running()[0].repl.driver.applied_index)
+            for member in cluster.members:
+                present = {r[0] for r in await member.db.read(sql("SELECT k FROM t"))}
+                assert acked <= present  # nothing acknowledged is lost
+                assert not (failed & present)  # a plain failure was really not committed
+                assert present <= acked | unknown
+            assert len(acked) > 60
