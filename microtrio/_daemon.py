@@ -37,7 +37,7 @@ import yaml
 
 from ._api._control import control_resources
 from ._api._group import ListenerGroup, Running, Serve
-from ._api._internal import internal_resources
+from ._api._internal import fan_out, internal_resources
 from ._api._listener import serve_tcp, serve_unix
 from ._api._public import public_resources
 from ._api._resources import Resources, Server, validate_servers
@@ -129,7 +129,7 @@ class Daemon:
         self._listeners = ListenerGroup(drain_timeout=args.drain_timeout)
         self._stop = trio.Event()
         self._stopping = False
-        self._init_lock = trio.Lock()
+        self._initialising = False
         #: Completed in-process resets (removal or failed init); see :meth:`wait_reset`.
         self.reset_count = 0
         self._reset_changed = trio.Event()
@@ -370,15 +370,35 @@ class Daemon:
     # -- MemberControl: init, reset ------------------------------------------------------
 
     async def initialise(self, request: ControlRequest) -> None:
-        async with self._init_lock:
-            status = self.database_status()
-            if status is not DatabaseStatus.NOT_INITIALIZED:
-                raise BadRequestError(f"Unable to initialize cluster: {status}")
-            if not request.bootstrap:
-                raise NotImplementedMethodError(
-                    "Joining an existing cluster is not supported by this member yet"
-                )
-            await self._bootstrap(request)
+        """Bootstrap (join: not yet). The work runs as a task of the daemon, not of the
+        request, so a caller that disconnects cannot leave a half-initialised member."""
+        assert self._nursery is not None
+        if self._initialising:
+            raise BadRequestError("Unable to initialize cluster: initialisation in progress")
+        status = self.database_status()
+        if status is not DatabaseStatus.NOT_INITIALIZED:
+            raise BadRequestError(f"Unable to initialize cluster: {status}")
+        if not request.bootstrap:
+            raise NotImplementedMethodError(
+                "Joining an existing cluster is not supported by this member yet"
+            )
+        self._initialising = True
+        done = trio.Event()
+        failure: list[Exception] = []
+
+        async def bootstrap() -> None:
+            try:
+                await self._bootstrap(request)
+            except Exception as exc:  # handed to the caller below
+                failure.append(exc)
+            finally:
+                self._initialising = False
+                done.set()
+
+        self._nursery.start_soon(bootstrap)
+        await done.wait()
+        if failure:
+            raise failure[0]
 
     async def _bootstrap(self, request: ControlRequest) -> None:
         servers = {
@@ -535,12 +555,19 @@ class Daemon:
             if new_address and name not in self._listeners:
                 await self._start_extra(name, server, new_address)
 
-    async def add_trusted(self, member: ClusterMemberLocal) -> None:
+    async def add_trusted(self, member: ClusterMemberLocal, *, notify: bool = True) -> None:
+        """Add ``member``; unless this is a notification, first push it to every other
+        member (except itself and the new one), as microcluster does."""
+        if notify:
+            await fan_out(self.state, "add_trust", {self.state.name, member.name},
+                          member.name, member.address, member.certificate)
         await trio.to_thread.run_sync(self._truststore.add, member)
 
-    async def remove_trusted(self, name: str) -> None:
+    async def remove_trusted(self, name: str, *, notify: bool = True) -> None:
         if name == self.state.name:
             raise BadRequestError("A member cannot remove itself from its truststore")
+        if notify:
+            await fan_out(self.state, "remove_trust", {self.state.name, name}, name)
         await trio.to_thread.run_sync(self._truststore.remove, name)
 
     def notify_upgrade(self) -> None:

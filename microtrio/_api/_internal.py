@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from quart import Request
 
+from .._client import NOTIFIER_USER_AGENT
 from .._cluster._names import validate_name
-from .._errors import BadRequestError, NotFoundError
+from .._errors import BadRequestError, MicrotrioError, NotFoundError, RemoteError
 from .._hooks import REMOTE_HOOKS, HookType
 from ._resources import Endpoint, EndpointAction, Resources
 from ._router import read_json_object
 from ._state import ClusterMemberLocal, State
 
-__all__ = ["internal_resources", "parse_member_local"]
+__all__ = ["fan_out", "internal_resources", "is_notification", "parse_member_local"]
 
 
 async def _sql_get(state: State, req: Request) -> Any:
@@ -37,7 +39,7 @@ def parse_member_local(value: object) -> ClusterMemberLocal:
 
 async def _truststore_post(state: State, req: Request) -> Any:
     member = parse_member_local(await read_json_object(req))
-    await state.control.add_trusted(member)
+    await state.control.add_trusted(member, notify=not is_notification(req))
     return {}
 
 
@@ -45,8 +47,34 @@ async def _truststore_delete(state: State, req: Request) -> Any:
     name = validate_name((req.view_args or {}).get("name"))
     if state.truststore.by_name(name) is None:
         raise NotFoundError(f"No truststore entry named {name!r}")
-    await state.control.remove_trusted(name)
+    await state.control.remove_trusted(name, notify=not is_notification(req))
     return {}
+
+
+async def fan_out(state: State, method: str, skip: set[str], *args: str) -> None:
+    """Call ``Client.<method>(*args)`` as a notification on every trusted member not in
+    ``skip`` (concurrently; the first failure is raised after all finished)."""
+    peers = [m for m in state.truststore.members() if m.name not in skip]
+    failures: list[MicrotrioError] = []
+
+    async def one(name: str, address: str) -> None:
+        try:
+            async with await state.remote_client(address) as client:
+                await getattr(client.notifier(state.address), method)(*args)
+        except MicrotrioError as exc:
+            failures.append(type(exc)(f"{name}: {exc}") if not isinstance(exc, RemoteError)
+                            else RemoteError(f"{name}: {exc}", exc.status))
+
+    async with trio.open_nursery() as nursery:
+        for peer in peers:
+            nursery.start_soon(one, peer.name, peer.address)
+    if failures:
+        raise failures[0]
+
+
+def is_notification(req: Request) -> bool:
+    """A fan-out request from a peer (microcluster's ``IsNotification``)."""
+    return req.headers.get("User-Agent", "") == NOTIFIER_USER_AGENT
 
 
 def _force(body: dict[str, Any]) -> bool:
