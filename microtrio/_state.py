@@ -293,9 +293,11 @@ class StateDir:
             return None
         except OSError as exc:
             raise StateError(f"Cannot read {self.daemon_yaml}: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise StateError(f"Malformed daemon config {self.daemon_yaml}: {exc}") from exc
         try:
             return DaemonConfig.from_dict(yaml.safe_load(text))
-        except (yaml.YAMLError, ValueError) as exc:
+        except (yaml.YAMLError, ValueError, RecursionError) as exc:
             raise StateError(f"Malformed daemon config {self.daemon_yaml}: {exc}") from exc
 
     def save_daemon_config(self, config: DaemonConfig) -> None:

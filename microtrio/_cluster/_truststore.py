@@ -120,7 +120,8 @@ class Truststore:
         try:
             data: Any = yaml.safe_load(path.read_text())
             return TrustedMember.from_dict(data)
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
+        # ValueError: bad UTF-8, or a YAML scalar like 2001-13-45 that fails to construct.
+        except (OSError, yaml.YAMLError, ValidationError, ValueError, RecursionError) as exc:
             raise StateError(f"Malformed truststore file {path}: {exc}") from exc
 
     def refresh(self) -> bool:
