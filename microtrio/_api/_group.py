@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import final
+from typing import cast, final
 
 import trio
 
@@ -33,6 +33,17 @@ class Running:
     done: trio.Event = field(default_factory=trio.Event)
     address: str = ""
     holder: SSLContextHolder | None = None
+
+
+@final
+class _Relay:
+    """A ``task_status`` whose ``started`` calls a function (see ``ListenerGroup._task``)."""
+
+    def __init__(self, on_started: Callable[[str | None], None]) -> None:
+        self._on_started = on_started
+
+    def started(self, value: str | None = None) -> None:
+        self._on_started(value)
 
 
 @final
@@ -72,15 +83,19 @@ class ListenerGroup:
     async def _task(
         self, key: str, serve: Serve, running: Running, *, task_status: trio.TaskStatus[str]
     ) -> None:
+        # ``serve`` runs in this very task (no inner nursery, so an error before it is
+        # listening, such as an address in use, reaches the starter unwrapped).
+        def started(bound: str | None = None) -> None:
+            running.address = bound or ""
+            self._running[key] = running
+            task_status.started(running.address)
+
         try:
             with running.scope:
-                async with trio.open_nursery() as nursery:
-                    bound = await nursery.start(
-                        partial(serve, shutdown_trigger=running.trigger.wait)
-                    )
-                    running.address = bound
-                    self._running[key] = running
-                    task_status.started(bound)
+                await serve(
+                    shutdown_trigger=running.trigger.wait,
+                    task_status=cast("trio.TaskStatus[str]", _Relay(started)),
+                )
         finally:
             if self._running.get(key) is running:
                 del self._running[key]

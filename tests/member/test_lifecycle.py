@@ -229,3 +229,24 @@ async def test_pre_init_listener(state_dir: Path) -> None:
             assert "pre-init" not in daemon.listener_addresses
             assert "core" in daemon.listener_addresses
         nursery.cancel_scope.cancel()
+
+
+async def test_bootstrap_on_a_busy_address_rolls_back(state_dir: Path) -> None:
+    busy = trio.socket.socket()
+    with busy:
+        await busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        host, port = busy.getsockname()
+        async with trio.open_nursery() as nursery:
+            with trio.fail_after(CEILING):
+                member = await start_member(nursery, state_dir, make_args(), bootstrap=False)
+                body = {"name": "member1", "address": f"{host}:{port}", "bootstrap": True}
+                error = assert_error(
+                    *await call(member, "POST", "/core/control", json_body=body), 503
+                )
+                assert f"{host}:{port}" in error
+                status = await member.app.status()
+                assert status["address"] == "" and status["ready"] is False
+                assert not (state_dir / "daemon.yaml").exists()
+                await member.app.new_cluster("member1", "127.0.0.1:0")
+            nursery.cancel_scope.cancel()
