@@ -163,10 +163,11 @@ def test_ch4_removing_the_leader_steps_it_down_after_commit() -> None:
     net.filters.append(lambda m: isinstance(m, MsgAppResp))
     index = leader.propose_conf_change(leader.conf.with_role(1, None))
     net.stabilize()
-    assert leader.role is StateRole.LEADER and leader.committed < index  # still leads meanwhile
+    assert leader.status().role is StateRole.LEADER  # still leads meanwhile ...
+    assert leader.committed < index
     net.heal()
     net.tick(1, 2)
-    assert leader.role is StateRole.FOLLOWER
+    assert leader.status().role is StateRole.FOLLOWER  # ... and steps down once committed
     new = net.leader()
     assert new in (2, 3)  # handed over at once by MsgTimeoutNow, without waiting a timeout
     assert net.nodes[new].conf.voters == {2, 3}
