@@ -99,6 +99,11 @@ class DaemonArgs:
     truststore_poll_interval: float = 1.0
     wall_clock: Callable[[], datetime.datetime] = _utc_now
 
+    @property
+    def heartbeat(self) -> float:
+        """The heartbeat period in seconds (``heartbeat_interval``, 0 meaning 10 s)."""
+        return self.heartbeat_interval if self.heartbeat_interval > 0 else 10.0
+
 
 @final
 class Daemon:

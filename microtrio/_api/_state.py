@@ -224,6 +224,20 @@ class State:
 
         return Client.unix(self._state_dir.control_socket)
 
+    async def cluster_clients(self) -> list[Client]:
+        """Clients to every other member in ``core_cluster_members`` (microcluster's
+        ``Cluster``). Close each one (``async with``) when done; use ``client.notifier()``
+        on it for notification requests (peers then do not fan out again)."""
+        from .._cluster._members import list_members
+
+        rows = await self.database.read(list_members)
+        clients = []
+        for row in rows:
+            if row.name == self._name:
+                continue
+            clients.append(await self.remote_client(row.address))
+        return clients
+
     async def remote_client(self, address: str) -> Client:
         """A mutual-TLS client to another member: presents ``server.crt``, pins ``cluster.crt``."""
         import trio

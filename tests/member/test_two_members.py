@@ -70,6 +70,13 @@ async def test_truststore_fan_out_and_target_forwarding(tmp_path: Path) -> None:
                 )
             )
             assert removed == [True]
+            # State.cluster_clients: a client to every other member of the table.
+            daemon = a.app.daemon
+            assert daemon is not None
+            clients = await daemon.state.cluster_clients()
+            assert len(clients) == 1
+            async with clients[0] as client:
+                assert (await client.status())["name"] == "member2"
             # A target that is down: the forwarding error comes back as an envelope.
             await b.app.shutdown()
             status, body = await call(
