@@ -3,17 +3,51 @@
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
+from typing import Any, TypeVar
 
+import apsw
 import pytest
 import trio
 
 from microtrio._certs import CertKeyPair, generate_cert_key_pair
 from microtrio._db import Database, ExtensionRegistry
+from microtrio._db._schema import ensure_schema
 from microtrio.raft import Role
 
 NOW = datetime.datetime(2026, 1, 1, 12, 0, tzinfo=datetime.UTC)
+T = TypeVar("T")
+
+
+class InlineDatabase:
+    """The cluster-database seam on an in-memory SQLite, run inline (no worker threads, so
+    tests can use ``autojump_clock``); each transaction is a savepoint, as in Database."""
+
+    def __init__(self) -> None:
+        self.conn = apsw.Connection(":memory:")
+        with self.conn:
+            ensure_schema(self.conn, [])
+        self.transactions = 0
+
+    async def read(self, fn: Callable[[apsw.Connection], T], *, stale: bool = False) -> T:
+        await trio.lowlevel.checkpoint()
+        return fn(self.conn)
+
+    async def transaction(self, fn: Callable[[apsw.Connection], T]) -> T:
+        await trio.lowlevel.checkpoint()
+        self.transactions += 1
+        with self.conn:
+            result: Any = fn(self.conn)
+            if isinstance(result, apsw.Cursor):
+                result = list(result)
+        return result  # type: ignore[no-any-return]
+
+
+async def inline(fn: Callable[[], T], /) -> T:
+    """A BlockingRunner that runs file work inline (tests with autojump_clock)."""
+    await trio.lowlevel.checkpoint()
+    return fn()
 
 
 @pytest.fixture
