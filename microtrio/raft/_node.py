@@ -355,6 +355,8 @@ class RaftNode(Elections):
         return targets
 
     def _sync_progress(self) -> None:
+        if self.role is not StateRole.LEADER:
+            return
         targets = self._replication_targets()
         last = self._log.last_index
         for m in targets:

@@ -149,6 +149,8 @@ class Replication:
                 pr.become_probe()
                 pr.become_replicate()
             if self._maybe_commit():
+                if self.role is not StateRole.LEADER:
+                    return  # the commit removed us and we stepped down
                 self._flush()
             if m.src not in self.conf.replicated():
                 self._sync_progress()  # a removed member caught up with its removal

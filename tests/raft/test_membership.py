@@ -204,3 +204,20 @@ def test_force_new_configuration_recovers_from_quorum_loss() -> None:
     assert net.apps[1].applied[-2:] == [b"before", b"after"]
     with pytest.raises(RaftUsageError):
         net.nodes[1].force_new_configuration(ConfState())
+
+
+def test_ch4_removed_leader_sends_no_appends_after_stepping_down() -> None:
+    net = Net([1, 2, 3])
+    net.elect(1)
+    leader = net.nodes[1]
+    leader.propose_conf_change(leader.conf.with_role(1, None))
+    net.stabilize()
+    term = leader.term
+    stepped_down = False
+    for m in net.sent:
+        if m.src == 1 and isinstance(m, MsgApp) and stepped_down:
+            raise AssertionError(f"follower sent {m}")
+        if m.src == 1 and type(m).__name__ == "MsgTimeoutNow":
+            stepped_down = True
+    assert stepped_down and leader.status().role is StateRole.FOLLOWER
+    assert net.nodes[net.leader()].term == term + 1
