@@ -700,9 +700,10 @@ class Transport(Generic[M]):
             raise _Refusal(CLOSE_TOO_BIG, f"frame of {len(data)} bytes exceeds {limit}")
         try:
             frame = decode_frame(data, max_size=limit)
-            messages = [self._codec.decode(payload) for payload in frame.payloads]
         except ProtocolError as exc:
             raise _Refusal(CLOSE_PROTOCOL_ERROR, f"malformed frame: {exc}") from exc
+        try:
+            messages = [self._codec.decode(payload) for payload in frame.payloads]
         except self._codec.errors as exc:
             raise _Refusal(CLOSE_PROTOCOL_ERROR, f"undecodable message: {exc}") from exc
         for msg in messages:
