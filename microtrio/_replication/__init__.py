@@ -18,10 +18,8 @@ Public names for the layers above:
 
 from __future__ import annotations
 
-from ._driver import WIRE_CODEC as WIRE_CODEC
 from ._driver import DriverConfig as DriverConfig
 from ._driver import RaftDriver as RaftDriver
-from ._driver import Wire as Wire
 from ._faults import Faults as Faults
 from ._raftdb import CommitterConfig as CommitterConfig
 from ._raftdb import LeaderInfo as LeaderInfo
@@ -35,6 +33,8 @@ from ._transport import RAFT_PATH as RAFT_PATH
 from ._transport import Transport as Transport
 from ._transport import TransportConfig as TransportConfig
 from ._transport import add_raft_route as add_raft_route
+from ._wire import WIRE_CODEC as WIRE_CODEC
+from ._wire import Wire as Wire
 
 __all__ = [
     "RAFT_PATH",

@@ -31,32 +31,27 @@ Restart: storage is loaded (a torn tail is cut there), a snapshot newer than the
 machine is restored into it first, and the node is told the state machine's applied index
 (``Config.applied``) so no entry is applied twice (the applier is idempotent as well).
 
-Forwarded writes travel on the Raft channel itself: a follower sends
+Forwarded writes travel on the Raft channel itself (:mod:`._wire`): a follower sends
 :class:`ForwardPropose` to the leader, which proposes the payload and answers with
-:class:`ForwardResult` (the index and term it got, or "not leader"). The wire codec
-(:data:`WIRE_CODEC`) tags those two with a leading ``0xF0`` byte; anything else is a Raft
-message of :mod:`microtrio.raft`'s own codec (whose first byte is its schema version).
+:class:`ForwardResult` (the index and term it got, or "not leader").
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import struct
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar, final
+from typing import Any, Generic, Protocol, TypeVar, final
 
 import trio
 
 from .._errors import UnavailableError
 from ..raft import (
-    CodecError,
     Config,
     ConfState,
     EntryType,
-    Message,
     NotLeaderError,
     PersistedState,
     ProposalDroppedError,
@@ -66,105 +61,22 @@ from ..raft import (
     StateRole,
     Status,
     bootstrap_state,
-    decode_message,
-    encode_message,
 )
 from ._storage import AsyncLogStore
-from ._transport import Transport, WireCodec
+from ._transport import Transport
+from ._wire import WIRE_CODEC, ForwardPropose, ForwardResult, ForwardStatus, Wire
 
 __all__ = [
     "WIRE_CODEC",
     "DriverConfig",
-    "ForwardPropose",
-    "ForwardResult",
-    "ForwardStatus",
     "RaftDriver",
     "StateMachine",
     "Wire",
-    "decode_wire",
-    "encode_wire",
 ]
 
 logger = logging.getLogger("microtrio.replication.driver")
 
 _T = TypeVar("_T")
-
-# -- forwarded proposals on the Raft channel ----------------------------------------------
-
-_TAG: Final = 0xF0
-_FWD_HEADER: Final = struct.Struct(">BBQQQ")  # tag, kind, src, dst, request id
-_FWD_RESULT: Final = struct.Struct(">BQQQ")  # status, index, term, leader hint
-_KIND_PROPOSE: Final = 1
-_KIND_RESULT: Final = 2
-
-
-class ForwardStatus:
-    """Status codes of a :class:`ForwardResult`."""
-
-    OK: Final = 0
-    NOT_LEADER: Final = 1  # not proposed (``leader`` is the hint, 0 = unknown)
-    DROPPED: Final = 2  # not proposed (a leadership transfer runs)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ForwardPropose:
-    """A follower asks the leader to propose ``data`` (one write batch)."""
-
-    src: int
-    dst: int
-    request_id: int
-    data: bytes
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class ForwardResult:
-    """The leader's answer: proposed at (``index``, ``term``), or why not."""
-
-    src: int
-    dst: int
-    request_id: int
-    status: int
-    index: int = 0
-    term: int = 0
-    leader: int = 0
-
-
-Wire = Message | ForwardPropose | ForwardResult
-"""Everything that travels on the Raft channel."""
-
-
-def encode_wire(msg: Wire) -> bytes:
-    if isinstance(msg, ForwardPropose):
-        return _FWD_HEADER.pack(_TAG, _KIND_PROPOSE, msg.src, msg.dst, msg.request_id) + msg.data
-    if isinstance(msg, ForwardResult):
-        head = _FWD_HEADER.pack(_TAG, _KIND_RESULT, msg.src, msg.dst, msg.request_id)
-        return head + _FWD_RESULT.pack(msg.status, msg.index, msg.term, msg.leader)
-    return encode_message(msg)
-
-
-def decode_wire(data: bytes) -> Wire:
-    """Decode one payload; raises :class:`~microtrio.raft.CodecError` on bad input."""
-    if not data or data[0] != _TAG:
-        return decode_message(data)
-    if len(data) < _FWD_HEADER.size:
-        raise CodecError("truncated forwarded-proposal header")
-    _, kind, src, dst, request_id = _FWD_HEADER.unpack_from(data)
-    body = data[_FWD_HEADER.size :]
-    if kind == _KIND_PROPOSE:
-        return ForwardPropose(src, dst, request_id, bytes(body))
-    if kind == _KIND_RESULT:
-        if len(body) != _FWD_RESULT.size:
-            raise CodecError("bad forwarded-result length")
-        status, index, term, leader = _FWD_RESULT.unpack(body)
-        if status not in (ForwardStatus.OK, ForwardStatus.NOT_LEADER, ForwardStatus.DROPPED):
-            raise CodecError(f"unknown forwarded-result status {status}")
-        return ForwardResult(src, dst, request_id, status, index, term, leader)
-    raise CodecError(f"unknown forwarded message kind {kind}")
-
-
-WIRE_CODEC: Final[WireCodec[Wire]] = WireCodec(encode_wire, decode_wire, (CodecError,))
 
 
 # -- configuration and seams --------------------------------------------------------------

@@ -37,19 +37,26 @@ import logging
 import os
 import random
 import ssl
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import final
 
 import trio
 
-from .._errors import NoLeaderError, OutcomeUnknownError, UnavailableError, ValidationError
+from .._errors import (
+    MicrotrioError,
+    NoLeaderError,
+    OutcomeUnknownError,
+    UnavailableError,
+    ValidationError,
+)
 from ..raft import ConfState, NotLeaderError, ProposalDroppedError, Role, StateRole, Status
-from ._driver import WIRE_CODEC, DriverConfig, ForwardStatus, RaftDriver, StateMachine, Wire
+from ._driver import DriverConfig, RaftDriver, StateMachine
 from ._faults import Faults
 from ._storage import AsyncLogStore, LogStore
 from ._transport import Transport, TransportConfig
+from ._wire import WIRE_CODEC, ForwardStatus, Wire
 
 __all__ = [
     "CommitterConfig",
@@ -311,6 +318,24 @@ class RaftReplication:
         self._addresses[node_id] = address
         if self._driver is not None:
             self._driver.set_address(node_id, address)
+
+    def sync_addresses(self, addresses: Mapping[int, str]) -> None:
+        """:meth:`set_address` for every entry that is new or changed (own id skipped)."""
+        for node_id, address in addresses.items():
+            if node_id != self.id and address and self._addresses.get(node_id) != address:
+                self.set_address(node_id, address)
+
+    async def follow_addresses(
+        self, fetch: Callable[[], Awaitable[Mapping[int, str]]], *, interval: float = 1.0
+    ) -> None:
+        """A task: every ``interval`` seconds, :meth:`sync_addresses` with ``fetch()`` (the
+        daemon reads the member table, stale, so every member learns every address)."""
+        while True:
+            try:
+                self.sync_addresses(await fetch())
+            except MicrotrioError as exc:
+                logger.debug("%s: cannot read member addresses: %s", self.name, exc)
+            await trio.sleep(interval)
 
     async def add_member(self, node_id: int, address: str, role: Role = Role.STANDBY) -> None:
         """Add a member (as a non-voter by default: promote it once it caught up)."""

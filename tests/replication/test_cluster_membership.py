@@ -30,7 +30,7 @@ async def test_join_as_standby_promote_transfer_demote_remove(tmp_path: Path) ->
             await newcomer.start_database(cluster.addresses())
             await leader.repl.add_member(newcomer.id, newcomer.address, Role.STANDBY)
             for member in cluster.running():  # the cluster layer syncs member addresses
-                member.repl.set_address(newcomer.id, newcomer.address)
+                member.repl.sync_addresses({newcomer.id: newcomer.address, member.id: "x"})
             status = await leader.repl.status()
             assert status.conf.role_of(newcomer.id) is Role.STANDBY
             await cluster.wait_applied(leader.repl.driver.applied_index, [newcomer])

@@ -26,7 +26,7 @@ from microtrio._replication import (
     Wire,
     node_id_for,
 )
-from microtrio._replication._driver import (
+from microtrio._replication._wire import (
     ForwardPropose,
     ForwardResult,
     ForwardStatus,
