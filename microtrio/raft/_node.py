@@ -563,8 +563,11 @@ class RaftNode(Elections):
         hs = self._hard_state()
         committed: tuple[Entry, ...] = ()
         if log.committed > log.applying:
-            committed = tuple(log.entries[log.applying - base : log.committed - base])
-            log.applying = log.committed
+            upto = log.committed
+            if self.config.max_apply_entries:
+                upto = min(upto, log.applying + self.config.max_apply_entries)
+            committed = tuple(log.entries[log.applying - base : upto - base])
+            log.applying = upto
         rd = Ready(
             soft_state=SoftState(self.lead, self.role),
             hard_state=hs if hs != self._prev_hs else None,

@@ -182,6 +182,8 @@ class Config:
     lease_read: bool = False
     #: Index the state machine had already applied before this start (not handed out again).
     applied: int = 0
+    #: Most committed entries handed out in one Ready (0: no limit); bounds apply batches.
+    max_apply_entries: int = 0
 
     def __post_init__(self) -> None:
         if self.id <= 0:
@@ -190,6 +192,8 @@ class Config:
             raise ValueError("need 0 < heartbeat_tick < election_tick")
         if self.max_msg_entries <= 0 or self.max_msg_bytes <= 0 or self.max_inflight_msgs <= 0:
             raise ValueError("batching limits must be positive")
+        if self.max_apply_entries < 0 or self.applied < 0:
+            raise ValueError("max_apply_entries and applied must not be negative")
         if self.snapshot_chunk_size <= 0 or self.snapshot_trailing < 0:
             raise ValueError("bad snapshot settings")
         if self.lease_read and not self.check_quorum:

@@ -256,3 +256,17 @@ def test_append_below_commit_never_rewrites_committed_entries() -> None:
     assert rd.messages == (MsgAppResp(2, 1, follower.term, index=3),)  # "I have up to 3"
     follower.advance(rd)
     assert net.stores[2].entries[-1].data == b"a"
+
+
+def test_max_apply_entries_bounds_each_ready() -> None:
+    net = Net([1], max_apply_entries=3)
+    net.elect(1)
+    node = net.nodes[1]
+    node.propose_many([b"%d" % k for k in range(7)])
+    sizes = []
+    while node.has_ready():
+        rd = node.ready()
+        net.stores[1].save(rd)
+        sizes.append(len(rd.committed_entries))
+        node.advance(rd)
+    assert sizes == [3, 3, 1]
