@@ -7,6 +7,7 @@ from typing import Any
 import trio
 from quart import Request
 
+from .._client import Client
 from .._cluster import _members as members
 from .._cluster._names import validate_address, validate_name
 from .._db._extensions import encode_extensions
@@ -146,7 +147,33 @@ async def _servers_put(state: State, req: Request) -> Any:
     if len(set(used)) != len(used) or state.address in used:
         raise ValidationError("Server addresses must be unique and differ from the core address")
     await state.control.update_servers(update)
+    await _notify_config_update(state)
     return {}
+
+
+async def _notify_config_update(state: State) -> None:
+    """Run ``on-daemon-config-update`` with this member's config on every other member
+    (the config is already applied here; a failure is still reported to the caller)."""
+    config = state.daemon_config
+    if config is None:
+        return
+    failures: list[MicrotrioError] = []
+
+    async def one(client: Client) -> None:
+        async with client:
+            try:
+                await client.notifier(state.address).query(
+                    "POST", "/core/internal/hooks/on-daemon-config-update", config.to_dict()
+                )
+            except MicrotrioError as exc:
+                failures.append(exc)
+
+    clients = await state.cluster_clients()
+    async with trio.open_nursery() as nursery:
+        for client in clients:
+            nursery.start_soon(one, client)
+    if failures:
+        raise failures[0]
 
 
 async def _token_delete(state: State, req: Request) -> Any:

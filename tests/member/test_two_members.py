@@ -25,9 +25,13 @@ def entry(member: Member, name: str) -> dict[str, str]:
 
 async def test_truststore_fan_out_and_target_forwarding(tmp_path: Path) -> None:
     removed: list[bool] = []
+    configs: list[dict[str, object]] = []
 
     async def pre_remove(state: microtrio.State, force: bool) -> None:
         removed.append(force)
+
+    async def config_update(state: microtrio.State, config: microtrio.DaemonConfig) -> None:
+        configs.append(config.to_dict())
 
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CEILING):
@@ -37,7 +41,7 @@ async def test_truststore_fan_out_and_target_forwarding(tmp_path: Path) -> None:
             for name in ("cluster.crt", "cluster.key"):
                 shutil.copy(a.state_dir / name, b_dir / name)
             b = await start_member(
-                nursery, b_dir, make_args(microtrio.Hooks(pre_remove=pre_remove)), name="member2"
+                nursery, b_dir, make_args(microtrio.Hooks(pre_remove=pre_remove, on_daemon_config_update=config_update)), name="member2"
             )
             assert b.cluster_cert() == a.cluster_cert()
             # Each trusts the other (as a join would arrange).
@@ -77,6 +81,9 @@ async def test_truststore_fan_out_and_target_forwarding(tmp_path: Path) -> None:
             assert len(clients) == 1
             async with clients[0] as client:
                 assert (await client.status())["name"] == "member2"
+            # A servers update on A runs on-daemon-config-update on the others.
+            assert_sync(*await call(a, "PUT", "/core/1.0/daemon/servers", json_body={}))
+            assert configs == [{"name": "member1", "address": a.address, "servers": {}}]
             # A target that is down: the forwarding error comes back as an envelope.
             await b.app.shutdown()
             status, body = await call(
