@@ -184,9 +184,12 @@ def shared_member() -> Iterator[Member]:
     try:
         yield box["member"]
     finally:
-        trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
+        if thread.is_alive():
+            trio.from_thread.run_sync(box["stop"].set, trio_token=box["token"])
         thread.join(CEILING)
         tmp.cleanup()
+    if "error" in box:
+        raise RuntimeError("the shared member failed") from box["error"]
 
 
 @pytest.fixture(scope="session")
