@@ -261,6 +261,10 @@ def fault_windows(history: History | Iterable[Event]) -> list[FaultWindow]:
                 starts[value.get("id")] = (ev, value)
             elif ev.f == "stop":
                 stopping = value.get("id")
+        elif ev.f == "start":
+            ident = value.get("id")
+            if ident in starts and "detail" in value:
+                starts[ident] = (starts[ident][0], value)
         elif ev.f == "stop":
             ident = value.get("id", stopping)
             if ident in starts:
