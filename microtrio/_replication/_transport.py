@@ -66,10 +66,9 @@ import itertools
 import logging
 import random
 import ssl
-import struct
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, TypeVar, final
+from typing import Any, Final, Generic, Protocol, final
 
 import trio
 from quart import Quart, Response, websocket
@@ -88,8 +87,27 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
-from ..raft import CodecError, Message, decode_message, encode_message
 from ._faults import DROP, Faults
+from ._frames import (
+    CLOSE_GOING_AWAY,
+    CLOSE_PROTOCOL_ERROR,
+    CLOSE_TOO_BIG,
+    CLOSE_UNSUPPORTED_DATA,
+    DEFAULT_MAX_FRAME_SIZE,
+    FRAME_HEADER,
+    FRAME_LENGTH,
+    PING,
+    RAFT_CODEC,
+    RAFT_PATH,
+    Frame,
+    M,
+    WireCodec,
+    client_certificates,
+    decode_frame,
+    encode_frame,
+    host_header,
+    parse_address,
+)
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -109,136 +127,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("microtrio.replication.transport")
-
-RAFT_PATH: Final = "/core/internal/raft"
-DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
-FRAME_MAGIC: Final = b"MTRF"
-FRAME_VERSION: Final = 1
-_HEADER: Final = struct.Struct(">4sBBQI")
-_LENGTH: Final = struct.Struct(">I")
-_PING: Final = struct.Struct(">Q")
-
-# Websocket close codes (RFC 6455, section 7.4.1).
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_UNSUPPORTED_DATA: Final = 1003
-CLOSE_TOO_BIG: Final = 1009
-
-
-# -- frames (sans-IO) ---------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Frame:
-    """One websocket message on the Raft channel: a batch of encoded messages."""
-
-    sender: int
-    payloads: tuple[bytes, ...]
-
-
-def encode_frame(sender: int, payloads: Iterable[bytes]) -> bytes:
-    """Build a frame; ``sender`` is the sending node id (non-zero)."""
-    items = list(payloads)
-    if sender <= 0:
-        raise ValidationError(f"sender node id must be positive, got {sender}")
-    parts = [_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, 0, sender, len(items))]
-    for payload in items:
-        parts.append(_LENGTH.pack(len(payload)))
-        parts.append(payload)
-    return b"".join(parts)
-
-
-def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Frame:
-    """Parse a frame; raise :class:`ProtocolError` on anything but a well-formed one."""
-    if len(data) > max_size:
-        raise ProtocolError(f"frame of {len(data)} bytes exceeds the maximum of {max_size}")
-    if len(data) < _HEADER.size:
-        raise ProtocolError(f"frame of {len(data)} bytes is shorter than its header")
-    magic, version, flags, sender, count = _HEADER.unpack_from(data)
-    if magic != FRAME_MAGIC:
-        raise ProtocolError(f"bad frame magic {magic!r}")
-    if version != FRAME_VERSION:
-        raise ProtocolError(f"unsupported frame version {version} (this member speaks 1)")
-    if flags != 0:
-        raise ProtocolError(f"unknown frame flags {flags:#x}")
-    if sender == 0:
-        raise ProtocolError("frame sender node id is 0")
-    offset = _HEADER.size
-    if count > (len(data) - offset) // _LENGTH.size:
-        raise ProtocolError(f"frame claims {count} messages, too many for its size")
-    view = memoryview(data)
-    payloads = []
-    for _ in range(count):
-        if offset + _LENGTH.size > len(data):
-            raise ProtocolError("frame truncated inside a length prefix")
-        (length,) = _LENGTH.unpack_from(data, offset)
-        offset += _LENGTH.size
-        if offset + length > len(data):
-            raise ProtocolError("frame truncated inside a message")
-        payloads.append(bytes(view[offset : offset + length]))
-        offset += length
-    if offset != len(data):
-        raise ProtocolError(f"{len(data) - offset} trailing bytes after the last message")
-    return Frame(sender=sender, payloads=tuple(payloads))
-
-
-def parse_address(address: str, default_port: int = 8443) -> tuple[str, int]:
-    """Split ``"ip:port"`` / ``"[v6]:port"`` (port defaults to 8443, as microcluster)."""
-    host, port_text = address, ""
-    if address.startswith("["):
-        end = address.find("]")
-        if end < 0:
-            raise ValidationError(f"invalid address {address!r}")
-        host, rest = address[1:end], address[end + 1 :]
-        if rest and not rest.startswith(":"):
-            raise ValidationError(f"invalid address {address!r}")
-        port_text = rest[1:]
-    elif address.count(":") == 1:
-        host, _, port_text = address.partition(":")
-    if not host:
-        raise ValidationError(f"invalid address {address!r}")
-    if not port_text:
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValidationError(f"invalid port in address {address!r}")
-    return host, int(port_text)
-
-
-def _host_header(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-# -- configuration, codec, statistics ----------------------------------------
-
-
-class MessageLike(Protocol):
-    """What the transport needs of a Raft message: its source and destination."""
-
-    @property
-    def src(self) -> int: ...
-
-    @property
-    def dst(self) -> int: ...
-
-
-M = TypeVar("M", bound=MessageLike)
-
-
-@dataclass(frozen=True, slots=True)
-class WireCodec(Generic[M]):
-    """How messages become payloads: normally ``microtrio.raft``'s codec.
-
-    ``errors`` are the exceptions ``decode`` raises on bad input (e.g. ``CodecError``);
-    they turn into a dropped connection, never a crash.
-    """
-
-    encode: Callable[[M], bytes]
-    decode: Callable[[bytes], M]
-    errors: tuple[type[Exception], ...] = (ValueError,)
-
-
-#: The Raft core's own message codec.
-RAFT_CODEC: Final[WireCodec[Message]] = WireCodec(encode_message, decode_message, (CodecError,))
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +148,7 @@ class TransportConfig:
     server_hostname: str | None = None
 
     def __post_init__(self) -> None:
-        if self.max_frame_size < _HEADER.size + _LENGTH.size:
+        if self.max_frame_size < FRAME_HEADER.size + FRAME_LENGTH.size:
             raise ValidationError(f"max_frame_size {self.max_frame_size} is too small")
         if self.peer_queue_size < 1 or self.inbound_queue_size < 1:
             raise ValidationError("queue sizes must be at least 1")
@@ -535,7 +423,7 @@ class Transport(Generic[M]):
                     ws = await wrap_client_stream(
                         nursery,
                         stream,
-                        _host_header(host, port),
+                        host_header(host, port),
                         self.config.path,
                         extra_headers=[(b"X-Microtrio-Raft-Version", b"1")],
                     )
@@ -579,7 +467,7 @@ class Transport(Generic[M]):
         for n in itertools.count():
             await trio.sleep(self.config.ping_interval)
             with trio.move_on_after(self.config.ping_timeout) as scope:
-                await ws.ping(_PING.pack(n))
+                await ws.ping(PING.pack(n))
             if scope.cancelled_caught:
                 raise UnavailableError(f"no pong within {self.config.ping_timeout} s")
 
@@ -598,10 +486,10 @@ class Transport(Generic[M]):
         """Wait for one message, then take every queued one that fits in a frame."""
         limit = self.config.max_frame_size
         payloads: list[bytes] = []
-        size = _HEADER.size
+        size = FRAME_HEADER.size
         if peer.carry is not None:
             payloads.append(peer.carry)
-            size += _LENGTH.size + len(peer.carry)
+            size += FRAME_LENGTH.size + len(peer.carry)
             peer.carry = None
         while True:
             if payloads:
@@ -618,8 +506,8 @@ class Transport(Generic[M]):
                     continue
                 await trio.sleep_until(stamp + fate)
             payload = self._codec.encode(msg)
-            need = _LENGTH.size + len(payload)
-            if _HEADER.size + need > limit:
+            need = FRAME_LENGTH.size + len(payload)
+            if FRAME_HEADER.size + need > limit:
                 peer.dropped += 1
                 logger.warning("%s: %d-byte raft message too big, dropped", self._name, need)
                 continue
@@ -773,29 +661,6 @@ def _map_link_error(exc: BaseException) -> MicrotrioError | None:
 
 
 # -- the route on the core listener -------------------------------------------
-
-
-def client_certificates(scope: Mapping[str, Any]) -> list[bytes]:
-    """DER client certificates from the listener seam's ASGI ``tls`` extension.
-
-    Accepts PEM strings (the ASGI spec's form) or DER bytes; anything else, or a
-    missing extension, yields no certificate (and so no trust).
-    """
-    extensions = scope.get("extensions")
-    tls = extensions.get("tls") if isinstance(extensions, Mapping) else None
-    chain = tls.get("client_cert_chain") if isinstance(tls, Mapping) else None
-    if not chain or isinstance(chain, str | bytes):
-        return []
-    found: list[bytes] = []
-    for cert in chain:
-        if isinstance(cert, bytes | bytearray):
-            found.append(bytes(cert))
-        elif isinstance(cert, str):
-            try:
-                found.append(ssl.PEM_cert_to_DER_cert(cert))
-            except ValueError:
-                continue
-    return found
 
 
 class _QuartInbound:
