@@ -164,7 +164,7 @@ async def read_json(req: Request) -> Any:
         raise BadRequestError("Request body is empty; expected JSON")
     try:
         return json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # deep nesting: recursion
         raise BadRequestError(f"Invalid JSON in request body: {exc}") from exc
 
 
