@@ -201,9 +201,7 @@ class App:
         async with self.local_client() as client:
             await client.join(name, address, token, config)
 
-    async def new_join_token(
-        self, name: str, expire_after: datetime.timedelta | float = 0
-    ) -> str:
+    async def new_join_token(self, name: str, expire_after: datetime.timedelta | float = 0) -> str:
         """Issue a join token for member ``name`` (``expire_after`` seconds; 0: never)."""
         async with self.local_client() as client:
             return await client.add_token(name, expire_after_ns=_nanoseconds(expire_after))
@@ -226,4 +224,3 @@ class App:
             if query in (".dump", ".schema"):
                 return await client.sql_dump(schema_only=query == ".schema")
             return await client.sql_query(query)
-

@@ -142,8 +142,15 @@ async def _cmd_cluster_list(app: App, ns: argparse.Namespace) -> None:
     for member in members:
         cert = member.get("certificate") or ""
         fp = fingerprint(cert)[:12] if cert else ""
-        rows.append([member.get("name"), member.get("address"), member.get("role"), fp,
-                     member.get("status")])
+        rows.append(
+            [
+                member.get("name"),
+                member.get("address"),
+                member.get("role"),
+                fp,
+                member.get("status"),
+            ]
+        )
     print(render(["NAME", "ADDRESS", "ROLE", "FINGERPRINT", "STATUS"], rows, ns.format))
 
 
@@ -177,23 +184,32 @@ async def _cmd_shutdown(app: App, ns: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--state-dir", default=argparse.SUPPRESS,
+        "--state-dir",
+        default=argparse.SUPPRESS,
         help="the member's state directory (default: $STATE_DIR)",
     )
-    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
-                        help="show informational messages")
-    common.add_argument("-d", "--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show debug messages")
+    common.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show informational messages",
+    )
+    common.add_argument(
+        "-d", "--debug", action="store_true", default=argparse.SUPPRESS, help="show debug messages"
+    )
 
     parser = argparse.ArgumentParser(
-        prog="python -m microtrio", parents=[common],
+        prog="python -m microtrio",
+        parents=[common],
         description="microtrio member daemon and administration commands",
     )
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def command(name: str, fn: Callable[..., Any], help_text: str,
-                into: Any = sub) -> argparse.ArgumentParser:
+    def command(
+        name: str, fn: Callable[..., Any], help_text: str, into: Any = sub
+    ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = into.add_parser(
             name, parents=[common], help=help_text, description=help_text
         )
@@ -201,10 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = command("daemon", _cmd_daemon, "run the member daemon in the foreground")
-    p.add_argument("--socket-group", default=os.environ.get("SOCKET_GROUP", ""),
-                   help="group owning control.socket (default: $SOCKET_GROUP)")
-    p.add_argument("--heartbeat", type=_duration, default=10.0,
-                   help="heartbeat interval, a duration such as 10s (default 10s)")
+    p.add_argument(
+        "--socket-group",
+        default=os.environ.get("SOCKET_GROUP", ""),
+        help="group owning control.socket (default: $SOCKET_GROUP)",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=_duration,
+        default=10.0,
+        help="heartbeat interval, a duration such as 10s (default 10s)",
+    )
     p.add_argument("--version", action="version", version=__version__)
 
     p = command("init", _cmd_init, "bootstrap a new cluster or join one with a token")
@@ -213,15 +236,25 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--bootstrap", action="store_true", help="bootstrap a new cluster")
     mode.add_argument("--token", help="join an existing cluster with this join token")
-    p.add_argument("--config", type=_key_value, action="append", metavar="KEY=VALUE",
-                   help="init configuration passed to the hooks (repeatable)")
+    p.add_argument(
+        "--config",
+        type=_key_value,
+        action="append",
+        metavar="KEY=VALUE",
+        help="init configuration passed to the hooks (repeatable)",
+    )
 
     tokens = command("tokens", _no_subcommand, "manage join tokens")
     tsub = tokens.add_subparsers(dest="tokens_command", required=True, metavar="COMMAND")
     p = command("add", _cmd_tokens_add, "issue a join token for a new member", tsub)
     p.add_argument("name", help="name of the member that will join")
-    p.add_argument("-e", "--expire-after", type=_duration, default=3 * 3600.0,
-                   help="token lifetime, a duration such as 3h (default 3h; 0 = never)")
+    p.add_argument(
+        "-e",
+        "--expire-after",
+        type=_duration,
+        default=3 * 3600.0,
+        help="token lifetime, a duration such as 3h (default 3h; 0 = never)",
+    )
     p = command("list", _cmd_tokens_list, "list unexpired join tokens", tsub)
     p.add_argument("-f", "--format", choices=FORMATS, default="table")
     p = command("revoke", _cmd_tokens_revoke, "revoke a join token", tsub)
@@ -236,8 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query", help="SQL text, '-' to read stdin, '.dump' or '.schema'")
 
     p = command("waitready", _cmd_waitready, "wait until the daemon is ready")
-    p.add_argument("-t", "--timeout", type=float, default=0.0,
-                   help="seconds to wait (0 = forever)")
+    p.add_argument("-t", "--timeout", type=float, default=0.0, help="seconds to wait (0 = forever)")
 
     command("shutdown", _cmd_shutdown, "stop the daemon")
     return parser
@@ -254,7 +286,8 @@ def _configure_logging(ns: argparse.Namespace) -> None:
     if getattr(ns, "debug", False):
         level = logging.DEBUG
     logging.basicConfig(
-        level=level, stream=sys.stderr,
+        level=level,
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if level > logging.DEBUG:

@@ -24,17 +24,16 @@ additional servers on ``PUT /core/1.0/daemon/servers``).
 
 from __future__ import annotations
 
-import datetime
 import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, final
 
 import trio
 import yaml
 
+from ._api._args import DaemonArgs
 from ._api._control import control_resources
 from ._api._group import ListenerGroup, Running, Serve
 from ._api._internal import fan_out, internal_resources
@@ -55,7 +54,7 @@ from ._certs import (
 )
 from ._cluster import _members as members
 from ._cluster._truststore import TrustedMember, Truststore
-from ._db import Database, DatabaseStatus, ExtensionRegistry, SchemaUpdate
+from ._db import Database, DatabaseStatus, ExtensionRegistry
 from ._errors import (
     BadRequestError,
     MicrotrioError,
@@ -64,45 +63,12 @@ from ._errors import (
     StateError,
     ValidationError,
 )
-from ._hooks import HookRunner, Hooks, HookType
+from ._hooks import HookRunner, HookType
 from ._state import DaemonConfig, ServerConfig, StateDir, atomic_write
 
 __all__ = ["Daemon", "DaemonArgs"]
 
 logger = logging.getLogger("microtrio.daemon")
-
-
-def _utc_now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.UTC)
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class DaemonArgs:
-    """What the application hands the daemon (microcluster's ``DaemonArgs``).
-
-    ``version`` is required. ``heartbeat_interval`` 0 means 10 s. ``socket_group`` falls back
-    to ``$SOCKET_GROUP``, then the process group. ``wall_clock`` gives UTC wall-clock time
-    (token expiry, certificate validity); tests inject their own.
-    """
-
-    version: str
-    schema_updates: Sequence[SchemaUpdate] = ()
-    api_extensions: Sequence[str] = ()
-    servers: Mapping[str, Server] = field(default_factory=dict)
-    hooks: Hooks | None = None
-    heartbeat_interval: float = 0.0
-    pre_init_listen_address: str = ""
-    socket_group: str | int | None = None
-    hook_timeout: float | None = 30.0
-    drain_timeout: float = 5.0
-    truststore_poll_interval: float = 1.0
-    wall_clock: Callable[[], datetime.datetime] = _utc_now
-
-    @property
-    def heartbeat(self) -> float:
-        """The heartbeat period in seconds (``heartbeat_interval``, 0 meaning 10 s)."""
-        return self.heartbeat_interval if self.heartbeat_interval > 0 else 10.0
 
 
 @final
@@ -447,7 +413,9 @@ class Daemon:
         address = await self._start_core_listener(request.address)
         if address != request.address:
             self.state._address = address
-            config = DaemonConfig(name, address, self.state._config.servers if self.state._config else {})
+            config = DaemonConfig(
+                name, address, self.state._config.servers if self.state._config else {}
+            )
             self.state._config = config
             await trio.to_thread.run_sync(self._dir.save_daemon_config, config)
         own = TrustedMember(name=name, address=address, certificate=cert_pem(server.cert))
@@ -519,7 +487,8 @@ class Daemon:
         if name == "cluster":
             files = (self._dir.cluster_crt, self._dir.cluster_key, None)
             keys = ["core"] + [
-                n for n, s in self._args.servers.items()
+                n
+                for n, s in self._args.servers.items()
                 if not s.core_api and not s.dedicated_certificate
             ]
         elif name == "server":
@@ -546,7 +515,9 @@ class Daemon:
         config = self.state._config
         if config is None:
             raise BadRequestError("This member is not initialised")
-        new = DaemonConfig(config.name, config.address, {k: ServerConfig(v) for k, v in update.items()})
+        new = DaemonConfig(
+            config.name, config.address, {k: ServerConfig(v) for k, v in update.items()}
+        )
         await trio.to_thread.run_sync(self._dir.save_daemon_config, new)
         self.state._config = new
         for name, server in self._args.servers.items():
@@ -564,8 +535,14 @@ class Daemon:
         """Add ``member``; unless this is a notification, first push it to every other
         member (except itself and the new one), as microcluster does."""
         if notify:
-            await fan_out(self.state, "add_trust", {self.state.name, member.name},
-                          member.name, member.address, member.certificate)
+            await fan_out(
+                self.state,
+                "add_trust",
+                {self.state.name, member.name},
+                member.name,
+                member.address,
+                member.certificate,
+            )
         await trio.to_thread.run_sync(self._truststore.add, member)
 
     async def remove_trusted(self, name: str, *, notify: bool = True) -> None:
@@ -592,4 +569,3 @@ def _unlink(path: os.PathLike[str]) -> None:
         pass
     except OSError as exc:
         raise StateError(f"Cannot remove {path}: {exc}") from exc
-

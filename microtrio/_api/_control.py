@@ -86,7 +86,10 @@ async def issue_token(state: State, name: str, expire_after_ns: int) -> str:
     now = state.now()
     expiry = None
     if expire_after_ns:
-        expiry = now + datetime.timedelta(microseconds=expire_after_ns / 1000)
+        try:
+            expiry = now + datetime.timedelta(microseconds=expire_after_ns / 1000)
+        except OverflowError as exc:  # past year 9999 (or too large for a float)
+            raise BadRequestError("'expire_after' is too large") from exc
 
     def store(conn: Any) -> None:
         members.insert_token(conn, name=name, secret=secret, expiry=expiry, now=now)

@@ -62,8 +62,11 @@ async def fan_out(state: State, method: str, skip: set[str], *args: str) -> None
             async with await state.remote_client(address) as client:
                 await getattr(client.notifier(state.address), method)(*args)
         except MicrotrioError as exc:
-            failures.append(type(exc)(f"{name}: {exc}") if not isinstance(exc, RemoteError)
-                            else RemoteError(f"{name}: {exc}", exc.status))
+            failures.append(
+                type(exc)(f"{name}: {exc}")
+                if not isinstance(exc, RemoteError)
+                else RemoteError(f"{name}: {exc}", exc.status)
+            )
 
     async with trio.open_nursery() as nursery:
         for peer in peers:

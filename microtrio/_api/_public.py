@@ -107,7 +107,9 @@ async def _cluster_delete(state: State, req: Request) -> Any:
     rows = await state.database.read(members.list_members)
     if len(rows) <= 1:
         raise BadRequestError("Cannot remove the last cluster member")
-    raise NotImplementedMethodError("Removing members of a multi-member cluster is not supported yet")
+    raise NotImplementedMethodError(
+        "Removing members of a multi-member cluster is not supported yet"
+    )
 
 
 def _cert_name(req: Request) -> str:

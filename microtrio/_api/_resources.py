@@ -140,7 +140,9 @@ def validate_servers(servers: Mapping[str, Server], *, core_address: str = "") -
             raise ValidationError(f"Server {name!r} has no resources")
         for res in server.resources:
             if not res.endpoints:
-                raise ValidationError(f"Server {name!r} resource {res.path_prefix!r} has no endpoints")
+                raise ValidationError(
+                    f"Server {name!r} resource {res.path_prefix!r} has no endpoints"
+                )
         if server.serve_unix and not server.core_api:
             raise ValidationError(f"Server {name!r}: serve_unix requires core_api")
         paths = [_normalise(p) for p in _full_paths(server)]

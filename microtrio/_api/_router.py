@@ -152,9 +152,7 @@ def is_trusted(ctx: ListenerContext, scope: MutableMapping[str, Any]) -> bool:
     host = ctx.expected_host() if ctx.expected_host is not None else ""
     if not host:
         return False
-    return is_trusted_scope(
-        scope, ctx.state.truststore, expected_host=host, now=ctx.state.now()
-    )
+    return is_trusted_scope(scope, ctx.state.truststore, expected_host=host, now=ctx.state.now())
 
 
 async def read_json(req: Request) -> Any:
@@ -250,7 +248,12 @@ def build_app(ctx: ListenerContext) -> QuartTrio:
         return await dispatch(ctx, request)
 
     app.add_url_rule(
-        "/", "root", handle, methods=_METHODS, defaults={"path": ""}, provide_automatic_options=False
+        "/",
+        "root",
+        handle,
+        methods=_METHODS,
+        defaults={"path": ""},
+        provide_automatic_options=False,
     )
     app.add_url_rule(
         "/<path:path>", "any", handle, methods=_METHODS, provide_automatic_options=False

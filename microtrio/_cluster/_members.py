@@ -112,9 +112,7 @@ def list_members(conn: apsw.Connection) -> list[MemberRow]:
 
 def get_member(conn: apsw.Connection, name: str) -> MemberRow | None:
     rows = list(
-        conn.execute(
-            f"SELECT {_MEMBER_COLUMNS} FROM core_cluster_members WHERE name = ?", (name,)
-        )
+        conn.execute(f"SELECT {_MEMBER_COLUMNS} FROM core_cluster_members WHERE name = ?", (name,))
     )
     return _member(rows[0]) if rows else None
 
@@ -157,9 +155,7 @@ def delete_member_by_address(conn: apsw.Connection, address: str) -> None:
 
 def list_tokens(conn: apsw.Connection, now: datetime.datetime) -> list[TokenRow]:
     """Unexpired tokens, by name."""
-    rows = conn.execute(
-        "SELECT name, secret, expiry_date FROM core_token_records ORDER BY name"
-    )
+    rows = conn.execute("SELECT name, secret, expiry_date FROM core_token_records ORDER BY name")
     tokens = [TokenRow(name=r[0], secret=r[1], expiry=parse_time(r[2])) for r in rows]
     return [t for t in tokens if t.expiry is None or t.expiry > now]
 
@@ -173,7 +169,11 @@ def purge_expired_tokens(conn: apsw.Connection, now: datetime.datetime) -> int:
 
 
 def insert_token(
-    conn: apsw.Connection, *, name: str, secret: str, expiry: datetime.datetime | None,
+    conn: apsw.Connection,
+    *,
+    name: str,
+    secret: str,
+    expiry: datetime.datetime | None,
     now: datetime.datetime,
 ) -> None:
     """Store a join token (purging expired ones first); 409 if the name has one already."""

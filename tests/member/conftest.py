@@ -97,7 +97,11 @@ async def call(
     with trio.fail_after(CEILING):
         async with httpx.AsyncClient(transport=transport, base_url=base) as client:
             response = await client.request(
-                method, path, content=content, headers=headers, params=params,
+                method,
+                path,
+                content=content,
+                headers=headers,
+                params=params,
                 extensions=extensions,
             )
     try:

@@ -74,7 +74,12 @@ async def test_control_endpoints_are_not_on_the_network(shared_member: Member) -
 
 @pytest.mark.parametrize(
     "path",
-    ["/core/1.0/ready", "/core/1.0/cluster", "/core/internal/sql?schema=1", "/core/1.0/daemon/servers"],
+    [
+        "/core/1.0/ready",
+        "/core/1.0/cluster",
+        "/core/internal/sql?schema=1",
+        "/core/1.0/daemon/servers",
+    ],
 )
 async def test_untrusted_tls_callers_get_403(
     shared_member: Member, stranger_pair: CertKeyPair, path: str
@@ -104,7 +109,9 @@ async def test_ready_and_cluster_list(shared_member: Member, via: str) -> None:
 async def test_tokens_issue_list_revoke(shared_member: Member) -> None:
     token = assert_sync(
         *await call(
-            shared_member, "POST", "/core/control/tokens",
+            shared_member,
+            "POST",
+            "/core/control/tokens",
             json_body={"name": "member2", "expire_after": 0},
         )
     )
@@ -122,9 +129,10 @@ async def test_tokens_issue_list_revoke(shared_member: Member) -> None:
         409,
     )
     # Revoke over mutual TLS (the endpoint is on the network listener too).
-    assert assert_sync(
-        *await call(shared_member, "DELETE", "/core/1.0/tokens/member2", via="tls")
-    ) == {}
+    assert (
+        assert_sync(*await call(shared_member, "DELETE", "/core/1.0/tokens/member2", via="tls"))
+        == {}
+    )
     assert assert_sync(*await call(shared_member, "GET", "/core/control/tokens")) == []
     assert_error(*await call(shared_member, "DELETE", "/core/1.0/tokens/member2"), 404)
 
@@ -145,14 +153,13 @@ async def test_tokens_issue_list_revoke(shared_member: Member) -> None:
 async def test_token_bad_input_is_400_and_changes_nothing(
     shared_member: Member, body: object
 ) -> None:
-    assert_error(
-        *await call(shared_member, "POST", "/core/control/tokens", json_body=body), 400
-    )
+    assert_error(*await call(shared_member, "POST", "/core/control/tokens", json_body=body), 400)
     assert assert_sync(*await call(shared_member, "GET", "/core/control/tokens")) == []
 
 
 @pytest.mark.parametrize(
-    "path", ["/core/control/tokens", "/core/internal/sql", "/core/control", "/core/internal/truststore"]
+    "path",
+    ["/core/control/tokens", "/core/internal/sql", "/core/control", "/core/internal/truststore"],
 )
 async def test_malformed_json_is_400(shared_member: Member, path: str) -> None:
     error = assert_error(*await call(shared_member, "POST", path, content=b"{nope"), 400)
@@ -191,7 +198,10 @@ async def test_sql_query_one_transaction_quote_aware(shared_member: Member) -> N
     assert status >= 400 and body["type"] == "error"
     meta = assert_sync(
         *await call(
-            shared_member, "POST", "/core/internal/sql", json_body={"query": "SELECT count(*) FROM t1"}
+            shared_member,
+            "POST",
+            "/core/internal/sql",
+            json_body={"query": "SELECT count(*) FROM t1"},
         )
     )
     assert isinstance(meta, dict) and meta["Results"][0]["rows"] == [[1]]
@@ -204,7 +214,9 @@ async def test_servers_and_certificates_bad_input(shared_member: Member) -> None
     assert assert_sync(*await call(shared_member, "GET", "/core/1.0/daemon/servers")) == {}
     assert_error(
         *await call(
-            shared_member, "PUT", "/core/1.0/daemon/servers",
+            shared_member,
+            "PUT",
+            "/core/1.0/daemon/servers",
             json_body={"nosuch": {"address": "127.0.0.1:1"}},
         ),
         400,
@@ -239,7 +251,9 @@ async def test_truststore_add_then_remove_controls_trust(
     assert_error(*await call(shared_member, "GET", path, via="tls", pair=stranger_pair), 403)
     assert_error(*await call(shared_member, "DELETE", "/core/internal/truststore/stranger"), 404)
     bad = dict(entry, name="bad_name")
-    assert_error(*await call(shared_member, "POST", "/core/internal/truststore", json_body=bad), 400)
+    assert_error(
+        *await call(shared_member, "POST", "/core/internal/truststore", json_body=bad), 400
+    )
     assert not (shared_member.state_dir / "truststore" / "bad_name.yaml").exists()
 
 
@@ -253,14 +267,21 @@ async def test_hooks_endpoint_and_target(shared_member: Member) -> None:
     )
     assert_sync(
         *await call(
-            shared_member, "POST", "/core/internal/hooks/post-remove",
-            json_body={"force": False}, params={"target": "member1"}, via="tls",
+            shared_member,
+            "POST",
+            "/core/internal/hooks/post-remove",
+            json_body={"force": False},
+            params={"target": "member1"},
+            via="tls",
         )
     )
     assert_error(
         *await call(
-            shared_member, "POST", "/core/internal/hooks/post-remove",
-            json_body={"force": False}, params={"target": "nobody"},
+            shared_member,
+            "POST",
+            "/core/internal/hooks/post-remove",
+            json_body={"force": False},
+            params={"target": "nobody"},
         ),
         404,
     )

@@ -30,10 +30,17 @@ def free_port() -> int:
         return port
 
 
-def microtrio(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def microtrio(
+    *args: str, env: dict[str, str], stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "microtrio", *args],
-        env=env, input=stdin, capture_output=True, text=True, timeout=TIMEOUT, check=False,
+        env=env,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=False,
     )
 
 
@@ -48,7 +55,10 @@ def env(tmp_path: Path) -> dict[str, str]:
 def daemon(env: dict[str, str]) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "microtrio", "daemon", "--state-dir", env["STATE_DIR"]],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         yield proc
@@ -93,7 +103,11 @@ def test_tutorial(env: dict[str, str], daemon: subprocess.Popen[str]) -> None:
     assert cluster.returncode == 0, cluster.stderr
     header, row = [line for line in cluster.stdout.splitlines() if line.startswith("|")]
     assert [c.strip() for c in header.split("|")[1:-1]] == [
-        "NAME", "ADDRESS", "ROLE", "FINGERPRINT", "STATUS"
+        "NAME",
+        "ADDRESS",
+        "ROLE",
+        "FINGERPRINT",
+        "STATUS",
     ]
     assert "member1" in row and address in row and "ONLINE" in row
 
@@ -101,7 +115,10 @@ def test_tutorial(env: dict[str, str], daemon: subprocess.Popen[str]) -> None:
     assert curl is not None, "curl is needed by the tutorial"
     answer = subprocess.run(
         [curl, "-s", "--unix-socket", f"{state}/control.socket", "http://control.socket/core/1.0"],
-        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        check=True,
     )
     envelope = json.loads(answer.stdout)
     assert envelope["type"] == "sync" and envelope["status_code"] == 200
@@ -142,7 +159,8 @@ def test_duration_and_render() -> None:
     rows = [["a", "1"], ["b", None]]
     assert render(["X", "Y"], rows, "csv") == "X,Y\na,1\nb,"
     assert json.loads(render(["X", "Y Z"], rows, "json")) == [
-        {"x": "a", "y_z": "1"}, {"x": "b", "y_z": ""}
+        {"x": "a", "y_z": "1"},
+        {"x": "b", "y_z": ""},
     ]
     assert render(["X", "Y"], rows, "compact").splitlines()[0] == "X  Y"
     assert render(["X", "Y"], rows, "table").splitlines()[1] == "| X | Y |"

@@ -66,7 +66,9 @@ def test_cluster_list_formats(shared_member: Member, capsys: pytest.CaptureFixtu
     assert out.split()[:5] == ["NAME", "ADDRESS", "ROLE", "FINGERPRINT", "STATUS"]
 
 
-def test_init_errors_are_one_line(shared_member: Member, capsys: pytest.CaptureFixture[str]) -> None:
+def test_init_errors_are_one_line(
+    shared_member: Member, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, _, err = run(shared_member, capsys, "init", "member1", "127.0.0.1:1", "--bootstrap")
     assert code == 1 and err == "Error: Unable to initialize cluster: Database is online\n"
     code, _, err = run(shared_member, capsys, "waitready", "-t", "5")

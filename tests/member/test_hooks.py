@@ -76,9 +76,7 @@ async def test_hooks_fire_in_order_with_their_arguments(state_dir: Path) -> None
     rec = Recorder()
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CEILING):
-            member = await start_member(
-                nursery, state_dir, make_args(rec.hooks()), bootstrap=False
-            )
+            member = await start_member(nursery, state_dir, make_args(rec.hooks()), bootstrap=False)
             assert rec.calls == [("on_start", member.app.daemon.state.name)]  # type: ignore[union-attr]
             await member.app.new_cluster("member1", "127.0.0.1:0", {"k": "v"})
             assert rec.calls[1:] == [
@@ -110,7 +108,9 @@ async def test_hooks_fire_in_order_with_their_arguments(state_dir: Path) -> None
                 assert rec.calls[-1] == expected
             assert_error(
                 *await call(
-                    member, "POST", "/core/internal/hooks/on-new-member",
+                    member,
+                    "POST",
+                    "/core/internal/hooks/on-new-member",
                     json_body={"new_member": {"name": "bad_name"}},
                 ),
                 400,
@@ -123,13 +123,17 @@ async def test_post_bootstrap_failure_rolls_back(state_dir: Path) -> None:
     rec = Recorder(fail={"post_bootstrap"})
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CEILING):
-            member = await start_member(
-                nursery, state_dir, make_args(rec.hooks()), bootstrap=False
-            )
+            member = await start_member(nursery, state_dir, make_args(rec.hooks()), bootstrap=False)
             body = {"name": "member1", "address": "127.0.0.1:0", "bootstrap": True}
             error = assert_error(*await call(member, "POST", "/core/control", json_body=body), 500)
             assert "post-bootstrap" in error and "refused" in error
-            assert rec.names() == ["on_start", "pre_init", "post_bootstrap", "pre_remove", "on_start"]
+            assert rec.names() == [
+                "on_start",
+                "pre_init",
+                "post_bootstrap",
+                "pre_remove",
+                "on_start",
+            ]
             assert ("pre_remove", True) in rec.calls
             status = await member.app.status()
             assert status["ready"] is False and status["address"] == ""
@@ -147,9 +151,7 @@ async def test_pre_init_failure_leaves_the_member_uninitialised(state_dir: Path)
     rec = Recorder(fail={"pre_init"})
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CEILING):
-            member = await start_member(
-                nursery, state_dir, make_args(rec.hooks()), bootstrap=False
-            )
+            member = await start_member(nursery, state_dir, make_args(rec.hooks()), bootstrap=False)
             body = {"name": "member1", "address": "127.0.0.1:0", "bootstrap": True}
             assert_error(*await call(member, "POST", "/core/control", json_body=body), 500)
             assert rec.names() == ["on_start", "pre_init"]
@@ -175,8 +177,11 @@ async def test_a_hanging_hook_is_bounded(state_dir: Path) -> None:
 async def test_on_start_failure_fails_the_start(state_dir: Path) -> None:
     rec = Recorder(fail={"on_start"})
     app = microtrio.App(state_dir, args=make_args(rec.hooks()))
-    with trio.fail_after(CEILING), pytest.RaisesGroup(
-        pytest.RaisesExc(microtrio.MicrotrioError, match="on-start"), flatten_subgroups=True
+    with (
+        trio.fail_after(CEILING),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(microtrio.MicrotrioError, match="on-start"), flatten_subgroups=True
+        ),
     ):
         await app.run()
     assert not (state_dir / "control.socket").exists()

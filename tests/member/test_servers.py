@@ -123,15 +123,26 @@ async def test_additional_server_listener(app_member: Member) -> None:
 @pytest.mark.parametrize(
     ("servers", "message"),
     [
-        ({"core": Server(core_api=True, resources=[Resources("1.0", [Endpoint("a")])])}, "reserved"),
+        (
+            {"core": Server(core_api=True, resources=[Resources("1.0", [Endpoint("a")])])},
+            "reserved",
+        ),
         ({"bad_name": Server(resources=[Resources("1.0", [Endpoint("a")])])}, "Invalid"),
         ({"s": Server()}, "no resources"),
         ({"s": Server(resources=[Resources("1.0")])}, "no endpoints"),
         ({"s": Server(core_api=True, resources=[Resources("core", [Endpoint("a")])])}, "core"),
-        ({"s": Server(serve_unix=True, resources=[Resources("1.0", [Endpoint("a")])])}, "serve_unix"),
         (
-            {"s": Server(core_api=True, address="127.0.0.1:1",
-                         resources=[Resources("1.0", [Endpoint("a")])])},
+            {"s": Server(serve_unix=True, resources=[Resources("1.0", [Endpoint("a")])])},
+            "serve_unix",
+        ),
+        (
+            {
+                "s": Server(
+                    core_api=True,
+                    address="127.0.0.1:1",
+                    resources=[Resources("1.0", [Endpoint("a")])],
+                )
+            },
             "address",
         ),
         (
@@ -164,11 +175,15 @@ async def test_pre_init_servers_and_dedicated_certificates(state_dir: Path) -> N
     early = Endpoint("early", get=EndpointAction(hello), allowed_before_init=True)
     late = Endpoint("late", get=EndpointAction(hello), allowed_before_init=True)
     servers = {
-        "pre": Server(core_api=True, serve_unix=True, pre_init=True,
-                      resources=[Resources("1.0", [early])]),
+        "pre": Server(
+            core_api=True, serve_unix=True, pre_init=True, resources=[Resources("1.0", [early])]
+        ),
         "post": Server(core_api=True, serve_unix=True, resources=[Resources("1.0", [late])]),
-        "own": Server(address="127.0.0.1:0", dedicated_certificate=True,
-                      resources=[Resources("own", [Endpoint("ping", get=EndpointAction(hello))])]),
+        "own": Server(
+            address="127.0.0.1:0",
+            dedicated_certificate=True,
+            resources=[Resources("own", [Endpoint("ping", get=EndpointAction(hello))])],
+        ),
     }
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CEILING):
@@ -190,7 +205,9 @@ async def test_pre_init_servers_and_dedicated_certificates(state_dir: Path) -> N
             assert daemon is not None
             address = daemon.listener_addresses["own"]
             assert_sync(
-                *await call(member, "GET", "/own/ping", via="tls", address=address, pinned=dedicated)
+                *await call(
+                    member, "GET", "/own/ping", via="tls", address=address, pinned=dedicated
+                )
             )
             # The App's own remote client: presents server.crt, pins cluster.crt.
             async with await member.app.remote_client(member.address) as client:

@@ -41,17 +41,30 @@ async def test_truststore_fan_out_and_target_forwarding(tmp_path: Path) -> None:
             for name in ("cluster.crt", "cluster.key"):
                 shutil.copy(a.state_dir / name, b_dir / name)
             b = await start_member(
-                nursery, b_dir, make_args(microtrio.Hooks(pre_remove=pre_remove, on_daemon_config_update=config_update)), name="member2"
+                nursery,
+                b_dir,
+                make_args(
+                    microtrio.Hooks(pre_remove=pre_remove, on_daemon_config_update=config_update)
+                ),
+                name="member2",
             )
             assert b.cluster_cert() == a.cluster_cert()
             # Each trusts the other (as a join would arrange).
-            assert_sync(*await call(a, "POST", "/core/internal/truststore", json_body=entry(b, "member2")))
-            assert_sync(*await call(b, "POST", "/core/internal/truststore", json_body=entry(a, "member1")))
+            assert_sync(
+                *await call(a, "POST", "/core/internal/truststore", json_body=entry(b, "member2"))
+            )
+            assert_sync(
+                *await call(b, "POST", "/core/internal/truststore", json_body=entry(a, "member1"))
+            )
 
             # Adding a third entry on A is pushed to B first (as a notification: B does not
             # push it further), then stored on A.
             stranger = generate_cert_key_pair("member3")
-            third = {"name": "member3", "address": "127.0.0.1:9", "certificate": stranger.cert.decode()}
+            third = {
+                "name": "member3",
+                "address": "127.0.0.1:9",
+                "certificate": stranger.cert.decode(),
+            }
             assert_sync(*await call(a, "POST", "/core/internal/truststore", json_body=third))
             assert (a.state_dir / "truststore" / "member3.yaml").exists()
             assert (b.state_dir / "truststore" / "member3.yaml").exists()
@@ -69,7 +82,10 @@ async def test_truststore_fan_out_and_target_forwarding(tmp_path: Path) -> None:
             assert_sync(*await call(a, "POST", "/core/internal/sql", json_body={"query": insert}))
             assert_sync(
                 *await call(
-                    a, "POST", "/core/internal/hooks/pre-remove", json_body={"force": True},
+                    a,
+                    "POST",
+                    "/core/internal/hooks/pre-remove",
+                    json_body={"force": True},
                     params={"target": "member2"},
                 )
             )
@@ -87,7 +103,10 @@ async def test_truststore_fan_out_and_target_forwarding(tmp_path: Path) -> None:
             # A target that is down: the forwarding error comes back as an envelope.
             await b.app.shutdown()
             status, body = await call(
-                a, "POST", "/core/internal/hooks/pre-remove", json_body={"force": True},
+                a,
+                "POST",
+                "/core/internal/hooks/pre-remove",
+                json_body={"force": True},
                 params={"target": "member2"},
             )
             assert status == 503 and body["type"] == "error"
