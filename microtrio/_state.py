@@ -37,7 +37,8 @@ from typing import Any, final
 
 import yaml
 
-from ._errors import StateError
+from ._cluster._names import DEFAULT_PORT, parse_address, validate_name
+from ._errors import StateError, ValidationError
 
 __all__ = [
     "DaemonConfig",
@@ -135,6 +136,18 @@ class DaemonConfig:
                 raise ValueError(f"server {key!r}: 'address' must be a string")
             servers[key] = ServerConfig(server_address)
         return cls(name=name, address=address, servers=servers)
+
+
+def _checked(config: DaemonConfig) -> DaemonConfig:
+    """``config`` if its names and addresses are valid (a name becomes file names and
+    certificate SANs), else ValidationError."""
+    validate_name(config.name)
+    parse_address(config.address, default_port=DEFAULT_PORT, allow_port_zero=True)
+    for server, entry in config.servers.items():
+        validate_name(server)
+        if entry.address:
+            parse_address(entry.address, default_port=DEFAULT_PORT, allow_port_zero=True)
+    return config
 
 
 @final
@@ -296,8 +309,8 @@ class StateDir:
         except UnicodeDecodeError as exc:
             raise StateError(f"Malformed daemon config {self.daemon_yaml}: {exc}") from exc
         try:
-            return DaemonConfig.from_dict(yaml.safe_load(text))
-        except (yaml.YAMLError, ValueError, RecursionError) as exc:
+            return _checked(DaemonConfig.from_dict(yaml.safe_load(text)))
+        except (yaml.YAMLError, ValueError, RecursionError, ValidationError) as exc:
             raise StateError(f"Malformed daemon config {self.daemon_yaml}: {exc}") from exc
 
     def save_daemon_config(self, config: DaemonConfig) -> None:

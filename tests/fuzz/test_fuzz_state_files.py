@@ -118,7 +118,7 @@ def test_truststore_file_mutated(changes: list[tuple[int, int, int]]) -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"\xff\xfename: x", b"[" * 100_000, b"name: 2001-13-45"], ids=["utf8", "deep", "date"]
+    "data", [b"\xff\xfename: x", b"[" * 5000, b"name: 2001-13-45"], ids=["utf8", "deep", "date"]
 )
 def test_known_crashers_are_state_errors(tmp_path: Path, data: bytes) -> None:
     """Regressions: each of these used to escape as UnicodeDecodeError, RecursionError or
