@@ -110,6 +110,7 @@ class MemberClient(Protocol):
         path: str,
         body: Any = None,
         *,
+        params: Mapping[str, str] | None = None,
         timeout: float = ...,  # noqa: ASYNC109 - the HTTP client's own timeout
     ) -> Any: ...
 

@@ -1,4 +1,4 @@
-"""Automatic roles: a pure planner of membership changes, and the Raft membership seam.
+"""Automatic roles and removal: pure planners, the Raft membership seam, the removal flow.
 
 Theory of operation
 -------------------
@@ -26,28 +26,48 @@ the next online members, up to the target. Then it picks one change, in this ord
 Every change keeps at least one voter and keeps a quorum of online voters (the leader
 counts as online), so the leader can always commit the change it proposes. The leader
 itself is never demoted: shutdown and removal hand leadership over first
-(:func:`plan_removal`).
+(:func:`plan_removal`, :func:`hand_over_leadership`).
+
+:class:`Removal` is the leader's side of ``DELETE /core/1.0/cluster/{name}`` (reference
+7.5) with injected dependencies: safeguards and the plan, a promotion if the removal would
+leave no voter, leadership handed over when the leader removes itself (the caller then
+forwards the request to the new leader), ``PreRemove`` on the target, the row deleted and
+the member removed from Raft, the truststore fan-out, the target told to reset itself,
+and ``PostRemove`` on the leader and every remaining member. With ``force`` an unreachable
+target or failing hooks do not stop it.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Protocol, final
+from urllib.parse import quote
 
-from .._errors import BadRequestError
+import trio
+
+from .._errors import BadRequestError, MicrotrioError, NotFoundError
 from ..raft import Role
+from ._members import delete_member_by_address, get_member, list_members
 
 if TYPE_CHECKING:
+    import apsw
+
     from .._replication import RaftReplication
+    from ._heartbeat import BlockingRunner, ClientFactory, ClusterDatabase
+    from ._truststore import Truststore
 
 __all__ = [
     "RaftMembership",
+    "Removal",
+    "RemovalOutcome",
     "RemovalPlan",
     "ReplicationMembership",
     "RoleChange",
     "RoleTargets",
+    "hand_over_leadership",
     "keeps_quorum",
     "plan_removal",
     "plan_role_change",
@@ -279,3 +299,150 @@ def plan_removal(
         transfer_to = promote if promote is not None else others[0]
     return RemovalPlan(node_id=node_id, in_raft=True, promote=promote, transfer_to=transfer_to)
 
+
+
+async def hand_over_leadership(
+    membership: RaftMembership, own_id: int, *, timeout: float = 5.0  # noqa: ASYNC109
+) -> int | None:
+    """On graceful shutdown: if this member leads, hand leadership to another voter first.
+
+    Returns the new leader's id, or None (not the leader, nobody to hand over to, or it did
+    not finish within ``timeout``; shutdown goes on regardless, logged)."""
+    if membership.leader() != own_id:
+        return None
+    with trio.move_on_after(timeout):
+        try:
+            new = await membership.transfer_leadership(None)
+            logger.info("raft %d: leadership handed over to %d before shutdown", own_id, new)
+            return new
+        except MicrotrioError as exc:
+            logger.warning("raft %d: no leadership hand-over before shutdown: %s", own_id, exc)
+            return None
+    logger.warning("raft %d: leadership hand-over timed out after %gs", own_id, timeout)
+    return None
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class RemovalOutcome:
+    """``moved_to``: leadership went to this node id and the request must be forwarded to
+    it (nothing was removed yet). ``warnings``: steps that failed but were forced through."""
+
+    removed: bool
+    moved_to: int | None = None
+    warnings: tuple[str, ...] = ()
+
+
+async def _thread(fn: Callable[[], object], /) -> object:
+    return await trio.to_thread.run_sync(fn)
+
+
+@final
+class Removal:
+    """The leader's side of member removal (see the module docstring).
+
+    ``online()`` names the node ids known alive (heartbeats); ``post_remove(force)`` runs
+    the application's PostRemove locally. Remote calls go through ``client_factory``.
+    """
+
+    def __init__(
+        self,
+        *,
+        own_name: str,
+        db: ClusterDatabase,
+        membership: RaftMembership,
+        truststore: Truststore,
+        client_factory: ClientFactory,
+        post_remove: Callable[[bool], Awaitable[None]],
+        node_id: Callable[[str], int],
+        online: Callable[[], Collection[int]] | None = None,
+        lock: trio.Lock | None = None,
+        run_blocking: BlockingRunner | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        self.own_name = own_name
+        self._db = db
+        self._membership = membership
+        self._truststore = truststore
+        self._client_factory = client_factory
+        self._post_remove = post_remove
+        self._node_id = node_id
+        self._online = online
+        self.lock = lock if lock is not None else trio.Lock()
+        self._run_blocking = run_blocking
+        self.timeout = timeout
+
+    async def _blocking(self, fn: Callable[[], object]) -> None:
+        if self._run_blocking is not None:
+            await self._run_blocking(fn)
+        else:
+            await _thread(fn)
+
+    async def _call(self, address: str, method: str, path: str, body: object = None,
+                    params: Mapping[str, str] | None = None) -> None:
+        with trio.fail_after(self.timeout):
+            client = self._client_factory(address)
+            try:
+                await client.query(method, path, body, params=params, timeout=self.timeout)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await client.aclose()
+
+    async def _step(self, what: str, force: bool, warnings: list[str],
+                    call: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await call()
+        except (MicrotrioError, trio.TooSlowError) as exc:
+            if not force:
+                raise
+            warnings.append(f"{what}: {exc}")
+            logger.warning("%s: %s failed (forced on): %s", self.own_name, what, exc)
+
+    async def remove(self, name: str, *, force: bool = False) -> RemovalOutcome:
+        """Remove member ``name``; BadRequestError when a safeguard refuses."""
+        own_id = self._node_id(self.own_name)
+        rows = await self._db.read(list_members)
+        row = next((r for r in rows if r.name == name), None)
+        if row is None:
+            raise NotFoundError(f"No cluster member named {name!r}")
+        conf = await self._membership.configuration()
+        online = self._online() if self._online is not None else conf.keys()
+        target_id = self._node_id(name)
+        plan = plan_removal(conf, target_id, leader=own_id, online=online, members=len(rows))
+        if plan.promote is not None:
+            async with self.lock:
+                await self._membership.change_role(plan.promote, Role.VOTER)
+        if plan.transfer_to is not None:
+            moved = await self._membership.transfer_leadership(plan.transfer_to)
+            return RemovalOutcome(removed=False, moved_to=moved)
+        warnings: list[str] = []
+        await self._step("PreRemove on " + name, force, warnings, partial(
+            self._call, row.address, "POST", "/core/internal/hooks/pre-remove", {"force": force}))
+        await self._db.transaction(lambda conn: _delete_row(conn, name, row.address))
+        if plan.in_raft:
+            async with self.lock:
+                await self._membership.remove_member(target_id)
+        if self._truststore.by_name(name) is not None:
+            await self._blocking(partial(self._truststore.remove, name))
+        remaining = [r for r in await self._db.read(list_members) if r.name != self.own_name]
+        async with trio.open_nursery() as nursery:
+            for other in remaining:
+                nursery.start_soon(self._step, f"truststore removal on {other.name}", True,
+                                   warnings, partial(self._call, other.address, "DELETE",
+                                                     f"/core/internal/truststore/{quote(name)}"))
+        params = {"force": "1"} if force else None
+        await self._step("reset of " + name, force, warnings, partial(
+            self._call, row.address, "PUT", f"/core/internal/cluster/{quote(name)}", None,
+            params))
+        await self._post_remove(force)
+        for other in remaining:
+            await self._step("PostRemove on " + other.name, force, warnings, partial(
+                self._call, other.address, "POST", "/core/internal/hooks/post-remove",
+                {"force": force}))
+        logger.info("%s: removed member %s", self.own_name, name)
+        return RemovalOutcome(removed=True, warnings=tuple(warnings))
+
+
+def _delete_row(conn: apsw.Connection, name: str, address: str) -> None:
+    if get_member(conn, name) is not None:
+        delete_member_by_address(conn, address)

@@ -52,6 +52,7 @@ class FakeClient:
         self.net = net
 
     async def query(self, method: str, path: str, body: Any = None, *,
+                    params: Mapping[str, str] | None = None,
                     timeout: float = 30.0) -> Any:  # noqa: ASYNC109
         assert (method, path) == ("POST", HEARTBEAT_PATH)
         if self.address in self.net.dead:

@@ -7,6 +7,7 @@ import io
 import random
 import shutil
 import tarfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -278,6 +279,7 @@ class Probe:
         self.address = address
 
     async def query(self, method: str, path: str, body: Any = None, *,
+                    params: Mapping[str, str] | None = None,
                     timeout: float = 30.0) -> Any:  # noqa: ASYNC109
         if self.address.endswith(":1"):
             return {"name": "alive"}

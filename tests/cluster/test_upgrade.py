@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -181,6 +181,7 @@ class FakeClient:
         self.address, self.log = address, log
 
     async def query(self, method: str, path: str, body: Any = None, *,
+                    params: Mapping[str, str] | None = None,
                     timeout: float = 30.0) -> Any:  # noqa: ASYNC109
         if self.address.endswith(":2"):
             await trio.sleep_forever()
