@@ -16,6 +16,7 @@ from .._errors import (
     MicrotrioError,
     NotFoundError,
     NotImplementedMethodError,
+    UnavailableError,
     ValidationError,
 )
 from ._resources import Endpoint, EndpointAction, Resources
@@ -45,16 +46,10 @@ async def _status(state: State, req: Request) -> Any:
 
 async def _ready(state: State, req: Request) -> Any:
     if state.shutting_down:
-        raise _unavailable("Daemon is shutting down")
+        raise UnavailableError("Daemon is shutting down")
     if not state.ready:
-        raise _unavailable("Daemon not yet ready")
+        raise UnavailableError("Daemon not yet ready")
     return {}
-
-
-def _unavailable(message: str) -> MicrotrioError:
-    from .._errors import UnavailableError
-
-    return UnavailableError(message)
 
 
 def member_json(row: members.MemberRow, status: str) -> dict[str, Any]:

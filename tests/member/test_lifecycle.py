@@ -254,3 +254,31 @@ async def test_bootstrap_on_a_busy_address_rolls_back(state_dir: Path) -> None:
                 assert not (state_dir / "daemon.yaml").exists()
                 await member.app.new_cluster("member1", "127.0.0.1:0")
             nursery.cancel_scope.cancel()
+
+
+async def test_server_certificate_replacement_only_before_init(state_dir: Path) -> None:
+    args = make_args(pre_init_listen_address="127.0.0.1:0")
+    pair = generate_cert_key_pair("member1")
+    body = {"cert": pair.cert.decode(), "key": pair.key.decode()}
+    path = "/core/1.0/cluster/certificates/server"
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CEILING):
+            member = await start_member(nursery, state_dir, args, bootstrap=False)
+            daemon = member.app.daemon
+            assert daemon is not None
+            address = daemon.listener_addresses["pre-init"]
+            assert_error(*await call(member, "PUT", path, json_body={"cert": "x", "key": "y"}), 400)
+            assert_sync(*await call(member, "PUT", path, json_body=body))
+            assert (state_dir / "server.crt").read_bytes() == pair.cert
+            assert mode(state_dir / "server.key") == 0o600
+            # The pre-init listener now presents the new certificate.
+            assert_sync(
+                *await call(
+                    member, "GET", "/core/1.0", via="tls", address=address, pinned=pair.cert
+                )
+            )
+            await member.app.new_cluster("member1", "127.0.0.1:0")
+            assert (state_dir / "server.crt").read_bytes() == pair.cert  # name in its SANs
+            error = assert_error(*await call(member, "PUT", path, json_body=body), 400)
+            assert "before init" in error
+        nursery.cancel_scope.cancel()
