@@ -1,0 +1,117 @@
+"""Network namespaces: three members talk, a partition cuts them, healing restores, cleanup."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import pytest
+import trio
+
+from microtrio.testing._nemesis import asymmetric_links, partition_links
+from microtrio.testing._netns import (
+    NetnsNetwork,
+    can_connect,
+    netns_unavailable_reason,
+    open_netns_network,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+MEMBERS = ("m0", "m1", "m2")
+
+_SERVER = """
+import socket, sys
+s = socket.socket()
+s.bind((sys.argv[1], 0))
+s.listen(16)
+print(s.getsockname()[1], flush=True)
+while True:
+    s.accept()[0].close()
+"""
+
+
+@pytest.fixture
+async def net() -> AsyncIterator[NetnsNetwork]:
+    reason = await netns_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    async with open_netns_network(MEMBERS) as network:
+        yield network
+
+
+async def namespaces() -> str:
+    proc = await trio.run_process(["ip", "netns", "list"], capture_stdout=True)
+    return proc.stdout.decode()
+
+
+async def serve(net: NetnsNetwork, member: str, nursery: trio.Nursery) -> int:
+    """A TCP listener in ``member``'s namespace on its address; returns the chosen port."""
+    proc = await trio.lowlevel.open_process(
+        [*net.exec_prefix(member), sys.executable, "-c", _SERVER, net.address(member)],
+        stdout=subprocess.PIPE,
+    )
+
+    async def reap() -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            proc.kill()
+            with trio.CancelScope(shield=True):
+                await proc.wait()
+
+    nursery.start_soon(reap)
+    assert proc.stdout is not None
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = await proc.stdout.receive_some(64)
+        assert chunk, "listener exited"
+        data += chunk
+    return int(data)
+
+
+async def test_partition_cuts_and_heal_restores(net: NetnsNetwork) -> None:
+    with trio.fail_after(90):
+        assert net.address("m0") == "192.0.2.1" and net.address("m2") == "192.0.2.3"
+        assert net.namespace("m1") in await namespaces()
+        async with trio.open_nursery() as nursery:
+            ports = {m: await serve(net, m, nursery) for m in MEMBERS}
+
+            async def link(src: str, dst: str) -> bool:
+                return await can_connect(net, src, dst, ports[dst], connect_timeout=1.5)
+
+            assert await link("m0", "m1") and await link("m1", "m2") and await link("m2", "m0")
+
+            await net.partition(partition_links(["m0"], ["m1", "m2"]))
+            assert not await link("m0", "m1")
+            assert not await link("m2", "m0")
+            assert await link("m1", "m2")  # the majority still talks
+
+            # One direction only: m1 -> m0 is cut; a TCP handshake needs both, so m0 -> m1
+            # fails too, but m0's other links are untouched.
+            await net.partition(asymmetric_links("m0", ["m1"]))
+            assert net.blocked == {("m1", "m0")}
+            assert not await link("m1", "m0")
+            assert await link("m0", "m2") and await link("m2", "m0")
+
+            await net.heal()
+            assert net.blocked == frozenset()
+            assert await link("m0", "m1") and await link("m1", "m0")
+            nursery.cancel_scope.cancel()
+
+
+async def test_namespaces_are_deleted_even_on_failure() -> None:
+    reason = await netns_unavailable_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    with trio.fail_after(60):
+        names: list[str] = []
+        with pytest.raises(RuntimeError, match="boom"):
+            async with open_netns_network(["a", "b"]) as network:
+                names = [network.hub, network.namespace("a"), network.namespace("b")]
+                listed = await namespaces()
+                assert all(n in listed for n in names)
+                raise RuntimeError("boom")
+        listed = await namespaces()
+        assert names and not any(n in listed for n in names)
