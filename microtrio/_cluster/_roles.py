@@ -125,6 +125,21 @@ class ReplicationMembership:
         status = await self._replication.status()
         return status.conf.as_dict()
 
+    async def caught_up(self, max_lag: int = 256) -> set[int]:
+        """On the leader: members whose log is within ``max_lag`` entries of the leader's
+        (for ``Heartbeat(caught_up=...)``); empty elsewhere."""
+        status = await self._replication.status()
+        return {
+            node
+            for node, progress in status.progress.items()
+            if progress.match + max_lag >= status.last_index
+        } | {status.id}
+
+    async def recently_active(self) -> set[int]:
+        """On the leader: members the transport heard from within an election timeout."""
+        status = await self._replication.status()
+        return {node for node, p in status.progress.items() if p.recent_active} | {status.id}
+
 
 @final
 @dataclass(frozen=True, slots=True)

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 import trio.testing
 
 from microtrio._cluster import _members as members
-from microtrio._cluster._roles import Removal, hand_over_leadership
+from microtrio._cluster._roles import Removal, ReplicationMembership, hand_over_leadership
 from microtrio._cluster._truststore import TrustedMember, Truststore
 from microtrio._errors import BadRequestError, NotFoundError, RemoteError, UnavailableError
-from microtrio._replication import node_id_for
-from microtrio.raft import Role
+from microtrio._replication import LeaderInfo, RaftReplication, node_id_for
+from microtrio.raft import ConfState, ProgressState, ProgressStatus, Role, StateRole, Status
 
 from .conftest import FakeMembership, InlineDatabase, inline, pair_for
 
@@ -188,3 +188,57 @@ async def test_hand_over_leadership(autojump_clock: trio.testing.MockClock) -> N
         start = trio.current_time()
         assert await hand_over_leadership(fake, 1, timeout=3) is None
         assert trio.current_time() - start == pytest.approx(3)
+
+
+class FakeReplication:
+    """Just enough of RaftReplication for the adapter."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, ...]] = []
+
+    async def add_member(self, node_id: int, address: str, role: Role) -> None:
+        self.calls.append(("add", node_id, address, role))
+
+    async def promote(self, node_id: int) -> None:
+        self.calls.append(("promote", node_id))
+
+    async def demote(self, node_id: int, role: Role) -> None:
+        self.calls.append(("demote", node_id, role))
+
+    async def remove_member(self, node_id: int) -> None:
+        self.calls.append(("remove", node_id))
+
+    async def transfer_leadership(self, to: int | None = None) -> int:
+        return 2 if to is None else to
+
+    def leader(self) -> LeaderInfo:
+        return LeaderInfo(1, "127.0.0.1:1")
+
+    async def status(self) -> Status:
+        progress = {
+            2: ProgressStatus(match=100, next=101, state=ProgressState.REPLICATE,
+                              recent_active=True),
+            3: ProgressStatus(match=10, next=11, state=ProgressState.PROBE,
+                              recent_active=False),
+        }
+        return Status(id=1, term=3, vote=1, commit=100, applied=100, leader_id=1,
+                      role=StateRole.LEADER, conf=ConfState.from_dict({1: V, 2: V, 3: S}),
+                      first_index=1, last_index=100, progress=progress)
+
+
+async def test_replication_adapter() -> None:
+    fake = FakeReplication()
+    adapter = ReplicationMembership(cast(RaftReplication, fake))
+    with trio.fail_after(10):
+        await adapter.add_member(3, "127.0.0.1:3", S)
+        await adapter.change_role(3, V)
+        await adapter.change_role(3, Role.SPARE)
+        await adapter.remove_member(3)
+        assert await adapter.transfer_leadership(None) == 2
+        assert adapter.leader() == 1
+        assert await adapter.configuration() == {1: V, 2: V, 3: S}
+        assert await adapter.caught_up(max_lag=50) == {1, 2}
+        assert await adapter.caught_up(max_lag=90) == {1, 2, 3}
+        assert await adapter.recently_active() == {1, 2}
+    assert fake.calls == [("add", 3, "127.0.0.1:3", S), ("promote", 3),
+                          ("demote", 3, Role.SPARE), ("remove", 3)]
