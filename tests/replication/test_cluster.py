@@ -4,14 +4,15 @@ trio.run."""
 from __future__ import annotations
 
 import logging
+import random
 from pathlib import Path
 
 import pytest
 import trio
 from _raft_cluster import Member, checksums, open_cluster, sql, write
 
-from microtrio._errors import MicrotrioError, OutcomeUnknownError
-from microtrio._replication import DriverConfig
+from microtrio._errors import MicrotrioError, NoLeaderError, OutcomeUnknownError
+from microtrio._replication import CommitterConfig, DriverConfig, Faults
 
 CEILING = 60.0
 
@@ -246,3 +247,48 @@ async def test_writes_in_flight_when_the_leader_dies_are_never_plainly_failed_if
                 assert not (failed & present)  # a plain failure was really not committed
                 assert present <= acked | unknown
             assert len(acked) > 60
+
+
+async def test_a_write_overwritten_after_a_partition_is_a_definite_failure(
+    tmp_path: Path,
+) -> None:
+    faults = Faults(random.Random(4))
+    with trio.fail_after(CEILING):
+        async with open_cluster(
+            tmp_path, 3, faults=faults, committer_config=CommitterConfig(apply_timeout=30.0)
+        ) as cluster:
+            old = await cluster.leader()
+            await old.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            await cluster.wait_applied(old.repl.driver.applied_index)
+            others = [m for m in cluster.members if m is not old]
+            faults.isolate(old.id, [m.id for m in others])
+            before = (await old.repl.status()).last_index
+            outcome: list[BaseException | None] = []
+
+            async def doomed() -> None:
+                try:
+                    await old.db.transaction(sql("INSERT INTO t VALUES (42)"))
+                except MicrotrioError as exc:
+                    outcome.append(exc)
+                else:
+                    outcome.append(None)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(doomed)
+                while (await old.repl.status()).last_index == before:
+                    await old.repl.driver.wait_changed()  # proposed on the isolated leader
+                # the majority elects a new leader and commits other entries
+                while not (
+                    (lead := others[0].repl.leader().id) in {m.id for m in others}
+                    and others[1].repl.leader().id == lead
+                ):
+                    await others[0].repl.driver.wait_changed()
+                await write(others[0], sql("INSERT INTO t VALUES (43)"))
+                faults.heal()
+            assert len(outcome) == 1
+            # the old leader learns that another entry won its index: known not committed
+            assert isinstance(outcome[0], NoLeaderError), outcome
+            assert "another entry was committed" in str(outcome[0])
+            await cluster.wait_applied(others[0].repl.driver.applied_index)
+            for member in cluster.members:
+                assert await member.db.read(sql("SELECT k FROM t")) == [(43,)]
