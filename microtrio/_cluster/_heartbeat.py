@@ -72,6 +72,7 @@ __all__ = [
     "RoundResult",
     "cluster_member_wire",
     "member_statuses",
+    "raft_addresses",
     "receive_heartbeat",
 ]
 
@@ -242,6 +243,14 @@ async def receive_heartbeat(
                     info.max_schema_internal, info.max_schema_external, *own_versions)
         if on_schema_behind is not None:
             on_schema_behind()
+
+
+def raft_addresses(
+    conn: apsw.Connection, node_id: Callable[[str], int] = node_id_for
+) -> dict[int, str]:
+    """``{node id: address}`` of every member row (read function for
+    ``RaftReplication.follow_addresses``: every member learns every address)."""
+    return {node_id(r.name): r.address for r in list_members(conn)}
 
 
 # -- member status -------------------------------------------------------------------

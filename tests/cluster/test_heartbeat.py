@@ -22,6 +22,7 @@ from microtrio._cluster._heartbeat import (
     MemberStatus,
     RoleTransition,
     member_statuses,
+    raft_addresses,
     receive_heartbeat,
 )
 from microtrio._cluster._members import MemberRow
@@ -229,6 +230,12 @@ async def test_caught_up_and_lock(
         await trio.sleep(INTERVAL)
         result = await hb.run_round()
     assert result.change is not None and result.change.node_id == node_id_for("m3")
+
+
+async def test_raft_addresses(db: InlineDatabase) -> None:
+    await seed(db, {"m1": "voter", "m2": PENDING})
+    assert await db.read(raft_addresses) == {node_id_for("m1"): addr(1),
+                                             node_id_for("m2"): addr(2)}
 
 
 def test_client_satisfies_protocol() -> None:
