@@ -95,6 +95,9 @@ class DriverConfig:
     #: Entries the node keeps behind a snapshot (slow followers catch up by log).
     snapshot_trailing: int = 1024
     snapshot_chunk_size: int = 1 << 20
+    #: Serve ReadIndex on the leader from its lease (no heartbeat round; relies on
+    #: bounded clock drift between members, as etcd's lease-based reads).
+    lease_read: bool = False
     inbox_size: int = 1024
     #: Terms of this many recently applied entries are remembered (commit outcomes).
     recent_terms: int = 65536
@@ -421,6 +424,7 @@ class RaftDriver:
                 heartbeat_tick=cfg.heartbeat_tick,
                 snapshot_chunk_size=cfg.snapshot_chunk_size,
                 snapshot_trailing=cfg.snapshot_trailing,
+                lease_read=cfg.lease_read,
                 applied=applied,
             ),
             self._rng,
@@ -429,7 +433,12 @@ class RaftDriver:
         self._term = node.term
         logger.info(
             "%s: raft node %d started: term %d, commit %d, applied %d, last %d",
-            self._name, self.id, node.term, node.committed, applied, node.last_index,
+            self._name,
+            self.id,
+            node.term,
+            node.committed,
+            applied,
+            node.last_index,
         )
         return node
 
@@ -483,11 +492,13 @@ class RaftDriver:
         try:
             index = node.propose(msg.data)
         except NotLeaderError as exc:
-            return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.NOT_LEADER,
-                                 leader=exc.leader_id)
+            return ForwardResult(
+                self.id, msg.src, msg.request_id, ForwardStatus.NOT_LEADER, leader=exc.leader_id
+            )
         except ProposalDroppedError:
-            return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.DROPPED,
-                                 leader=self.id)
+            return ForwardResult(
+                self.id, msg.src, msg.request_id, ForwardStatus.DROPPED, leader=self.id
+            )
         return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.OK, index, node.term)
 
     async def _handle_ready(self, node: RaftNode, rd: Ready) -> None:
@@ -559,7 +570,10 @@ class RaftDriver:
             await self._store.compact_to(min(keep_from - 1, snap.index))
         logger.info(
             "%s: snapshot at %d (%d bytes); log kept from %d",
-            self._name, snap.index, len(snap.data), keep_from,
+            self._name,
+            snap.index,
+            len(snap.data),
+            keep_from,
         )
 
     def _wake_all(self) -> None:
