@@ -44,6 +44,8 @@ from .._errors import (
     ForbiddenError,
     MicrotrioError,
     NotFoundError,
+    RemoteError,
+    TimeoutError_,
     UnavailableError,
     ValidationError,
 )
@@ -58,6 +60,7 @@ if TYPE_CHECKING:
     import apsw
 
     from .._db import Database
+    from ._heartbeat import ClientFactory
     from ._roles import RaftMembership
     from ._truststore import Truststore
 
@@ -71,6 +74,8 @@ __all__ = [
     "Admission",
     "admit_member",
     "check_extensions",
+    "AnnounceResult",
+    "announce_join",
     "find_cluster_certificate",
     "undo_admission",
 ]
@@ -359,6 +364,63 @@ async def find_cluster_certificate(
             + ", ".join(mismatched)
         )
     raise UnavailableError("No join address answered: " + "; ".join(failures))
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class AnnounceResult:
+    """``unreachable``: members that did not answer (their truststores converge through
+    later heartbeats); ``hook_errors``: members whose OnNewMember failed (name -> error)."""
+
+    unreachable: tuple[str, ...]
+    hook_errors: Mapping[str, str]
+
+
+async def announce_join(
+    joiner: TrustedMember,
+    others: Sequence[TrustedMember],
+    client_factory: ClientFactory,
+    *,
+    timeout: float = 5.0,  # noqa: ASYNC109 - per member
+) -> AnnounceResult:
+    """Tell every existing member about a joiner, concurrently (reference 7.4 steps 7-8).
+
+    To each: ``POST /core/internal/truststore`` (trust it), ``PATCH /core/internal/database``
+    (wake a member waiting for an upgrade) and ``POST /core/internal/hooks/on-new-member``.
+    A dead member costs at most ``timeout`` and is only reported; a 503 from the hook (that
+    member is still starting) is ignored. ``client_factory`` must build notification-mode
+    clients, so that the receivers do not fan out again.
+    """
+    unreachable: list[str] = []
+    hook_errors: dict[str, str] = {}
+    local = joiner.to_dict()
+
+    async def one(member: TrustedMember) -> None:
+        with trio.move_on_after(timeout) as scope:
+            client = client_factory(member.address)
+            try:
+                await client.query("POST", "/core/internal/truststore", local, timeout=timeout)
+                await client.query("PATCH", "/core/internal/database", timeout=timeout)
+                try:
+                    await client.query("POST", "/core/internal/hooks/on-new-member",
+                                       {"new_member": local}, timeout=timeout)
+                except RemoteError as exc:
+                    if exc.status != 503:
+                        hook_errors[member.name] = str(exc)
+            except (UnavailableError, TimeoutError_) as exc:
+                logger.info("join announcement to %s failed: %s", member.name, exc)
+                unreachable.append(member.name)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(1):
+                    await client.aclose()
+        if scope.cancelled_caught:
+            unreachable.append(member.name)
+
+    async with trio.open_nursery() as nursery:
+        for member in others:
+            if member.name != joiner.name:
+                nursery.start_soon(one, member)
+    return AnnounceResult(unreachable=tuple(sorted(unreachable)), hook_errors=hook_errors)
 
 
 # -- the rate limiter ------------------------------------------------------------------

@@ -21,6 +21,7 @@ from microtrio._cluster._admission import (
     TokenResponse,
     TooManyAttemptsError,
     admit_member,
+    announce_join,
     find_cluster_certificate,
 )
 from microtrio._cluster._tokens import JoinToken, new_secret
@@ -32,6 +33,7 @@ from microtrio._errors import (
     ForbiddenError,
     MicrotrioError,
     NotFoundError,
+    RemoteError,
     UnavailableError,
     ValidationError,
 )
@@ -305,3 +307,51 @@ async def test_admission_component_limits_failures(db: Database, tmp_path: Path)
             await admission.admit(request("m2", "127.0.0.1:9001", secret), remote="10.2.2.2")
         await admission.admit(request("m2", "127.0.0.1:9002", secret), remote="10.2.2.2")
     assert isinstance(TooManyAttemptsError("x"), MicrotrioError)
+
+
+class AnnounceClient:
+    def __init__(self, address: str, log: list[tuple[str, str, str]]) -> None:
+        self.port = address.rsplit(":", 1)[1]
+        self.log = log
+
+    async def query(self, method: str, path: str, body: Any = None, *,
+                    params: Mapping[str, str] | None = None,
+                    timeout: float = 30.0) -> Any:  # noqa: ASYNC109
+        if self.port == "2":
+            await trio.sleep_forever()
+        if self.port == "3":
+            raise UnavailableError("Cannot connect")
+        if "on-new-member" in path:
+            if self.port == "4":
+                raise RemoteError("Database is still starting", 503)
+            if self.port == "5":
+                raise RemoteError("hook exploded", 500)
+            assert body == {"new_member": joiner_entry().to_dict()}
+        self.log.append((self.port, method, path))
+        return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+def joiner_entry() -> TrustedMember:
+    return TrustedMember("m9", "10.0.0.9:9", pair_for("m9").cert.decode())
+
+
+async def test_announce_join_tolerates_dead_members(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    log: list[tuple[str, str, str]] = []
+    others = [TrustedMember(f"m{i}", f"10.0.0.{i}:{i}", pair_for(f"m{i}").cert.decode())
+              for i in range(1, 6)] + [joiner_entry()]
+    with trio.fail_after(60):
+        start = trio.current_time()
+        result = await announce_join(joiner_entry(), others,
+                                     lambda a: AnnounceClient(a, log), timeout=5)
+    assert trio.current_time() - start == pytest.approx(5)  # the dead one, once
+    assert result.unreachable == ("m2", "m3")
+    assert result.hook_errors == {"m5": "hook exploded"}  # the 503 of m4 is ignored
+    assert [e for e in log if e[0] == "1"] == [
+        ("1", "POST", "/core/internal/truststore"), ("1", "PATCH", "/core/internal/database"),
+        ("1", "POST", "/core/internal/hooks/on-new-member")]
+    assert not [e for e in log if e[0] == "9"]  # not announced to itself
