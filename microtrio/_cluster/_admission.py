@@ -559,6 +559,14 @@ class Admission:
     async def _undo(self, admitted: AdmittedMember) -> None:
         logger.warning("%s: rolling back the admission of %s", self.own_name, admitted.name)
         try:
+            node_id = self._node_id(admitted.name)
+            async with self.lock:
+                if node_id in await self._membership.configuration():
+                    await self._membership.remove_member(node_id)
+        except MicrotrioError as exc:
+            logger.warning("%s: cannot take %s out of Raft again: %s", self.own_name,
+                           admitted.name, exc, exc_info=True)
+        try:
             if self._truststore.by_name(admitted.name) is not None:
                 await trio.to_thread.run_sync(self._truststore.remove, admitted.name)
             await self._db.transaction(lambda conn: undo_admission(conn, admitted))

@@ -250,12 +250,14 @@ def test_limiter_token_bucket() -> None:
 # -- the leader's component -----------------------------------------------------------
 
 
-def make_admission(db: Database, tmp_path: Path, fake: FakeMembership) -> tuple[Admission,
-                                                                               Truststore]:
+def make_admission(db: Database, tmp_path: Path, fake: FakeMembership,
+                   broken: list[bool] | None = None) -> tuple[Admission, Truststore]:
     store = Truststore(tmp_path / "truststore")
     store.add(TrustedMember("m1", "127.0.0.1:9001", pair_for("m1").cert.decode()))
 
     async def credentials() -> tuple[str, str, Mapping[str, KeyPairEntry]]:
+        if broken:
+            raise UnavailableError("cannot read cluster.key")
         return "CLUSTER-CERT", "CLUSTER-KEY", {}
 
     admission = Admission(
@@ -292,6 +294,20 @@ async def test_admission_component_rolls_back(db: Database, tmp_path: Path) -> N
     with trio.fail_after(10):
         await admission.admit(request("m2", "127.0.0.1:9002", secret), remote="10.1.1.1")
     assert (await state(db))[0] == [("m2", "PENDING")]
+
+
+async def test_admission_rollback_takes_the_joiner_out_of_raft(
+    db: Database, tmp_path: Path
+) -> None:
+    fake = FakeMembership({1: Role.VOTER}, leader=1)
+    admission, store = make_admission(db, tmp_path, fake, broken=[True])
+    secret = await add_token(db, "m2")
+    with pytest.raises(UnavailableError, match="cluster.key"), trio.fail_after(10):
+        await admission.admit(request("m2", "127.0.0.1:9002", secret), remote="10.1.1.1")
+    assert fake.calls == [("add", node_id_for("m2"), Role.STANDBY),
+                          ("remove", node_id_for("m2"), None)]
+    assert fake.conf == {1: Role.VOTER} and store.by_name("m2") is None
+    assert await state(db) == ([], ["m2"])
 
 
 async def test_admission_component_limits_failures(db: Database, tmp_path: Path) -> None:
