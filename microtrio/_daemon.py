@@ -38,6 +38,7 @@ from ._api._control import control_resources
 from ._api._group import ListenerGroup, Running, Serve
 from ._api._internal import fan_out, internal_resources
 from ._api._listener import serve_tcp, serve_unix
+from ._api._metrics import install_member_metrics, observability_resources
 from ._api._public import public_resources
 from ._api._resources import Resources, Server, validate_servers
 from ._api._router import ListenerContext, ListenerKind, Router, build_app
@@ -64,6 +65,7 @@ from ._errors import (
     ValidationError,
 )
 from ._hooks import HookRunner, HookType
+from ._metrics import MetricsRegistry
 from ._state import DaemonConfig, ServerConfig, StateDir, atomic_write
 
 __all__ = ["Daemon", "DaemonArgs"]
@@ -104,6 +106,11 @@ class Daemon:
         #: Completed in-process resets (removal or failed init); see :meth:`wait_reset`.
         self.reset_count = 0
         self._reset_changed = trio.Event()
+        #: This member's metrics (``GET /core/1.0/metrics``); components add their own.
+        self.metrics = MetricsRegistry()
+        self._request_metrics = install_member_metrics(
+            self.metrics, self.state, lambda: self.listener_addresses
+        )
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -216,7 +223,11 @@ class Daemon:
         after_init: Sequence[Resources] = (),
     ) -> ListenerContext:
         host = None if running is None else (lambda: running.address)
-        return ListenerContext(self.state, kind, Router(resources, after_init), host)
+        if kind in (ListenerKind.UNIX, ListenerKind.CORE):  # metrics + OpenAPI of this listener
+            extra = observability_resources(self.metrics, lambda: router.routes())
+            resources = [*resources, *extra]
+        router = Router(resources, after_init)
+        return ListenerContext(self.state, kind, router, host, self._request_metrics)
 
     def _app_resources(self, *, unix: bool, pre_init: bool | None = None) -> list[Resources]:
         """Resources of ``core_api`` servers (``serve_unix`` ones for the control socket);

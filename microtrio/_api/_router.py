@@ -24,8 +24,9 @@ import json
 import logging
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast, final
+from typing import TYPE_CHECKING, Any, cast, final
 
+import trio
 from quart import Request, Response, request
 from quart_trio import QuartTrio
 
@@ -43,6 +44,9 @@ from ._listener import is_trusted_scope, listener_kind
 from ._resources import Endpoint, EndpointAction, Resources
 from ._state import State
 
+if TYPE_CHECKING:
+    from ._metrics import RequestMetrics
+
 __all__ = [
     "ListenerContext",
     "ListenerKind",
@@ -56,6 +60,8 @@ __all__ = [
 
 logger = logging.getLogger("microtrio.api")
 
+#: Scope key carrying the matched endpoint's name (the metrics label).
+_LABEL = "microtrio.endpoint"
 _METHODS = ["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]
 
 
@@ -99,6 +105,10 @@ class Router:
                         routes.append(_Route(tuple(full.split("/")[1:]), ep, late))
         self._routes = tuple(routes)
 
+    def routes(self) -> list[tuple[str, Endpoint]]:
+        """Every mounted ``(path, endpoint)`` in match order (for the OpenAPI document)."""
+        return [("/" + "/".join(r.segments), r.endpoint) for r in self._routes]
+
     def match(self, path: str) -> tuple[Endpoint, dict[str, str], bool] | None:
         """``(endpoint, path variables, served only after init)`` or None."""
         segments = path.split("/")[1:] if path.startswith("/") else None
@@ -135,6 +145,8 @@ class ListenerContext:
     router: Router
     #: The bound ``ip:port`` of a TLS listener; the ``Host`` header must equal it to be trusted.
     expected_host: Callable[[], str] | None = None
+    #: Where each request's latency is observed (``GET /core/1.0/metrics``).
+    metrics: RequestMetrics | None = None
 
 
 def is_trusted(ctx: ListenerContext, scope: MutableMapping[str, Any]) -> bool:
@@ -175,6 +187,16 @@ async def read_json_object(req: Request) -> dict[str, Any]:
 
 async def dispatch(ctx: ListenerContext, req: Request) -> Response:
     """Answer one request (see the module docstring for the order of the gates)."""
+    start = trio.current_time()
+    response = await _answer(ctx, req)
+    if ctx.metrics is not None:
+        endpoint = str(cast("MutableMapping[str, Any]", req.scope).get(_LABEL, "unmatched"))
+        elapsed = trio.current_time() - start
+        ctx.metrics.observe(ctx.kind.value, endpoint, req.method, response.status_code, elapsed)
+    return response
+
+
+async def _answer(ctx: ListenerContext, req: Request) -> Response:
     try:
         result = await _dispatch(ctx, req)
     except MicrotrioError as exc:
@@ -200,6 +222,7 @@ async def _dispatch(ctx: ListenerContext, req: Request) -> Any:
     if found is None:
         raise NotFoundError("not found")
     endpoint, variables, after_init = found
+    cast("MutableMapping[str, Any]", req.scope)[_LABEL] = endpoint.name or endpoint.path
     action = endpoint.action(req.method)
     if action is None:
         raise NotImplementedMethodError(f"Method {req.method} not implemented")
