@@ -147,3 +147,53 @@ async def test_join_promote_remove_on_raft(tmp_path: Path) -> None:
             # the survivor still commits on its own
             await m2.db.transaction(sql("CREATE TABLE after_removal (k INTEGER)"))
             assert [r.name for r in await m2.db.read(members.list_members)] == ["member2"]
+
+
+async def test_two_members_survive_removal_of_the_leader(tmp_path: Path) -> None:
+    pki = Pki.create(NAMES[:2])
+
+    async def credentials() -> tuple[str, str, Mapping[str, KeyPairEntry]]:
+        return pki.cluster.cert.decode(), pki.cluster.key.decode(), {}
+
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 1, pki=pki) as cluster:
+            m1 = cluster[0]
+            store = Truststore(tmp_path / "ts1")
+            store.add(entry(pki, m1))
+
+            def seed(conn: Any) -> None:
+                members.insert_member(conn, name="member1", address=m1.address,
+                                      certificate=pki.members["member1"].cert.decode(),
+                                      schema_internal=6, schema_external=0,
+                                      extensions=ExtensionRegistry().names, role="voter")
+                members.insert_token(conn, name="member2", secret="s2", expiry=None, now=NOW)
+
+            await m1.db.transaction(seed)
+            admission = Admission(own_name="member1", db=m1.db, truststore=store,
+                                  membership=ReplicationMembership(m1.repl),
+                                  extensions=ExtensionRegistry().names,
+                                  credentials=credentials, wall_clock=lambda: NOW)
+            m2 = await join(cluster, pki, admission, "member2", "s2", tmp_path)
+            heartbeat = Heartbeat(name="member1", address=m1.address, db=m1.db,
+                                  membership=ReplicationMembership(m1.repl), truststore=store,
+                                  client_factory=Quiet,
+                                  wall_clock=lambda: NOW + datetime.timedelta(hours=1))
+            result = await heartbeat.run_round()
+            assert result.change is None  # two members: one voter and one stand-by
+            assert result.roles["member2"].new == "stand-by"
+
+            async def post_remove(force: bool) -> None:
+                await trio.lowlevel.checkpoint()
+
+            def removal(own: Member) -> Removal:
+                return Removal(own_name=own.name, db=own.db,
+                               membership=ReplicationMembership(own.repl), truststore=store,
+                               client_factory=Quiet, post_remove=post_remove,
+                               node_id=lambda n: next(m.id for m in cluster.members
+                                                      if m.name == n))
+
+            outcome = await removal(m1).remove("member1")  # the only voter, and the leader
+            assert outcome.moved_to == m2.id
+            assert (await removal(m2).remove("member1")).removed
+            assert (await m2.repl.status()).conf.as_dict() == {m2.id: Role.VOTER}
+            await m2.db.transaction(sql("CREATE TABLE survived (k INTEGER)"))
