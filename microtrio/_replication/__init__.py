@@ -26,6 +26,7 @@ from ._raftdb import LeaderInfo as LeaderInfo
 from ._raftdb import RaftCommitter as RaftCommitter
 from ._raftdb import RaftReplication as RaftReplication
 from ._raftdb import node_id_for as node_id_for
+from ._raftdb import open_member_replication as open_member_replication
 from ._storage import AsyncLogStore as AsyncLogStore
 from ._storage import LogStore as LogStore
 from ._storage import open_log_store as open_log_store
@@ -54,4 +55,5 @@ __all__ = [
     "add_raft_route",
     "node_id_for",
     "open_log_store",
+    "open_member_replication",
 ]

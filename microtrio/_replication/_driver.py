@@ -430,6 +430,10 @@ class RaftDriver:
             self._rng,
             _trim(persisted),
         )
+        if node.status().conf.voters == {self.id}:
+            # the only voter: nobody to disturb, elect ourselves now instead of after a timeout
+            for _ in range(2 * cfg.election_tick):
+                node.tick()
         self._term = node.term
         logger.info(
             "%s: raft node %d started: term %d, commit %d, applied %d, last %d",

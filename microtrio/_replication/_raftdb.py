@@ -39,11 +39,13 @@ import random
 import ssl
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import final
 
 import trio
 
+from .._certs import client_ssl_context, load_cert_key_pair, pinned_server_name
 from .._errors import (
     MicrotrioError,
     NoLeaderError,
@@ -63,6 +65,7 @@ __all__ = [
     "LeaderInfo",
     "RaftCommitter",
     "RaftReplication",
+    "open_member_replication",
     "node_id_for",
 ]
 
@@ -183,7 +186,6 @@ class RaftCommitter:
         raise UnavailableError(f"applied index did not reach the read index {index} in time")
 
 
-
 @final
 class RaftReplication:
     """One member's Raft replication: storage, transport, driver and the committer.
@@ -237,6 +239,9 @@ class RaftReplication:
         self._store = AsyncLogStore(LogStore(self._directory))
         self._driver: RaftDriver | None = None
         self._committer: RaftCommitter | None = None
+        self._scope = trio.CancelScope()
+        self._done = trio.Event()
+        self._started = False
 
     # -- wiring --
 
@@ -277,19 +282,44 @@ class RaftReplication:
             raise UnavailableError(f"{self.name}: replication has no database yet")
         return self._committer
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Run the transport and the driver (after the database is running) until cancelled;
-        the store is closed on the way out."""
+    async def run(
+        self,
+        *,
+        address_source: Callable[[], Awaitable[Mapping[int, str]]] | None = None,
+        address_interval: float = 1.0,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the transport and the driver (after the database is running) until cancelled
+        or :meth:`aclose`; the store is closed on the way out. With ``address_source``,
+        peers' addresses follow it (see :meth:`follow_addresses`)."""
         driver = self.driver
+        self._started = True
         try:
-            async with trio.open_nursery() as nursery:
-                await nursery.start(self.transport.run)
-                await nursery.start(driver.run)
-                task_status.started()
+            with self._scope:
+                async with trio.open_nursery() as nursery:
+                    await nursery.start(self.transport.run)
+                    await nursery.start(driver.run)
+                    if address_source is not None:
+                        nursery.start_soon(
+                            partial(
+                                self.follow_addresses, address_source, interval=address_interval
+                            )
+                        )
+                    task_status.started()
         finally:
             with trio.CancelScope(shield=True):
                 await self._store.aclose()
                 await self.transport.aclose()
+            self._done.set()
+
+    async def aclose(self, *, hand_over: bool = False) -> None:
+        """Stop :meth:`run` (first handing leadership over, if asked) and wait until the
+        store is closed. Bound it with a deadline; a never-started replication returns."""
+        if hand_over:
+            await self.hand_over()
+        self._scope.cancel()
+        if self._started:
+            await self._done.wait()
 
     # -- queries --
 
@@ -380,6 +410,19 @@ class RaftReplication:
             raise OutcomeUnknownError(f"cannot tell whether the membership change at {index} took")
         logger.info("%s: member %d is now %s", self.name, node_id, role or "removed")
 
+    async def hand_over(self) -> None:
+        """Before leaving or shutting down: if this member leads and another voter exists,
+        hand leadership over (bounded by ``leader_wait``; failures are only logged)."""
+        driver = self._driver
+        if driver is None or not driver.running or not driver.is_leader:
+            return
+        try:
+            new = await self.transfer_leadership()
+        except MicrotrioError as exc:
+            logger.info("%s: leadership not handed over: %s", self.name, exc)
+        else:
+            logger.info("%s: leadership handed over to %d", self.name, new)
+
     async def transfer_leadership(self, to: int | None = None) -> int:
         """Hand leadership to ``to`` (default: the most up-to-date other voter); return the
         new leader once it is known here."""
@@ -389,7 +432,8 @@ class RaftReplication:
             if status.role is not StateRole.LEADER:
                 raise NotLeaderError(status.leader_id)
             candidates = sorted(
-                (p.match, node) for node, p in status.progress.items()
+                (p.match, node)
+                for node, p in status.progress.items()
                 if node != self.id and node in status.conf.voters
             )
             if not candidates:
@@ -401,3 +445,35 @@ class RaftReplication:
                 await driver.wait_changed()
             return to
         raise UnavailableError(f"{self.name}: leadership transfer to {to} did not finish")
+
+
+async def open_member_replication(
+    name: str,
+    address: str,
+    *,
+    database_dir: str | os.PathLike[str],
+    server_files: tuple[str | os.PathLike[str], str | os.PathLike[str]],
+    cluster_crt: str | os.PathLike[str],
+    is_trusted: Callable[[bytes], bool],
+    bootstrap: bool,
+    driver_config: DriverConfig | None = None,
+    committer_config: CommitterConfig | None = None,
+) -> RaftReplication:
+    """A daemon member's replication, its store in ``<database_dir>/raft``: peers are
+    dialled presenting the member's server certificate (``server_files``: crt, key) with
+    the cluster certificate pinned; ``bootstrap`` makes this member the founding voter."""
+    server_pair = await trio.to_thread.run_sync(load_cert_key_pair, *server_files)
+    cluster_cert = await trio.to_thread.run_sync(Path(cluster_crt).read_bytes)
+    node_id = node_id_for(name)
+    return RaftReplication(
+        name,
+        address,
+        directory=Path(database_dir) / "raft",
+        ssl_context=client_ssl_context(server_pair, cluster_cert),
+        is_trusted=is_trusted,
+        bootstrap=[node_id] if bootstrap else None,
+        node_id=node_id,
+        driver_config=driver_config,
+        committer_config=committer_config,
+        transport_config=TransportConfig(server_hostname=pinned_server_name(cluster_cert)),
+    )
