@@ -104,4 +104,3 @@ def decode_wire(data: bytes) -> Wire:
 
 
 WIRE_CODEC: Final[WireCodec[Wire]] = WireCodec(encode_wire, decode_wire, (CodecError,))
-

@@ -55,8 +55,10 @@ async def test_join_as_standby_promote_transfer_demote_remove(tmp_path: Path) ->
             assert leader.id not in status.conf.members()
             assert len(status.conf.voters) == 3
 
-            await write(cluster[1] if cluster[1] is not leader else cluster[2],
-                        sql("INSERT INTO t VALUES (200)"))
+            await write(
+                cluster[1] if cluster[1] is not leader else cluster[2],
+                sql("INSERT INTO t VALUES (200)"),
+            )
             remaining = [m for m in cluster.members if m is not leader]
             await cluster.wait_applied(newcomer.repl.driver.applied_index, remaining)
             sums = [await checksums(m) for m in remaining]

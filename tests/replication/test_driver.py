@@ -200,8 +200,9 @@ async def test_restart_resumes_after_the_applied_index(tmp_path: Path) -> None:
 
 
 async def test_a_fresh_state_machine_is_restored_from_the_snapshot(tmp_path: Path) -> None:
-    config = DriverConfig(tick_interval=0.01, election_tick=5, snapshot_threshold=5,
-                          snapshot_trailing=2)
+    config = DriverConfig(
+        tick_interval=0.01, election_tick=5, snapshot_threshold=5, snapshot_trailing=2
+    )
     sm = RecordingStateMachine()
     with trio.fail_after(CEILING):
         async with running_driver(tmp_path, sm, config) as driver:
