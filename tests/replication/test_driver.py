@@ -9,6 +9,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from microtrio._replication import (
     DriverConfig,
     LogStore,
     RaftDriver,
+    RaftReplication,
     Transport,
     Wire,
     node_id_for,
@@ -238,3 +240,36 @@ async def test_a_stopped_driver_refuses_requests_and_releases_waiters(tmp_path: 
             await driver.propose(b"late")
         with pytest.raises(UnavailableError):
             await driver.wait_changed()
+
+
+async def test_replication_follows_member_addresses(tmp_path: Path) -> None:
+    replication = RaftReplication(
+        "solo",
+        "127.0.0.1:1",
+        directory=tmp_path / "raft",
+        ssl_context=ssl.create_default_context(),
+        is_trusted=lambda der: False,
+    )
+    replication.committer_factory(RecordingStateMachine())
+    answers: list[dict[int, str] | Exception] = [
+        {5: "127.0.0.1:5", replication.id: "127.0.0.1:9"},
+        UnavailableError("database not open"),  # skipped, the task keeps going
+        {5: "127.0.0.1:55", 6: "127.0.0.1:6"},
+    ]
+    seen = trio.Event()
+
+    async def fetch() -> dict[int, str]:
+        answer = answers.pop(0)
+        if not answers:
+            seen.set()
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(replication.follow_addresses, fetch, interval=0.01))
+            await seen.wait()
+            nursery.cancel_scope.cancel()
+    assert replication.transport.peers() == {5: "127.0.0.1:55", 6: "127.0.0.1:6"}
+    assert replication.driver.address_of(replication.id) == "127.0.0.1:1"  # own: unchanged
