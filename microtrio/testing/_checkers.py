@@ -29,17 +29,15 @@ one as certainly not applied.
   version to the writer of the next, ``wr`` from the writer of the last element a transaction
   read to the reader, ``rw`` from a reader to the writer of the version after the one it read.
   A cycle of ``ww`` edges is G0, one of ``ww``/``wr`` edges (with a ``wr``) is G1c, one with an
-  ``rw`` anti-dependency is G2. Cycles are found per strongly connected component (Tarjan),
+  ``rw`` anti-dependency is G2. Cycles are found per strongly connected component,
   and each is reported with a shortest witness.
 """
 
 from __future__ import annotations
 
-import enum
 from collections import defaultdict, deque
 from collections.abc import Hashable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, final
+from typing import Any, Final
 
 from ._history import CAS_MISMATCH, History, Op
 from ._linearizability import (
@@ -51,6 +49,7 @@ from ._linearizability import (
     Write,
     check_linearizability,
 )
+from ._report import Anomaly, CheckResult, Validity, verdict_json
 
 __all__ = [
     "Anomaly",
@@ -64,63 +63,6 @@ __all__ = [
 ]
 
 _MAX_WITNESSES: Final = 20  # anomalies reported per kind; the count is in the stats
-
-
-class Validity(enum.StrEnum):
-    VALID = "valid"
-    INVALID = "invalid"
-    UNKNOWN = "unknown"
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class Anomaly:
-    """One violation: its kind (``lost``, ``G1c``, ...), an explanation, the events involved."""
-
-    kind: str
-    message: str
-    events: tuple[int, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "message": self.message, "events": list(self.events)}
-
-
-@final
-@dataclass(frozen=True, slots=True)
-class CheckResult:
-    checker: str
-    validity: Validity
-    anomalies: tuple[Anomaly, ...] = ()
-    stats: Mapping[str, int] = field(default_factory=dict)
-
-    @property
-    def valid(self) -> bool:
-        return self.validity is Validity.VALID
-
-    def __bool__(self) -> bool:
-        return self.valid
-
-    def kinds(self) -> set[str]:
-        return {a.kind for a in self.anomalies}
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "checker": self.checker,
-            "validity": self.validity.value,
-            "anomalies": [a.to_json() for a in self.anomalies],
-            "stats": dict(self.stats),
-        }
-
-
-def verdict_json(results: Sequence[CheckResult]) -> dict[str, Any]:
-    """The combined verdict of several checkers: invalid beats unknown beats valid."""
-    validity = Validity.VALID
-    for r in results:
-        if r.validity is Validity.INVALID:
-            validity = Validity.INVALID
-        elif r.validity is Validity.UNKNOWN and validity is Validity.VALID:
-            validity = Validity.UNKNOWN
-    return {"validity": validity.value, "results": [r.to_json() for r in results]}
 
 
 class _Collector:
@@ -371,7 +313,12 @@ def _set_realtime(
 
 # --- append transactions (Elle) -------------------------------------------------------------
 
-_KIND_EDGES: Final = (("G0", {"ww"}, "ww"), ("G1c", {"ww", "wr"}, "wr"), ("G2", None, "rw"))
+_KIND_EDGES: Final = (
+    ("G0", frozenset({"ww"}), "ww"),
+    ("G1c", frozenset({"ww", "wr"}), "wr"),
+    ("G2", frozenset({"ww", "wr", "rw"}), "rw"),
+    ("realtime", frozenset({"ww", "wr", "rw", "rt"}), "rt"),  # named by its witness
+)
 
 
 def _mops(op: Op) -> list[tuple[str, Hashable, Any]]:
@@ -382,8 +329,13 @@ def _mops(op: Op) -> list[tuple[str, Hashable, Any]]:
     return result
 
 
-def check_append(history: History | Iterable[Op]) -> CheckResult:
-    """Elle-style analysis of list-append transactions (see the module docstring)."""
+def check_append(history: History | Iterable[Op], *, realtime: bool = False) -> CheckResult:
+    """Elle-style analysis of list-append transactions (see the module docstring).
+
+    With ``realtime``, a transaction acknowledged before another was invoked must also
+    precede it (strict serializability): cycles that need such an ``rt`` edge are reported
+    as ``G0-realtime``, ``G1c-realtime`` or ``G2-realtime``.
+    """
     txns = [o for o in _ops(history) if o.f == "txn"]
     out = _Collector()
     writer: dict[tuple[Hashable, Hashable], Op] = {}
@@ -408,8 +360,9 @@ def check_append(history: History | Iterable[Op]) -> CheckResult:
             _check_txn_reads(t, writer, appends, reads, out)
     orders = _version_orders(reads, out)
     edges = _dependency_edges(orders, reads, writer)
-    nodes = {t.invoke_index: t for t in txns}
-    _find_cycles(edges, nodes, out)
+    if realtime:
+        _realtime_edges(txns, edges)
+    _find_cycles(edges, out)
     stats = {
         "transactions": len(txns),
         "ok": sum(1 for t in txns if t.ok),
@@ -526,76 +479,87 @@ def _dependency_edges(
     return edges
 
 
-def _sccs(nodes: Iterable[int], succ: Mapping[int, Iterable[int]]) -> list[list[int]]:
-    """Tarjan's strongly connected components, iteratively; only those of two or more nodes."""
-    index: dict[int, int] = {}
-    low: dict[int, int] = {}
-    on_stack: set[int] = set()
-    stack: list[int] = []
-    result: list[list[int]] = []
-    counter = 0
+def _sccs(nodes: Iterable[int], succ: Mapping[int, list[int]]) -> list[list[int]]:
+    """Strongly connected components of two or more nodes (Kosaraju, iteratively)."""
+    order: list[int] = []  # nodes by finishing time of a depth-first search
+    seen: set[int] = set()
     for root in nodes:
-        if root in index:
+        if root in seen:
             continue
-        work: list[tuple[int, Iterator[int]]] = [(root, iter(succ.get(root, ())))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            v, it = work[-1]
-            advanced = False
-            for w in it:
-                if w not in index:
-                    index[w] = low[w] = counter
-                    counter += 1
-                    stack.append(w)
-                    on_stack.add(w)
-                    work.append((w, iter(succ.get(w, ()))))
-                    advanced = True
-                    break
-                if w in on_stack:
-                    low[v] = min(low[v], index[w])
-            if advanced:
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[v])
-            if low[v] == index[v]:
-                comp = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    comp.append(w)
-                    if w == v:
-                        break
-                if len(comp) > 1:
-                    result.append(comp)
-    return result
+        seen.add(root)
+        stack: list[tuple[int, Iterator[int]]] = [(root, iter(succ.get(root, ())))]
+        while stack:
+            v, it = stack[-1]
+            w = next((w for w in it if w not in seen), None)
+            if w is None:
+                stack.pop()
+                order.append(v)
+            else:
+                seen.add(w)
+                stack.append((w, iter(succ.get(w, ()))))
+    pred: dict[int, list[int]] = defaultdict(list)
+    for v, ws in succ.items():
+        for w in ws:
+            pred[w].append(v)
+    comps: list[list[int]] = []
+    assigned: set[int] = set()
+    for root in reversed(order):  # each search of the reversed graph is one component
+        if root in assigned:
+            continue
+        assigned.add(root)
+        comp, todo = [], [root]
+        while todo:
+            v = todo.pop()
+            comp.append(v)
+            for w in pred[v]:
+                if w not in assigned:
+                    assigned.add(w)
+                    todo.append(w)
+        if len(comp) > 1:
+            comps.append(comp)
+    return comps
 
 
-def _find_cycles(edges: Edges, nodes: Mapping[int, Op], out: _Collector) -> None:
+def _realtime_edges(txns: list[Op], edges: Edges) -> None:
+    # Elle's construction: the frontier holds the completed transactions not yet known to
+    # precede a later completed one; each invocation gets an edge from every one of them.
+    timeline = sorted(
+        [(t.call, 0, i) for i, t in enumerate(txns) if not t.failed]
+        + [(t.ret, 1, i) for i, t in enumerate(txns) if t.ok and t.ret is not None]
+    )  # at equal times invocations come first: no edge, the safe side
+    frontier: set[int] = set()
+    preds: dict[int, frozenset[int]] = {}
+    for _, completes, i in timeline:
+        if completes:
+            frontier -= preds.get(i, frozenset())
+            frontier.add(i)
+        else:
+            preds[i] = frozenset(frontier)
+            for f in frontier:
+                edges[txns[f].invoke_index][txns[i].invoke_index].setdefault("rt", None)
+
+
+def _find_cycles(edges: Edges, out: _Collector) -> None:
     for kind, allowed, needed in _KIND_EDGES:
         succ = {
-            a: [b for b, types in bs.items() if allowed is None or set(types) & allowed]
-            for a, bs in edges.items()
+            a: [b for b, types in bs.items() if set(types) & allowed] for a, bs in edges.items()
         }
         for comp in _sccs(sorted(succ), succ):
             members = set(comp)
             start = next(
-                (
-                    (a, b)
-                    for a in sorted(comp)
-                    for b in succ[a]
-                    if b in members and needed in edges[a][b]
-                ),
+                ((a, b) for a in sorted(comp) for b in succ[a]
+                 if b in members and needed in edges[a][b]),
                 None,
-            )
+            )  # fmt: skip
             if start is None:
                 continue  # the component's cycles belong to a weaker kind
-            path = _shortest_path(start[1], start[0], succ, members)
-            cycle = [start[0], *path]
-            out.add(kind, _describe_cycle(cycle, edges, allowed), *cycle)
+            cycle = [start[0], *_shortest_path(start[1], start[0], succ, members)]
+            text, used = _describe_cycle(cycle, edges, allowed)
+            if kind == "realtime":
+                kind_ = "G2" if "rw" in used else "G1c" if "wr" in used else "G0"
+                out.add(f"{kind_}-realtime", text, *cycle)
+            else:
+                out.add(kind, text, *cycle)
 
 
 def _shortest_path(
@@ -617,10 +581,14 @@ def _shortest_path(
     return path[::-1]
 
 
-def _describe_cycle(cycle: list[int], edges: Edges, allowed: set[str] | None) -> str:
+def _describe_cycle(
+    cycle: list[int], edges: Edges, allowed: frozenset[str]
+) -> tuple[str, set[str]]:
     parts = []
+    used: set[str] = set()
     for a, b in zip(cycle, cycle[1:], strict=False):
-        types = {t: k for t, k in edges[a][b].items() if allowed is None or t in allowed}
-        t = "rw" if "rw" in types else "wr" if "wr" in types else "ww"
-        parts.append(f"T{a} -{t}({types[t]!r})->")
-    return "cycle: " + " ".join(parts) + f" T{cycle[-1]}"
+        types = {t: k for t, k in edges[a][b].items() if t in allowed}
+        t = next(t for t in ("rw", "wr", "ww", "rt") if t in types)
+        used.add(t)
+        parts.append(f"T{a} -{t}->" if types[t] is None else f"T{a} -{t}({types[t]!r})->")
+    return "cycle: " + " ".join(parts) + f" T{cycle[-1]}", used

@@ -10,6 +10,9 @@
   p95 line, and below it throughput (completed operations per second) over time; the windows
   in which a nemesis fault was in force are shaded on both and labelled.
 
+The verdict's vocabulary lives here too: a checker returns a :class:`CheckResult` (valid,
+invalid with :class:`Anomaly` witnesses, or unknown), and :func:`verdict_json` combines them.
+
 The picture is drawn without any plotting library: :class:`Canvas` is a small RGB rasteriser
 (rectangles, lines, dots, a 3x5 bitmap font) and :func:`encode_png` writes it with ``zlib``
 and ``struct``. Everything here is blocking file I/O: from trio, call :func:`write_report`
@@ -18,25 +21,29 @@ through ``trio.to_thread.run_sync``.
 
 from __future__ import annotations
 
+import enum
 import json
 import math
 import struct
 import zlib
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, final
 
-from ._checkers import CheckResult, verdict_json
 from ._history import History, Op, Outcome, fault_windows, write_jsonl
 
 __all__ = [
+    "Anomaly",
     "Canvas",
+    "CheckResult",
     "Chart",
     "ReportPaths",
+    "Validity",
     "encode_png",
     "latency_summary",
     "render_chart",
+    "verdict_json",
     "write_report",
 ]
 
@@ -324,6 +331,66 @@ class Chart:
 def render_chart(history: History, *, title: str = "") -> bytes:
     """The latency/throughput picture of ``history`` as PNG bytes."""
     return encode_png(Chart(history, title=title).render())
+
+
+# --- verdicts ------------------------------------------------------------------------------
+
+
+class Validity(enum.StrEnum):
+    VALID = "valid"
+    INVALID = "invalid"
+    UNKNOWN = "unknown"
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class Anomaly:
+    """One violation: its kind (``lost``, ``G1c``, ...), an explanation, the events involved."""
+
+    kind: str
+    message: str
+    events: tuple[int, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "events": list(self.events)}
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class CheckResult:
+    checker: str
+    validity: Validity
+    anomalies: tuple[Anomaly, ...] = ()
+    stats: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def valid(self) -> bool:
+        return self.validity is Validity.VALID
+
+    def __bool__(self) -> bool:
+        return self.valid
+
+    def kinds(self) -> set[str]:
+        return {a.kind for a in self.anomalies}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "checker": self.checker,
+            "validity": self.validity.value,
+            "anomalies": [a.to_json() for a in self.anomalies],
+            "stats": dict(self.stats),
+        }
+
+
+def verdict_json(results: Sequence[CheckResult]) -> dict[str, Any]:
+    """The combined verdict of several checkers: invalid beats unknown beats valid."""
+    validity = Validity.VALID
+    for r in results:
+        if r.validity is Validity.INVALID:
+            validity = Validity.INVALID
+        elif r.validity is Validity.UNKNOWN and validity is Validity.VALID:
+            validity = Validity.UNKNOWN
+    return {"validity": validity.value, "results": [r.to_json() for r in results]}
 
 
 # --- the results folder ---------------------------------------------------------------------

@@ -394,6 +394,32 @@ def test_append_rejects_internal_inconsistency() -> None:
     assert r.kinds() == {"internal"}
 
 
+def test_append_realtime_rejects_stale_read() -> None:
+    specs = (
+        txn(["append", "x", 1], call=0, ret=1),
+        txn(["r", "x", None], result=[["r", "x", []]], call=2, ret=3),  # after it: stale
+        txn(["r", "x", None], result=[["r", "x", [1]]], call=4, ret=5),
+    )
+    assert elle(*specs).valid  # serializable: the reader may go first
+    r = check_append(ops(*specs), realtime=True)
+    assert r.kinds() == {"G2-realtime"}
+    assert "-rt->" in r.anomalies[0].message and "-rw('x')->" in r.anomalies[0].message
+
+
+def test_append_realtime_accepts_concurrent_and_unknown() -> None:
+    r = check_append(
+        ops(
+            txn(["append", "x", 1], call=0, ret=3),
+            txn(["r", "x", None], result=[["r", "x", []]], call=1, ret=2),  # concurrent
+            txn(["append", "x", 2], out="info", call=4, ret=5),
+            txn(["r", "x", None], result=[["r", "x", [1]]], call=6, ret=7),  # 2 not applied
+            txn(["r", "x", None], result=[["r", "x", [1, 2]]], call=8, ret=9),  # applied late
+        ),
+        realtime=True,
+    )
+    assert r.valid, r.anomalies
+
+
 def test_verdict_combines_results() -> None:
     good = check_set(history(op("add", 1, call=0, ret=1), op("read", result=[1], call=2, ret=3)))
     bad = check_set(history(op("add", 1, call=0, ret=1), op("read", result=[], call=2, ret=3)))

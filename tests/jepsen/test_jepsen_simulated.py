@@ -111,7 +111,7 @@ def test_correct_histories_pass(seed: int) -> None:
     r = check_set(set_history(seed))
     assert r.valid, r.anomalies
     h = append_history(seed)
-    r = check_append(h)
+    r = check_append(h, realtime=True)
     assert r.valid, r.anomalies
     assert r.stats["edges"] > 50  # the graph is not trivially empty
 
@@ -155,11 +155,11 @@ def test_corrupted_histories_fail(seed: int) -> None:
         if m[0] == "r" and len(m[2]) == longest_read(events[i]):
             m[2] = [m[2][1], m[2][0], *m[2][2:]]  # swap the two oldest versions
     events[i] = dataclasses.replace(events[i], value=mops)
-    r = check_append(History(tuple(events)))
+    r = check_append(History(tuple(events)), realtime=True)
     assert not r.valid
 
 
 def test_elle_scales_to_thousands_of_transactions() -> None:
     h = append_history(99, ops=3000)
-    r = check_append(h)
+    r = check_append(h, realtime=True)
     assert r.valid and r.stats["transactions"] == 3000
