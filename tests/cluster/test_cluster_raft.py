@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import itertools
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,18 @@ from replication._raft_cluster import Cluster, Member, Pki, open_cluster, sql
 from microtrio._cluster import _members as members
 from microtrio._cluster._admission import Admission, JoinRequest, KeyPairEntry
 from microtrio._cluster._heartbeat import Heartbeat, HeartbeatConfig
+from microtrio._cluster._recovery import (
+    DqliteMember,
+    import_recovery_tarball,
+    members_yaml,
+    parse_members_yaml,
+    read_members,
+    recover,
+)
 from microtrio._cluster._roles import Removal, ReplicationMembership
 from microtrio._cluster._truststore import TrustedMember, Truststore
 from microtrio._db import ExtensionRegistry
+from microtrio._state import StateDir
 from microtrio.raft import Role
 
 from .conftest import NOW
@@ -197,3 +207,53 @@ async def test_two_members_survive_removal_of_the_leader(tmp_path: Path) -> None
             assert (await removal(m2).remove("member1")).removed
             assert (await m2.repl.status()).conf.as_dict() == {m2.id: Role.VOTER}
             await m2.db.transaction(sql("CREATE TABLE survived (k INTEGER)"))
+
+
+async def test_recovery_from_quorum_loss_on_raft(tmp_path: Path) -> None:
+    pki = Pki.create(NAMES)
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3, pki=pki) as cluster:
+            m1, m2, m3 = cluster[0], cluster[1], cluster[2]
+            leader = await cluster.leader()
+            await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            await leader.db.transaction(sql("INSERT INTO t VALUES (1), (2)"))
+            await cluster.wait_applied(leader.repl.driver.applied_index)
+            for member in cluster.members:
+                member.kill()
+            for member in cluster.members:
+                await member.wait_stopped()
+
+            # member3 is lost for good: member1 forces {member1, member2} as voters
+            def trust(directory: str) -> Truststore:
+                store = Truststore(tmp_path / directory)
+                for k, name in enumerate(NAMES, start=1):
+                    store.add(TrustedMember(name, f"127.0.0.1:{9000 + k}",
+                                            pki.members[name].cert.decode()))
+                return store
+
+            state1, store1 = StateDir(m1.dir), trust("ts1")
+            current = await trio.to_thread.run_sync(read_members, state1, store1.members())
+            edited = [m if m.name != "member3" else DqliteMember(m.id, m.name, m.address,
+                                                                 Role.SPARE) for m in current]
+            edited = parse_members_yaml(members_yaml(edited), current)
+            result = await trio.to_thread.run_sync(lambda: recover(
+                state1, store1, own_name="member1", current=current, edited=edited, now=NOW))
+            shutil.copy(result.tarball, m2.dir / "recovery_db.tar.gz")
+            own = await trio.to_thread.run_sync(lambda: import_recovery_tarball(
+                StateDir(m2.dir), trust("ts2"), own_name="member2", now=NOW))
+            assert own is not None and own.role is Role.VOTER
+
+            await cluster.start([m1, m2], bootstrap=None)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(m1.open_database)
+                nursery.start_soon(m2.open_database)
+            leader = await cluster.leader()
+            assert leader in (m1, m2) and not m3.running
+            await leader.db.transaction(sql("INSERT INTO t VALUES (3)"))
+            status = await leader.repl.status()
+            assert status.conf.as_dict() == {m1.id: Role.VOTER, m2.id: Role.VOTER,
+                                             m3.id: Role.SPARE}
+            follower = m2 if leader is m1 else m1
+            await cluster.wait_applied(leader.repl.driver.applied_index, [follower])
+            assert await follower.db.read(sql("SELECT k FROM t ORDER BY k"),
+                                          stale=True) == [(1,), (2,), (3,)]
