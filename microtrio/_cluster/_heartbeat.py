@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
 
 import trio
 
-from .._errors import ForbiddenError, MicrotrioError, ValidationError
+from .._errors import DatabaseNotOpenError, ForbiddenError, MicrotrioError, ValidationError
 from .._replication import node_id_for
 from ..raft import Role
 from ._members import PENDING, MemberRow, format_time, list_members, parse_time
@@ -407,7 +407,10 @@ class Heartbeat:
             return RoundResult(skipped="not the leader")
         now = self._wall_clock()
         interval = datetime.timedelta(seconds=self.config.interval)
-        rows = await self._db.read(list_members)
+        try:
+            rows = await self._db.read(list_members)
+        except DatabaseNotOpenError:
+            return RoundResult(skipped="database not open")
         conf = await self._membership.configuration()
         if not rows or not conf:
             return RoundResult(skipped="no members yet")

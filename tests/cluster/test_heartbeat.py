@@ -27,7 +27,12 @@ from microtrio._cluster._heartbeat import (
 )
 from microtrio._cluster._members import MemberRow
 from microtrio._cluster._truststore import TrustedMember, Truststore
-from microtrio._errors import ForbiddenError, UnavailableError, ValidationError
+from microtrio._errors import (
+    DatabaseNotOpenError,
+    ForbiddenError,
+    UnavailableError,
+    ValidationError,
+)
 from microtrio._replication import node_id_for
 from microtrio.raft import Role
 
@@ -164,6 +169,14 @@ async def test_round_skips(
     with trio.fail_after(100):
         assert (await hb.run_round()).skipped == "not the leader"
         fake.leader_id = node_id_for("m1")
+        read = db.read
+
+        async def closed(fn: Any, *, stale: bool = False) -> Any:
+            raise DatabaseNotOpenError("Database is waiting for an upgrade")
+
+        db.read = closed  # type: ignore[method-assign]
+        assert (await hb.run_round()).skipped == "database not open"
+        db.read = read  # type: ignore[method-assign]
         assert (await hb.run_round()).skipped == ""
         assert (await hb.run_round()).skipped == "heartbeated less than an interval ago"
         await trio.sleep(INTERVAL / 2)
