@@ -29,19 +29,26 @@ Scope contract (what handlers read):
 
 :func:`is_trusted_scope` is the trust decision of reference 2.2 built on this contract;
 it refuses whenever it cannot positively see a listener type and, for TLS, a certificate.
+
+Limits (:class:`~microtrio._api._limits.Limits`, issue 8): the accept loop closes a
+connection over ``max_connections`` at once (before TLS); the connection wrapper answers an
+HTTP request over ``max_in_flight`` with a 503 envelope without calling the app; hypercorn's
+timers cut slow request heads (``header_timeout``) and TLS handshakes. A
+:class:`ListenerLoad` passed in counts all of it (``statistics()``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import logging
 import os
 import socket as stdlib_socket
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
-from typing import Any
+from typing import Any, final
 
 import trio
 from hypercorn.app_wrappers import ASGIWrapper
@@ -55,9 +62,13 @@ from .._certs import SSLContextHolder, cert_pem
 from .._cluster._names import DEFAULT_PORT, format_address, parse_address
 from .._cluster._truststore import TrustedMember, Truststore
 from .._errors import UnavailableError
+from ._envelope import error_response
+from ._limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
     "ASGIApp",
+    "ListenerLoad",
+    "ListenerStatistics",
     "TLS_VERSION_1_3",
     "client_certificates",
     "is_trusted_scope",
@@ -130,23 +141,86 @@ def is_trusted_scope(
     return trusted_member_for_scope(scope, truststore, now=now) is not None
 
 
+# -- load accounting ---------------------------------------------------------------------
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ListenerStatistics:
+    """A listener's load: open connections, HTTP requests being answered, and how many
+    connections / requests were refused by the limits since it started."""
+
+    connections: int
+    in_flight: int
+    refused_connections: int
+    refused_requests: int
+
+
+@final
+class ListenerLoad:
+    """The mutable counters of one listener (pass one to ``serve_tcp``/``serve_unix``)."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.in_flight = 0
+        self.refused_connections = 0
+        self.refused_requests = 0
+
+    def statistics(self) -> ListenerStatistics:
+        return ListenerStatistics(
+            self.connections, self.in_flight, self.refused_connections, self.refused_requests
+        )
+
+
 # -- the app wrapper ---------------------------------------------------------------------
 
 
 class _ConnectionApp:
-    """Adds one connection's facts to every scope before calling the real app."""
+    """Adds one connection's facts to every scope, and enforces the in-flight cap, before
+    calling the real app."""
 
-    def __init__(self, app: ASGIApp, extensions: dict[str, Any]) -> None:
+    def __init__(
+        self, app: ASGIApp, extensions: dict[str, Any], load: ListenerLoad, limits: Limits
+    ) -> None:
         self._app = app
         self._extensions = extensions
+        self._load = load
+        self._limits = limits
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope.get("type") in ("http", "websocket"):
+        kind = scope.get("type")
+        if kind in ("http", "websocket"):
             scope = dict(scope)
             extensions = dict(scope.get("extensions") or {})
             extensions.update(self._extensions)
             scope["extensions"] = extensions
-        await self._app(scope, receive, send)
+        if kind != "http":
+            await self._app(scope, receive, send)
+            return
+        load = self._load
+        if load.in_flight >= self._limits.max_in_flight:
+            load.refused_requests += 1
+            logger.warning(
+                "refused %s %s: %d requests in flight",
+                scope.get("method"),
+                scope.get("path"),
+                load.in_flight,
+            )
+            await _send_envelope(send, 503, "Too many requests in flight; retry later")
+            return
+        load.in_flight += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            load.in_flight -= 1
+
+
+async def _send_envelope(send: Any, status: int, message: str) -> None:
+    envelope = error_response(status, message)
+    headers = [(k.lower().encode(), v.encode()) for k, v in envelope.headers]
+    headers += [(b"content-length", str(len(envelope.body)).encode()), (b"retry-after", b"1")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": envelope.body, "more_body": False})
 
 
 def _tls_extensions(stream: trio.SSLStream[Any], server_pem: str) -> dict[str, Any]:
@@ -165,10 +239,14 @@ def _tls_extensions(stream: trio.SSLStream[Any], server_pem: str) -> dict[str, A
     }
 
 
-def _make_config(graceful_timeout: float) -> Config:
+def _make_config(graceful_timeout: float, limits: Limits) -> Config:
     config = Config()
     config.graceful_timeout = graceful_timeout
-    config.ssl_handshake_timeout = 10.0
+    config.ssl_handshake_timeout = limits.handshake_timeout
+    config.keep_alive_timeout = limits.header_timeout
+    config.h11_max_incomplete_size = limits.max_header_size
+    config.read_timeout = limits.read_timeout  # type: ignore[assignment]
+    config.websocket_max_message_size = limits.max_raft_frame_size
     # Hand hypercorn our own logger: its default ("-") would install a stderr handler,
     # and only the CLI configures logging.
     config.accesslog = None
@@ -188,9 +266,11 @@ async def _serve(
     lifespan: bool,
     shutdown_trigger: ShutdownTrigger | None,
     graceful_timeout: float,
+    limits: Limits,
+    load: ListenerLoad,
     task_status: trio.TaskStatus[str],
 ) -> None:
-    config = _make_config(graceful_timeout)
+    config = _make_config(graceful_timeout, limits)
     context = WorkerContext(None)
     lifespan_state: dict[str, Any] = {}
     life = Lifespan(ASGIWrapper(app), config, lifespan_state) if lifespan else None
@@ -213,9 +293,16 @@ async def _serve(
                 return
             extensions = _tls_extensions(ssl_stream, server_pem)
             served = ssl_stream
-        wrapped = ASGIWrapper(_ConnectionApp(app, extensions))
+        wrapped = ASGIWrapper(_ConnectionApp(app, extensions, load, limits))
         state = ConnectionState(lifespan_state.copy())
         await TCPServer(wrapped, config, context, state, served)  # type: ignore[arg-type]
+
+    async def counted(stream: trio.SocketStream) -> None:
+        try:
+            await handle(stream)
+        finally:
+            load.connections -= 1
+            await trio.aclose_forcefully(stream)  # as trio.serve_listeners does
 
     async with trio.open_nursery() as lifespan_nursery:
         if life is not None:
@@ -224,9 +311,7 @@ async def _serve(
         async with trio.open_nursery() as server_nursery:
             async with trio.open_nursery() as accept_nursery:
                 accept_nursery.start_soon(
-                    partial(
-                        trio.serve_listeners, handle, [listener], handler_nursery=server_nursery
-                    )
+                    _accept_loop, listener, counted, server_nursery, limits, load, bound
                 )
                 logger.info("listening on %s", bound)
                 task_status.started(bound)
@@ -246,6 +331,38 @@ async def _serve(
         lifespan_nursery.cancel_scope.cancel()
 
 
+_ACCEPT_CAPACITY_ERRNOS = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS}
+
+
+async def _accept_loop(
+    listener: trio.SocketListener,
+    handler: Callable[[trio.SocketStream], Awaitable[None]],
+    nursery: trio.Nursery,
+    limits: Limits,
+    load: ListenerLoad,
+    bound: str,
+) -> None:
+    """Accept connections and start ``handler`` for each in ``nursery``; a connection over
+    ``limits.max_connections`` is closed at once. Counting happens here, in accept order,
+    so the cap is exact."""
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                raise
+            logger.error("%s: accept failed (%s); retrying in 0.1 s", bound, exc)
+            await trio.sleep(0.1)
+            continue
+        if load.connections >= limits.max_connections:
+            load.refused_connections += 1
+            logger.warning("%s: refused a connection: %d connections open", bound, load.connections)
+            await trio.aclose_forcefully(stream)
+            continue
+        load.connections += 1
+        nursery.start_soon(handler, stream)
+
+
 async def serve_tcp(
     app: ASGIApp,
     address: str,
@@ -254,13 +371,16 @@ async def serve_tcp(
     lifespan: bool = True,
     shutdown_trigger: ShutdownTrigger | None = None,
     graceful_timeout: float = 5.0,
+    limits: Limits = DEFAULT_LIMITS,
+    load: ListenerLoad | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` over mutual TLS on ``address`` until cancelled or until
     ``shutdown_trigger()`` returns (then stop accepting and drain for ``graceful_timeout``
     seconds).
 
-    ``address`` is ``ip:port``; port 0 lets the OS choose, no port means 8443.
+    ``limits`` bound connections, requests in flight and slow clients; ``load`` (optional)
+    counts them. ``address`` is ``ip:port``; port 0 lets the OS choose, no port means 8443.
     ``task_status.started`` gets the bound ``ip:port``. Raises UnavailableError if the
     address cannot be bound (e.g. something already listens there). With ``lifespan``
     the app's ASGI lifespan runs around serving (turn it off when one app is served on
@@ -284,6 +404,8 @@ async def serve_tcp(
             lifespan=lifespan,
             shutdown_trigger=shutdown_trigger,
             graceful_timeout=graceful_timeout,
+            limits=limits,
+            load=load if load is not None else ListenerLoad(),
             task_status=task_status,
         )
 
@@ -323,6 +445,8 @@ async def serve_unix(
     lifespan: bool = True,
     shutdown_trigger: ShutdownTrigger | None = None,
     graceful_timeout: float = 5.0,
+    limits: Limits = DEFAULT_LIMITS,
+    load: ListenerLoad | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` over plain HTTP on a unix socket (``mode``, optional ``group``).
@@ -343,6 +467,8 @@ async def serve_unix(
                 lifespan=lifespan,
                 shutdown_trigger=shutdown_trigger,
                 graceful_timeout=graceful_timeout,
+                limits=limits,
+                load=load if load is not None else ListenerLoad(),
                 task_status=task_status,
             )
     finally:

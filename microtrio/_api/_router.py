@@ -6,15 +6,23 @@ Quart-Trio app with one catch-all route; :func:`dispatch` does the rest, in this
 1. ``GET /`` answers ``["/1.0"]``; a path no endpoint matches answers 404 (paths are matched
    segment by segment, not cleaned, no slash redirects).
 2. A method without a handler answers 501.
-3. Trust (:func:`is_trusted`, the ONE place deciding it): unless the action allows untrusted
-   callers, an untrusted request answers 403; then the action's ``access_handler`` gate runs.
+3. Trust (:func:`is_trusted`, the ONE place deciding it) against the route's
+   :class:`Access` (:func:`route_access`: :data:`CORE_POLICY` for every ``/core`` route, the
+   action's ``allow_untrusted`` for application routes): an untrusted request to a
+   ``TRUSTED`` route answers 403.
+   Then the body-size limit: a ``Content-Length`` over ``Limits.max_body_size`` answers 413
+   (a chunked body over it answers 413 when read).
 4. Shutdown (503 "Daemon is shutting down") and not-initialised (503 with the database status
    text) gates, unless the endpoint is allowed then.
+   Then the action's ``access_handler`` gate, and the route's body check
+   (``POST /core/internal/sql``: a query over ``Limits.max_sql_length`` answers 400).
 5. ``?target=<member>`` forwarding for actions with ``proxy_target``.
 6. The handler; its return value becomes a sync envelope, its MicrotrioError an error
    envelope (mapping in ``_envelope``).
 
 Trust is checked before the 503 gates so that an untrusted caller learns nothing but 403.
+(The listener itself answers 503 before any of this when too many requests are in flight,
+see ``_listener``.)
 """
 
 from __future__ import annotations
@@ -22,13 +30,14 @@ from __future__ import annotations
 import enum
 import json
 import logging
-from collections.abc import Callable, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import trio
 from quart import Request, Response, request
 from quart_trio import QuartTrio
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from .._db._status import DatabaseStatus
 from .._errors import (
@@ -39,7 +48,8 @@ from .._errors import (
     NotImplementedMethodError,
     UnavailableError,
 )
-from ._envelope import EnvelopeResponse, error_from_exception, sync_response
+from ._envelope import EnvelopeResponse, error_from_exception, error_response, sync_response
+from ._limits import DEFAULT_LIMITS, Limits, PayloadTooLargeError
 from ._listener import is_trusted_scope, listener_kind
 from ._resources import Endpoint, EndpointAction, Resources
 from ._state import State
@@ -48,6 +58,8 @@ if TYPE_CHECKING:
     from ._metrics import RequestMetrics
 
 __all__ = [
+    "CORE_POLICY",
+    "Access",
     "ListenerContext",
     "ListenerKind",
     "Router",
@@ -56,6 +68,7 @@ __all__ = [
     "is_trusted",
     "read_json",
     "read_json_object",
+    "route_access",
 ]
 
 logger = logging.getLogger("microtrio.api")
@@ -72,12 +85,52 @@ class ListenerKind(enum.Enum):
     EXTRA = "extra"
 
 
+class Access(enum.Enum):
+    """Who may call a route (on top of being able to reach the listener at all)."""
+
+    #: Anyone: no certificate needed, any ``Host``.
+    OPEN = "open"
+    #: The control socket, or a TLS caller with the right ``Host`` and a valid truststore
+    #: certificate.
+    TRUSTED = "trusted"
+
+
+#: The access rule of every route under ``/core``, by ``(method, path pattern)``; a ``/core``
+#: route not listed is ``TRUSTED`` (default deny), whatever its action's ``allow_untrusted``
+#: says. Untrusted callers reach exactly the status endpoint and join admission (the token
+#: secret protects the latter). Heartbeats and the Raft channel are listed to make the rule
+#: explicit: unlike microcluster, only trusted members may send them. (The Raft websocket
+#: is served by the transport's own route, which checks the certificate itself; the access
+#: matrix test holds both to this table.)
+CORE_POLICY: Final[Mapping[tuple[str, str], Access]] = {
+    ("GET", "/core/1.0"): Access.OPEN,
+    ("POST", "/core/internal/cluster"): Access.OPEN,
+    ("POST", "/core/internal/heartbeat"): Access.TRUSTED,
+    ("GET", "/core/internal/raft"): Access.TRUSTED,
+}
+
+
+def _is_core(pattern: str) -> bool:
+    return pattern == "/core" or pattern.startswith("/core/")
+
+
+def route_access(method: str, pattern: str, action: EndpointAction) -> Access:
+    """The access rule of ``method`` on the route ``pattern`` (``/core/1.0/tokens/{name}``)."""
+    if _is_core(pattern):
+        return CORE_POLICY.get((method.upper(), pattern), Access.TRUSTED)
+    return Access.OPEN if action.allow_untrusted else Access.TRUSTED
+
+
 @final
 @dataclass(frozen=True, slots=True)
 class _Route:
     segments: tuple[str, ...]
     endpoint: Endpoint
     after_init: bool
+
+    @property
+    def pattern(self) -> str:
+        return "/" + "/".join(self.segments)
 
 
 def _join(prefix: str, path: str) -> str:
@@ -104,6 +157,20 @@ class Router:
                         full = _join(res.path_prefix, path)
                         routes.append(_Route(tuple(full.split("/")[1:]), ep, late))
         self._routes = tuple(routes)
+        for route in self._routes:
+            for method in ("GET", "PUT", "POST", "DELETE", "PATCH"):
+                action = route.endpoint.action(method)
+                if action is None or not _is_core(route.pattern):
+                    continue
+                if action.allow_untrusted != (
+                    route_access(method, route.pattern, action) is Access.OPEN
+                ):
+                    logger.warning(
+                        "%s %s: allow_untrusted=%s is overridden by the core access policy",
+                        method,
+                        route.pattern,
+                        action.allow_untrusted,
+                    )
 
     def routes(self) -> list[tuple[str, Endpoint]]:
         """Every mounted ``(path, endpoint)`` in match order (for the OpenAPI document)."""
@@ -111,14 +178,30 @@ class Router:
 
     def match(self, path: str) -> tuple[Endpoint, dict[str, str], bool] | None:
         """``(endpoint, path variables, served only after init)`` or None."""
+        found = self._lookup(path)
+        return None if found is None else (found[0].endpoint, found[1], found[0].after_init)
+
+    def _lookup(self, path: str) -> tuple[_Route, dict[str, str]] | None:
         segments = path.split("/")[1:] if path.startswith("/") else None
         if segments is None:
             return None
         for route in self._routes:
             found = _match(route.segments, segments)
             if found is not None:
-                return route.endpoint, found, route.after_init
+                return route, found
         return None
+
+    def access_table(self) -> list[tuple[str, str, Access]]:
+        """``(method, path pattern, access)`` of every mounted action, in match order."""
+        table = []
+        for route in self._routes:
+            for method in ("GET", "PUT", "POST", "DELETE", "PATCH"):
+                action = route.endpoint.action(method)
+                if action is not None:
+                    table.append(
+                        (method, route.pattern, route_access(method, route.pattern, action))
+                    )
+        return table
 
 
 def _match(pattern: tuple[str, ...], segments: list[str]) -> dict[str, str] | None:
@@ -147,6 +230,8 @@ class ListenerContext:
     expected_host: Callable[[], str] | None = None
     #: Where each request's latency is observed (``GET /core/1.0/metrics``).
     metrics: RequestMetrics | None = None
+    #: Body, SQL and timeout limits (the listener applies the connection-level ones).
+    limits: Limits = DEFAULT_LIMITS
 
 
 def is_trusted(ctx: ListenerContext, scope: MutableMapping[str, Any]) -> bool:
@@ -203,6 +288,11 @@ async def _answer(ctx: ListenerContext, req: Request) -> Response:
         if exc.status >= 500:
             logger.warning("%s: %s %s failed: %s", ctx.state.name, req.method, req.path, exc)
         return _to_quart(error_from_exception(exc))
+    except RequestEntityTooLarge:  # a chunked body over MAX_CONTENT_LENGTH, seen when read
+        return _to_quart(error_from_exception(_too_large(ctx.limits)))
+    except HTTPException as exc:  # Quart's own refusals (e.g. 408 for a body too slow)
+        code = exc.code if exc.code is not None and 400 <= exc.code <= 599 else 400
+        return _to_quart(error_response(code, exc.description or None))
     except Exception as exc:  # a handler bug or a foreign error: mapped (and logged) here
         return _to_quart(error_from_exception(exc))
     if isinstance(result, Response):
@@ -218,18 +308,23 @@ async def _dispatch(ctx: ListenerContext, req: Request) -> Any:
     path = req.scope.get("path", req.path)
     if path == "/" and req.method == "GET":
         return ["/1.0"]
-    found = ctx.router.match(path)
+    found = ctx.router._lookup(path)
     if found is None:
         raise NotFoundError("not found")
-    endpoint, variables, after_init = found
+    route, variables = found
+    endpoint, after_init = route.endpoint, route.after_init
     cast("MutableMapping[str, Any]", req.scope)[_LABEL] = endpoint.name or endpoint.path
     action = endpoint.action(req.method)
     if action is None:
         raise NotImplementedMethodError(f"Method {req.method} not implemented")
     state = ctx.state
     scope = cast("MutableMapping[str, Any]", req.scope)
-    if not action.allow_untrusted and not is_trusted(ctx, scope):
+    access = route_access(req.method, route.pattern, action)
+    if access is not Access.OPEN and not is_trusted(ctx, scope):
         raise ForbiddenError("not authorized")
+    length = req.content_length
+    if length is not None and length > ctx.limits.max_body_size:
+        raise _too_large(ctx.limits)
     if state.shutting_down and not endpoint.allowed_during_shutdown:
         raise UnavailableError("Daemon is shutting down")
     status = state.database_status
@@ -239,11 +334,38 @@ async def _dispatch(ctx: ListenerContext, req: Request) -> Any:
         raise UnavailableError(str(status))
     if action.access_handler is not None:
         await action.access_handler(state, req)
+    check = _BODY_CHECKS.get((req.method.upper(), route.pattern))
+    if check is not None:
+        await check(ctx.limits, req)
     req.view_args = variables
     target = req.args.get("target", "")
     if action.proxy_target and target and target != state.name:
         return await _forward(ctx, req, action, target)
     return await action.handler(state, req)
+
+
+def _too_large(limits: Limits) -> PayloadTooLargeError:
+    return PayloadTooLargeError(
+        f"Request body too large: the limit is {limits.max_body_size} bytes"
+    )
+
+
+async def _check_sql_length(limits: Limits, req: Request) -> None:
+    """``POST /core/internal/sql``: a query over ``max_sql_length`` bytes answers 400."""
+    body = await read_json_object(req)
+    query = body.get("query")
+    if isinstance(query, str):
+        size = len(query.encode("utf-8", "surrogatepass"))
+        if size > limits.max_sql_length:
+            raise BadRequestError(
+                f"SQL text too long: {size} bytes, the limit is {limits.max_sql_length}"
+            )
+
+
+#: Checks of a request body run just before the handler, by ``(method, path pattern)``.
+_BODY_CHECKS: Final[Mapping[tuple[str, str], Callable[[Limits, Request], Awaitable[None]]]] = {
+    ("POST", "/core/internal/sql"): _check_sql_length,
+}
 
 
 async def _forward(ctx: ListenerContext, req: Request, action: EndpointAction, target: str) -> Any:
@@ -264,6 +386,8 @@ async def _forward(ctx: ListenerContext, req: Request, action: EndpointAction, t
 def build_app(ctx: ListenerContext) -> QuartTrio:
     """A Quart-Trio app whose one catch-all route hands every request to :func:`dispatch`."""
     app = QuartTrio(f"microtrio.{ctx.kind.value}")
+    app.config["MAX_CONTENT_LENGTH"] = ctx.limits.max_body_size
+    app.config["BODY_TIMEOUT"] = ctx.limits.body_timeout
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
 
