@@ -99,7 +99,20 @@ logger = logging.getLogger("microtrio.raft")
 
 
 class RaftNode(Elections):
-    """One Raft member. See the module docstring for the driving contract."""
+    """One Raft member: a pure state machine driven by ``tick``, ``step`` and local requests.
+
+    The contract for each :class:`Ready` returned by :meth:`ready` (see the module docstring):
+
+    1. persist ``snapshot`` (then install it in the state machine), ``entries`` (replacing any
+       durable entries from ``entries[0].index`` on) and ``hard_state``, durably;
+    2. only then send ``messages``;
+    3. apply ``committed_entries`` in order (only committed entries are ever handed out) and
+       serve ``read_states`` once the applied index reaches their index;
+    4. call :meth:`advance` with that same Ready before calling :meth:`ready` again.
+
+    ``config.id`` must be unique and stable; ``rng`` is the only source of randomness;
+    ``persisted`` is what storage loaded (None for a brand-new, empty member).
+    """
 
     def __init__(
         self, config: Config, rng: random.Random, persisted: PersistedState | None = None
