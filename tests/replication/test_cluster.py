@@ -292,3 +292,57 @@ async def test_a_write_overwritten_after_a_partition_is_a_definite_failure(
             await cluster.wait_applied(others[0].repl.driver.applied_index)
             for member in cluster.members:
                 assert await member.db.read(sql("SELECT k FROM t")) == [(43,)]
+
+
+async def test_partition_nemesis_keeps_acknowledged_writes_and_replicas_identical(
+    tmp_path: Path,
+) -> None:
+    rng = random.Random(20261127)
+    faults = Faults(random.Random(7))
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3, faults=faults) as cluster:
+            leader = await cluster.leader()
+            await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            await cluster.wait_applied(leader.repl.driver.applied_index)
+            ids = [m.id for m in cluster.members]
+            acked: set[int] = set()
+            unknown: set[int] = set()
+            failed: set[int] = set()
+            stop = trio.Event()
+
+            async def writer(member: Member, base: int) -> None:
+                k = base
+                while not stop.is_set():
+                    k += 1
+                    try:
+                        await member.db.transaction(sql("INSERT INTO t VALUES (?)", k))
+                    except OutcomeUnknownError:
+                        unknown.add(k)
+                    except MicrotrioError:
+                        failed.add(k)
+                        with trio.move_on_after(0.1):
+                            await stop.wait()
+                    else:
+                        acked.add(k)
+
+            async with trio.open_nursery() as nursery:
+                for n, member in enumerate(cluster.members):
+                    nursery.start_soon(writer, member, 1_000_000 * (n + 1))
+                for _ in range(6):
+                    victim = rng.choice(ids)
+                    faults.isolate(victim, [i for i in ids if i != victim])
+                    await trio.sleep(0.6)  # the nemesis' schedule, not an ordering device
+                    faults.heal()
+                    await trio.sleep(0.3)
+                stop.set()
+            leader = await cluster.leader()
+            await write(leader, sql("INSERT INTO t VALUES (0)"))
+            await cluster.wait_applied(leader.repl.driver.applied_index)
+            for member in cluster.members:
+                present = {r[0] for r in await member.db.read(sql("SELECT k FROM t"))} - {0}
+                assert acked <= present
+                assert not (failed & present)
+                assert present <= acked | unknown
+            sums = [await checksums(m) for m in cluster.members]
+            assert sums[0] == sums[1] == sums[2]
+            assert len(acked) > 50
