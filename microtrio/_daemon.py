@@ -227,7 +227,8 @@ class Daemon:
             extra = observability_resources(self.metrics, lambda: router.routes())
             resources = [*resources, *extra]
         router = Router(resources, after_init)
-        return ListenerContext(self.state, kind, router, host, self._request_metrics)
+        limits = self._args.limits
+        return ListenerContext(self.state, kind, router, host, self._request_metrics, limits)
 
     def _app_resources(self, *, unix: bool, pre_init: bool | None = None) -> list[Resources]:
         """Resources of ``core_api`` servers (``serve_unix`` ones for the control socket);
@@ -254,6 +255,7 @@ class Daemon:
             group,
             lifespan=False,
             graceful_timeout=self._args.drain_timeout,
+            limits=self._args.limits,
             **kwargs,
         )
 
@@ -274,6 +276,7 @@ class Daemon:
             holder,
             lifespan=False,
             graceful_timeout=self._args.drain_timeout,
+            limits=self._args.limits,
             **kwargs,
         )
 

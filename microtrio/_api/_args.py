@@ -9,6 +9,7 @@ from typing import final
 
 from .._db import SchemaUpdate
 from .._hooks import Hooks
+from ._limits import DEFAULT_LIMITS, Limits
 from ._resources import Server
 
 __all__ = ["DaemonArgs"]
@@ -25,7 +26,8 @@ class DaemonArgs:
 
     ``version`` is required. ``heartbeat_interval`` 0 means 10 s. ``socket_group`` falls back
     to ``$SOCKET_GROUP``, then the process group. ``wall_clock`` gives UTC wall-clock time
-    (token expiry, certificate validity); tests inject their own.
+    (token expiry, certificate validity); tests inject their own. ``limits``: see
+    ``docs/security.md``.
     """
 
     version: str
@@ -40,6 +42,8 @@ class DaemonArgs:
     drain_timeout: float = 5.0
     truststore_poll_interval: float = 1.0
     wall_clock: Callable[[], datetime.datetime] = _utc_now
+    #: Per-listener limits (body, SQL text, connections, in-flight requests, slow clients).
+    limits: Limits = DEFAULT_LIMITS
 
     @property
     def heartbeat(self) -> float:
