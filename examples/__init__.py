@@ -1,0 +1,1 @@
+"""Example applications built on microtrio (importable: ``python -m examples.microd``)."""
