@@ -51,7 +51,6 @@ import random
 from collections.abc import Sequence
 
 from ._codec import decode_conf_state, encode_conf_state
-from ._election import Elections
 from ._errors import (
     ConfChangeInProgressError,
     NotLeaderError,
@@ -59,6 +58,7 @@ from ._errors import (
     RaftUsageError,
 )
 from ._log import RaftLog
+from ._membership import Membership
 from ._messages import (
     Message,
     MsgApp,
@@ -98,7 +98,7 @@ __all__ = ["RaftNode", "bootstrap_state"]
 logger = logging.getLogger("microtrio.raft")
 
 
-class RaftNode(Elections):
+class RaftNode(Membership):
     """One Raft member: a pure state machine driven by ``tick``, ``step`` and local requests.
 
     The contract for each :class:`Ready` returned by :meth:`ready` (see the module docstring):
@@ -330,94 +330,6 @@ class RaftNode(Elections):
         if len(self.conf.voters) <= 1:
             self._maybe_commit()
         return last
-
-    def _on_follower_append(self, first: int) -> None:
-        """Entries from ``first`` on were (re)written: recompute the configuration."""
-        confs = self._confs
-        changed = False
-        while len(confs) > 1 and confs[-1][0] >= first:
-            confs.pop()
-            changed = True
-        log = self._log
-        for e in log.entries[first - log.base - 1 :]:
-            if e.type is EntryType.CONF_CHANGE:
-                confs.append((e.index, decode_conf_state(e.data)))
-                changed = True
-        if changed:
-            self._set_conf(confs[-1][1])
-
-    def _set_conf(self, conf: ConfState) -> None:
-        old = self.conf
-        self.conf = conf
-        if conf != old:
-            logger.info("raft %d: configuration %s", self.id, conf.as_dict())
-        if self.role is not StateRole.LEADER:
-            return
-        self._sync_progress()
-        if conf.voters != old.voters:
-            self._maybe_commit()
-
-    def _replication_targets(self) -> frozenset[int]:
-        """Who receives the log: the latest configuration's voters and stand-bys, plus the
-        previous configuration's while the latest is uncommitted (so that a removed member
-        learns of its removal)."""
-        confs = self._confs
-        targets = self.conf.replicated()
-        if len(confs) > 1 and confs[-1][0] > self._log.committed:
-            targets |= confs[-2][1].replicated()
-        return targets
-
-    def _sync_progress(self) -> None:
-        if self.role is not StateRole.LEADER:
-            return
-        targets = self._replication_targets()
-        last = self._log.last_index
-        for m in targets:
-            if m not in self.prs:
-                pr = self.prs[m] = Progress(last + 1, self.config.max_inflight_msgs)
-                if m == self.id:
-                    pr.match = last
-        commit, conf_index = self._log.committed, self._confs[-1][0]
-        for m in [m for m in self.prs if m not in targets]:
-            pr = self.prs[m]
-            if m != self.id and pr.match < conf_index:
-                continue  # keep replicating until it holds the entry that removes it
-            del self.prs[m]
-            if m != self.id:
-                # Last word to a removed member: the commit index that covers its removal.
-                self._msgs.append(MsgHeartbeat(self.id, m, self.term, min(pr.match, commit)))
-            if self.lead_transferee == m:
-                self.lead_transferee = 0
-
-    def _conf_at(self, index: int) -> ConfState:
-        conf = self._confs[0][1]
-        for i, c in self._confs:
-            if i > index:
-                break
-            conf = c
-        return conf
-
-    def _after_commit(self) -> None:
-        """Leader bookkeeping after the commit index moved."""
-        self._bcast_commit = True
-        if len(self.prs) > len(self.conf.replicated()):
-            self._sync_progress()  # the latest configuration committed: drop the old members
-        ro = self._readonly
-        if ro.waiting and self._log.term(self._log.committed) == self.term:
-            waiting, ro.waiting = ro.waiting, []
-            for ctx, requester in waiting:
-                self._leader_read(ctx, requester)
-        if self.id not in self.conf.voters and self._confs[-1][0] <= self._log.committed:
-            self._step_down_removed()
-
-    def _step_down_removed(self) -> None:
-        last = self._log.last_index
-        best = [n for n, pr in self.prs.items() if n in self.conf.voters and pr.match == last]
-        if best:
-            self._flush()
-            self._msgs.append(MsgTimeoutNow(self.id, min(best), self.term))
-        logger.info("raft %d: no longer a voter, stepping down", self.id)
-        self._become_follower(self.term, 0)
 
     # -- commit -------------------------------------------------------------------------------
 
