@@ -105,19 +105,19 @@ def _register_operation(op: Op) -> Operation | None:
     if op.f == "read":
         if not op.ok:
             return None  # a failed or unanswered read constrains nothing
-        return Operation(op.call, ret, Read(), _freeze(op.value), op.key, op.process)
+        return Operation(op.call, ret, Read(), _freeze(op.value), _freeze(op.key), op.process)
     if op.f == "write":
         if op.failed:
             return None
-        return Operation(op.call, ret, Write(_freeze(op.value)), None, op.key, op.process)
+        return Operation(op.call, ret, Write(_freeze(op.value)), None, _freeze(op.key), op.process)
     if op.f == "cas":
         old, new = op.value
         inp = Cas(_freeze(old), _freeze(new))
         if op.failed:
             if op.error != CAS_MISMATCH:
                 return None
-            return Operation(op.call, ret, inp, False, op.key, op.process)
-        return Operation(op.call, ret, inp, True if op.ok else None, op.key, op.process)
+            return Operation(op.call, ret, inp, False, _freeze(op.key), op.process)
+        return Operation(op.call, ret, inp, True if op.ok else None, _freeze(op.key), op.process)
     return None
 
 
@@ -173,6 +173,7 @@ def check_bank(
     reads = [o for o in ops if o.f == "read" and o.ok]
     names = set(accounts)
     out = _Collector()
+    explained = {True: 0, False: 0}
     for r in reads:
         if not isinstance(r.value, dict):
             out.add("malformed-read", f"read returned {r.value!r}", r.complete_index)
@@ -206,6 +207,7 @@ def check_bank(
                 else:
                     maybe.append(delta)
             sums = _subset_sums(maybe, max_sums)
+            explained[sums is not None] += 1
             if sums is not None and int(bal[acct]) - known not in sums:
                 out.add(
                     "unexplained-balance",
@@ -218,6 +220,9 @@ def check_bank(
         "transfers.ok": sum(1 for t, _ in transfers if t.ok),
         "transfers.fail": sum(1 for t, _ in transfers if t.failed),
         "transfers.unknown": sum(1 for t, _ in transfers if t.unknown),
+        # balances checked against the transfers, and those skipped (too many possibilities)
+        "balances.explained": explained[True],
+        "balances.skipped": explained[False],
     }
     return out.result("bank", stats)
 
