@@ -173,8 +173,11 @@ class _Recorder:
         if session is None:
             return
         try:
-            if not session.is_empty:
-                self.ops.append(Op(OpKind.CHANGESET, session.changeset()))
+            # is_empty is False after an UPDATE to identical values, whose changeset is
+            # empty: such a transaction changed nothing and must not need a commit.
+            changeset = b"" if session.is_empty else session.changeset()
+            if changeset:
+                self.ops.append(Op(OpKind.CHANGESET, changeset))
         finally:
             session.close()
 
