@@ -346,3 +346,21 @@ async def test_partition_nemesis_keeps_acknowledged_writes_and_replicas_identica
             sums = [await checksums(m) for m in cluster.members]
             assert sums[0] == sums[1] == sums[2]
             assert len(acked) > 50
+
+
+async def test_a_write_that_changes_nothing_needs_no_quorum(tmp_path: Path) -> None:
+    # (a restarted daemon records its unchanged versions in its member row at start)
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY, v)"))
+            await leader.db.transaction(sql("INSERT INTO t VALUES (1, 'same')"))
+            survivor = cluster[0] if cluster[0] is not leader else cluster[1]
+            await cluster.wait_applied(leader.repl.driver.applied_index, [survivor])
+            for member in cluster.members:
+                if member is not survivor:
+                    member.kill()
+            applied = survivor.repl.driver.applied_index
+            with trio.fail_after(2):  # far below the committer's leader wait
+                await survivor.db.transaction(sql("UPDATE t SET v = 'same' WHERE k = 1"))
+            assert survivor.repl.driver.applied_index == applied
