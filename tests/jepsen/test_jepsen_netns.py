@@ -22,13 +22,30 @@ pytestmark = pytest.mark.timeout(120)
 MEMBERS = ("m0", "m1", "m2")
 
 _SERVER = """
-import socket, sys
+import socket, sys, threading
 s = socket.socket()
 s.bind((sys.argv[1], 0))
 s.listen(16)
 print(s.getsockname()[1], flush=True)
+def echo(c):
+    while data := c.recv(100):
+        c.sendall(data)
 while True:
-    s.accept()[0].close()
+    threading.Thread(target=echo, args=(s.accept()[0],), daemon=True).start()
+"""
+
+# One long-lived connection; each line on stdin sends a byte and reports whether it came back.
+_CLIENT = """
+import socket, sys
+c = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+c.settimeout(float(sys.argv[3]))
+print("connected", flush=True)
+for line in sys.stdin:
+    c.sendall(b"x")
+    try:
+        print("echo" if c.recv(100) else "closed", flush=True)
+    except TimeoutError:
+        print("timeout", flush=True)
 """
 
 
@@ -99,6 +116,55 @@ async def test_partition_cuts_and_heal_restores(net: NetnsNetwork) -> None:
             assert net.blocked == frozenset()
             assert await link("m0", "m1") and await link("m1", "m0")
             nursery.cancel_scope.cancel()
+
+
+async def test_established_connection_stalls_and_recovers(net: NetnsNetwork) -> None:
+    with trio.fail_after(90):
+        async with trio.open_nursery() as nursery:
+            port = await serve(net, "m1", nursery)
+            client = await trio.lowlevel.open_process(
+                [*net.exec_prefix("m0"), sys.executable, "-c", _CLIENT, net.address("m1"),
+                 str(port), "1.0"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            )  # fmt: skip
+            assert client.stdin is not None and client.stdout is not None
+            lines = LineReader(client.stdout)
+
+            async def probe() -> str:
+                assert client.stdin is not None
+                await client.stdin.send_all(b"probe\n")
+                return await lines.next()
+
+            try:
+                assert await lines.next() == "connected"
+                assert await probe() == "echo"
+                await net.partition(frozenset({("m1", "m0")}))  # the replies are lost
+                assert await probe() == "timeout"
+                await net.heal()
+                # TCP retransmits (backing off): the same connection comes back.
+                answers = [await probe()]
+                while answers[-1] == "timeout" and len(answers) < 20:
+                    answers.append(await probe())
+                assert answers[-1] == "echo", answers
+            finally:
+                client.kill()
+                with trio.CancelScope(shield=True):
+                    await client.wait()
+            nursery.cancel_scope.cancel()
+
+
+class LineReader:
+    def __init__(self, stream: trio.abc.ReceiveStream) -> None:
+        self._stream = stream
+        self._buf = b""
+
+    async def next(self) -> str:
+        while b"\n" not in self._buf:
+            chunk = await self._stream.receive_some(256)
+            assert chunk, "process exited"
+            self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        return line.decode()
 
 
 async def test_namespaces_are_deleted_even_on_failure() -> None:
