@@ -142,6 +142,9 @@ class RaftCommitter:
                     return await driver.propose(payload)
                 except (NotLeaderError, ProposalDroppedError) as exc:
                     logger.debug("proposal refused (%s), retrying", exc)
+            elif leader and driver.address_of(leader) is None:
+                # nowhere to send it: surely not proposed; wait for the address or a leader
+                logger.debug("leader %d has no known address yet", leader)
             elif leader:
                 result = None
                 with trio.move_on_after(self.config.forward_timeout):
