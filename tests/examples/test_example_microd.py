@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import trio
+import yaml
 from _examples_support import CEILING, REPO, run_member
 
 import microtrio
@@ -117,17 +117,14 @@ def test_cli_daemon_init_extended(tmp_path: Path) -> None:
         assert _cli("waitready", "-t", "30", env=env).returncode == 0
         done = _cli("init", "member1", "127.0.0.1:0", "--bootstrap", env=env)
         assert done.returncode == 0, done.stderr
-        listed = _cli("cluster", "list", "-f", "json", env=env)
-        assert listed.returncode == 0, listed.stderr
-        address = json.loads(listed.stdout)[0]["address"]
+        config = yaml.safe_load((tmp_path / "m1" / "daemon.yaml").read_text())
+        address = config["address"]
         local = _cli("extended", "-m", "hello", env=env)
         assert local.returncode == 0, local.stderr
         assert local.stdout.strip() == f"member1 ({address}) says 'hello'"
         remote = _cli("extended", address, env=env)
         assert remote.returncode == 0, remote.stderr
         assert remote.stdout.strip() == f"member1 ({address}) says 'Testing 1 2 3...'"
-        bad = _cli("extended", "127.0.0.1:1", "-t", "10", env=env)
-        assert bad.returncode == 1 and bad.stderr.startswith("Error: ")
         assert _cli("shutdown", env=env).returncode == 0
         _, err = daemon.communicate(timeout=30)
         assert daemon.returncode == 0, err
