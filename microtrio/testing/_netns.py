@@ -69,8 +69,12 @@ async def _ip(*args: str) -> str:
     return proc.stdout.decode(errors="replace")
 
 
-async def netns_unavailable_reason() -> str | None:
-    """Why namespaces cannot be used here (``None`` if they can): for ``pytest.skip``."""
+def netns_unavailable_reason() -> str | None:
+    """Why namespaces cannot be used here (``None`` if they can), for ``pytest.mark.skipif``.
+
+    Blocking (it tries ``ip netns add`` and ``del``): call it before ``trio.run`` or in a
+    worker thread.
+    """
     if sys.platform != "linux":
         return "network namespaces need Linux"
     if os.geteuid() != 0:
@@ -78,15 +82,13 @@ async def netns_unavailable_reason() -> str | None:
     if shutil.which(_IP) is None:
         return "the ip command (iproute2) is not installed"
     probe = f"mtj-probe-{secrets.token_hex(3)}"
-    try:
-        await _ip("netns", "add", probe)
-    except UnavailableError as exc:
-        return f"ip netns add is not permitted: {exc}"
-    with trio.CancelScope(shield=True):
-        try:
-            await _ip("netns", "del", probe)
-        except UnavailableError as exc:
-            logger.warning("could not delete probe namespace %s: %s", probe, exc)
+    for action in ("add", "del"):
+        proc = subprocess.run(
+            [_IP, "netns", action, probe], capture_output=True, check=False, timeout=30
+        )
+        if proc.returncode != 0:
+            err = proc.stderr.decode(errors="replace").strip()
+            return f"ip netns {action} is not permitted: {err}"
     return None
 
 

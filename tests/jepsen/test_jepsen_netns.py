@@ -17,7 +17,11 @@ from microtrio.testing._netns import (
     open_netns_network,
 )
 
-pytestmark = pytest.mark.timeout(120)
+UNAVAILABLE = netns_unavailable_reason()
+pytestmark = [
+    pytest.mark.timeout(120),
+    pytest.mark.skipif(UNAVAILABLE is not None, reason=UNAVAILABLE or ""),
+]
 
 MEMBERS = ("m0", "m1", "m2")
 
@@ -51,9 +55,6 @@ for line in sys.stdin:
 
 @pytest.fixture
 async def net() -> AsyncIterator[NetnsNetwork]:
-    reason = await netns_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
     async with open_netns_network(MEMBERS) as network:
         yield network
 
@@ -168,9 +169,6 @@ class LineReader:
 
 
 async def test_namespaces_are_deleted_even_on_failure() -> None:
-    reason = await netns_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
     with trio.fail_after(60):
         names: list[str] = []
         with pytest.raises(RuntimeError, match="boom"):
