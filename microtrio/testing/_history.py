@@ -26,14 +26,13 @@ time between the start's invocation and the stop's completion is the fault's win
 Values are plain JSON values, so a history round-trips through JSON lines unchanged (a tuple
 becomes a list; keys of objects are strings). The workloads agree on these shapes:
 
-=========== =================================================== =============================
-workload    ``f`` / ``key`` / invoke ``value``                  ``ok`` completion ``value``
-=========== =================================================== =============================
-register    ``read``/k/None, ``write``/k/v, ``cas``/k/[old,new]  read: the value seen
-bank        ``transfer``/None/{"from","to","amount"}, ``read``   read: {account: balance}
-set         ``add``/None/element, ``read``/None/None              read: list of elements
-append      ``txn``/None/[["append", k, v] | ["r", k, None]...]   the same with reads filled in
-=========== =================================================== =============================
+* register: ``read``, ``write`` (value v), ``cas`` (value ``[old, new]``) on a key; an ``ok``
+  read's value is the value seen;
+* bank: ``transfer`` (value ``{"from": a, "to": b, "amount": n}``) and ``read`` (``ok`` value
+  ``{account: balance}``), no key;
+* set: ``add`` (value: the element) and ``read`` (``ok`` value: the list of elements), no key;
+* append: ``txn`` with Elle's micro-operations ``[["append", k, v], ["r", k, None], ...]``;
+  the ``ok`` completion repeats them with each read's list filled in.
 
 The file format is JSON lines: a first line ``{"format": "microtrio-history", "version": 1,
 "meta": {...}}`` then one object per event.
