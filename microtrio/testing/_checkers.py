@@ -109,9 +109,9 @@ def _register_operation(op: Op) -> Operation | None:
     if op.f == "write":
         if op.failed:
             return None
-        return Operation(op.call, ret, Write(_freeze(op.value)), None, _freeze(op.key), op.process)
+        return Operation(op.call, ret, Write(_freeze(op.input)), None, _freeze(op.key), op.process)
     if op.f == "cas":
-        old, new = op.value
+        old, new = op.input
         inp = Cas(_freeze(old), _freeze(new))
         if op.failed:
             if op.error != CAS_MISMATCH:
@@ -139,7 +139,7 @@ def check_register(
 
 
 def _transfer(op: Op) -> tuple[str, str, int] | None:
-    v = op.value
+    v = op.input
     if not isinstance(v, dict):
         return None
     try:
@@ -236,7 +236,7 @@ def check_set(history: History | Iterable[Op], *, realtime: bool = True) -> Chec
     adds: dict[Hashable, list[Op]] = defaultdict(list)
     for o in ops:
         if o.f == "add":
-            adds[_freeze(o.value)].append(o)
+            adds[_freeze(o.input)].append(o)
     reads = sorted((o for o in ops if o.f == "read" and o.ok), key=lambda o: o.ret or 0.0)
     out = _Collector()
     contents: list[tuple[Op, set[Hashable]]] = []

@@ -164,8 +164,10 @@ class History:
 class Op:
     """A client operation: its invocation and how (and when) it completed.
 
+    ``input`` is the invocation's value (what was asked: the value written, the transfer).
     ``value`` is the completion's value when the operation is ``ok`` and the completion
-    carries one (what a read saw), otherwise the invocation's. ``ret`` is ``None`` when the outcome is unknown.
+    carries one (what a read saw), otherwise ``input``. ``ret`` is ``None`` when the outcome
+    is unknown.
     """
 
     process: int
@@ -178,6 +180,7 @@ class Op:
     invoke_index: int
     complete_index: int | None
     error: str | None = None
+    input: JSON = None
 
     @property
     def ok(self) -> bool:
@@ -227,11 +230,13 @@ def pair_operations(events: Iterable[Event]) -> list[Op]:
             invoke_index=inv.index,
             complete_index=ev.index,
             error=ev.error,
+            input=inv.value,
         )
     for inv in pending.values():
         done[inv.index] = Op(
-            inv.process, inv.f, inv.key, inv.value, Outcome.UNKNOWN, inv.time, None, inv.index, None
-        )
+            inv.process, inv.f, inv.key, inv.value, Outcome.UNKNOWN, inv.time, None, inv.index,
+            None, None, inv.value,
+        )  # fmt: skip
     return [done[i] for i in sorted(done)]
 
 

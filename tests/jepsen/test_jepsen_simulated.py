@@ -160,6 +160,6 @@ def test_corrupted_histories_fail(seed: int) -> None:
 
 
 def test_elle_scales_to_thousands_of_transactions() -> None:
-    h = append_history(99, ops=3000)
+    h = append_history(99, ops=2000)
     r = check_append(h, realtime=True)
-    assert r.valid and r.stats["transactions"] == 3000
+    assert r.valid and r.stats["transactions"] == 2000
