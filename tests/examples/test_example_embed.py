@@ -46,25 +46,31 @@ async def test_host_nursery_cancellation_stops_the_member(tmp_path: Path) -> Non
             assert isinstance(rows, dict) and rows["Results"][0]["rows"][0][0] >= 2
 
 
-def test_script_stops_cleanly_on_sigint(tmp_path: Path) -> None:
-    process = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "embed.py"), "--state-dir", str(tmp_path / "s")],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+async def test_script_stops_cleanly_on_sigint(tmp_path: Path) -> None:
+    command = [sys.executable, str(REPO / "examples" / "embed.py"), "--state-dir", str(tmp_path)]
+    process = await trio.lowlevel.open_process(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     try:
-        assert process.stdout is not None
-        first = process.stdout.readline()  # blocks until the member is up (or the process died)
-        assert first.startswith("ready 127.0.0.1:"), process.stderr.read() if process.stderr else ""
-        tick = process.stdout.readline()
-        assert tick.startswith("tick 1:")
-        process.send_signal(signal.SIGINT)
-        out, err = process.communicate(timeout=30)
-        assert process.returncode == 0, err
-        assert out.rstrip().endswith("stopped cleanly")
-        assert "Traceback" not in err
+        assert process.stdout is not None and process.stderr is not None
+        out = b""
+        with trio.fail_after(30):
+            while b"tick 1:" not in out:  # the member is up and the host task wrote once
+                chunk = await process.stdout.receive_some()
+                assert chunk, f"exited early: {out!r}"
+                out += chunk
+            assert out.startswith(b"ready 127.0.0.1:")
+            process.send_signal(signal.SIGINT)
+            while chunk := await process.stdout.receive_some():
+                out += chunk
+            err = b""
+            while chunk := await process.stderr.receive_some():
+                err += chunk
+            assert await process.wait() == 0, err
+        assert out.rstrip().endswith(b"stopped cleanly")
+        assert b"Traceback" not in err
     finally:
-        if process.poll() is None:
+        if process.returncode is None:
             process.kill()
-            process.wait()
+            with trio.CancelScope(shield=True):
+                await process.wait()

@@ -105,14 +105,15 @@ def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
 def test_cli_daemon_init_extended(tmp_path: Path) -> None:
     """The README's example walk-through on one member, as a user types it."""
     env = {**os.environ, "STATE_DIR": str(tmp_path / "m1"), "PYTHONPATH": str(REPO)}
-    daemon = subprocess.Popen(
-        [sys.executable, "-m", "examples.microd", "daemon", "-v"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    log = tmp_path / "daemon.log"
+    with log.open("w") as log_file:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "examples.microd", "daemon", "-v"],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
+        )
     try:
         assert _cli("waitready", "-t", "30", env=env).returncode == 0
         done = _cli("init", "member1", "127.0.0.1:0", "--bootstrap", env=env)
@@ -126,9 +127,8 @@ def test_cli_daemon_init_extended(tmp_path: Path) -> None:
         assert remote.returncode == 0, remote.stderr
         assert remote.stdout.strip() == f"member1 ({address}) says 'Testing 1 2 3...'"
         assert _cli("shutdown", env=env).returncode == 0
-        _, err = daemon.communicate(timeout=30)
-        assert daemon.returncode == 0, err
-        assert "microd.hooks: member1: PostBootstrap" in err
+        assert daemon.wait(timeout=30) == 0, log.read_text()
+        assert "microd.hooks: member1: PostBootstrap" in log.read_text()
     finally:
         if daemon.poll() is None:
             daemon.kill()
