@@ -29,7 +29,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol, final
 
@@ -269,15 +269,25 @@ def _make_step(
 # --- running a schedule ---------------------------------------------------------------------
 
 
-async def _inflict(step: Step, ex: NemesisExecutor, names: tuple[str, ...]) -> dict[str, Any]:
-    """Start the fault; return what was done (recorded as the fault's detail)."""
-    kind = step.fault
-    targets = list(step.members)
-    if kind in _RUNTIME_LEADER:
+async def _targets(step: Step, ex: NemesisExecutor) -> list[str]:
+    """The members a step acts on, resolving the leader where the step needs it."""
+    if step.fault in _RUNTIME_LEADER or step.fault is FaultKind.TRANSFER:
         leader = await ex.leader()
         if leader is None:
-            raise ValidationError("no leader to act on")
-        targets = [leader]
+            raise ValidationError("no leader known")
+        if step.fault is FaultKind.TRANSFER:
+            to = next((m for m in step.members if m != leader), None)
+            if to is None:
+                raise ValidationError("no member to transfer leadership to")
+            return [to]
+        return [leader]
+    return list(step.members)
+
+
+async def _inflict(
+    step: Step, ex: NemesisExecutor, names: tuple[str, ...], targets: list[str]
+) -> None:
+    kind = step.fault
     if kind is FaultKind.PARTITION_LEADER:
         await ex.partition(partition_links(targets, [m for m in names if m != targets[0]]))
     elif kind in (FaultKind.PARTITION_MAJORITY, FaultKind.PARTITION_BRIDGE):
@@ -295,27 +305,33 @@ async def _inflict(step: Step, ex: NemesisExecutor, names: tuple[str, ...]) -> d
     elif kind is FaultKind.MEMBERSHIP:
         await ex.remove(targets[0])
     elif kind is FaultKind.TRANSFER:
-        leader = await ex.leader()
-        to = next((m for m in targets if m != leader), None)
-        if to is None:
-            raise ValidationError("no member to transfer leadership to")
-        await ex.transfer_leadership(to)
-        targets = [to]
-    return {"members": targets, "groups": [list(g) for g in step.groups]}
+        await ex.transfer_leadership(targets[0])
 
 
 async def _repair(kind: FaultKind, targets: Sequence[str], ex: NemesisExecutor) -> None:
+    """Undo a fault; every member is tried even if one fails (the first error is raised)."""
     if kind.value.startswith("partition-"):
         await ex.heal()
-    elif kind in (FaultKind.KILL, FaultKind.KILL_LEADER, FaultKind.RESTART):
-        for m in targets:
-            await ex.start(m)
-    elif kind is FaultKind.PAUSE:
-        for m in targets:
-            await ex.resume(m)
-    elif kind is FaultKind.MEMBERSHIP:
-        for m in targets:
-            await ex.rejoin(m)
+        return
+    undo: dict[FaultKind, Callable[[str], Awaitable[None]]] = {
+        FaultKind.KILL: ex.start,
+        FaultKind.KILL_LEADER: ex.start,
+        FaultKind.RESTART: ex.start,
+        FaultKind.PAUSE: ex.resume,
+        FaultKind.MEMBERSHIP: ex.rejoin,
+    }
+    action = undo.get(kind)
+    if action is None:
+        return
+    errors: list[MicrotrioError] = []
+    for m in targets:
+        try:
+            await action(m)
+        except MicrotrioError as exc:
+            logger.warning("nemesis: undoing %s on %s failed: %s", kind.value, m, exc)
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 async def run_schedule(
@@ -334,22 +350,19 @@ async def run_schedule(
         await trio.sleep_until(t0 + step.at)
         value = {"fault": step.fault.value, "id": ident}
         inv = recorder.invoke(NEMESIS, "start", value=value)
-        targets: list[str] = list(step.members)
+        targets: list[str] = []
         try:
-            detail = await _inflict(step, executor, schedule.members)
-        except MicrotrioError as exc:
-            # It may have half happened (one of two kills): repair right away, as usual.
-            logger.warning("nemesis: %s failed to start: %s", step.fault.value, exc, exc_info=True)
-            recorder.info(inv, str(exc))
-            if step.fault in _RUNTIME_LEADER or step.fault is FaultKind.TRANSFER:
-                targets = []
-            length = 0.0
-        else:
-            recorder.ok(inv, {**value, "detail": detail})
-            targets = list(detail["members"])
-            length = step.duration
-        try:
-            await trio.sleep(length)
+            try:
+                targets = await _targets(step, executor)
+                await _inflict(step, executor, schedule.members, targets)
+            except MicrotrioError as exc:
+                # It may have half happened (one of two kills): it is undone right away.
+                logger.warning("nemesis: %s failed to start: %s", step.fault.value, exc)
+                recorder.info(inv, str(exc))
+            else:
+                detail = {"members": targets, "groups": [list(g) for g in step.groups]}
+                recorder.ok(inv, {**value, "detail": detail})
+                await trio.sleep(step.duration)
         finally:
             await _stop(step.fault, targets, executor, recorder, value, heal_timeout)
 
@@ -368,7 +381,7 @@ async def _stop(
         try:
             await _repair(kind, targets, executor)
         except MicrotrioError as exc:
-            logger.warning("nemesis: healing %s failed: %s", kind.value, exc, exc_info=True)
+            logger.warning("nemesis: healing %s failed: %s", kind.value, exc)
             recorder.info(stop, str(exc))
         else:
             recorder.ok(stop, value)

@@ -210,3 +210,20 @@ async def test_cancelled_run_heals_the_fault(autojump_clock: trio.testing.MockCl
     assert [c[0] for _, c in ex.calls] == ["partition", "heal"]
     (w,) = fault_windows(rec.history())
     assert w.stop is not None
+
+
+class FlakyStart(FakeCluster):
+    async def start(self, member: str) -> None:
+        self._call("start", member)
+        if member == "m1":
+            raise UnavailableError("m1 will not start")
+
+
+async def test_repair_tries_every_member(autojump_clock: trio.testing.MockClock) -> None:
+    ex = FlakyStart()
+    rec = Recorder(trio.current_time)
+    five = Schedule(1, FIVE, (Step(1.0, 1.0, FaultKind.KILL, ("m1", "m2")),))
+    await run_schedule(five, ex, rec)
+    assert [c for _, c in ex.calls] == [("kill", "m1"), ("kill", "m2"), ("start", "m1"),
+                                        ("start", "m2")]  # fmt: skip
+    assert rec.history().events[-1].error == "m1 will not start"
