@@ -133,3 +133,41 @@ def test_cli_daemon_init_extended(tmp_path: Path) -> None:
         if daemon.poll() is None:
             daemon.kill()
             daemon.wait()
+
+
+async def test_extended_fans_out_to_the_other_members(tmp_path: Path) -> None:
+    """Two members wired by hand (shared cluster certificate, B's row in A's database, as a
+    join would leave them), plus a row for a member that is down."""
+    import shutil
+
+    from microtrio._cluster._members import insert_member
+
+    async with trio.open_nursery() as nursery:
+        a = await run_member(nursery, tmp_path / "a", daemon_args(drain_timeout=2.0))
+        b_dir = tmp_path / "b" / "member1"
+        b_dir.mkdir(parents=True)
+        for name in ("cluster.crt", "cluster.key"):
+            shutil.copy(a.state_dir / name, b_dir / name)
+        b = await run_member(nursery, tmp_path / "b", daemon_args(drain_timeout=2.0))
+        daemon = a.app.daemon
+        assert daemon is not None
+        with trio.fail_after(CEILING):
+            for name, address in (("member2", b.address), ("member3", "127.0.0.1:1")):
+                await daemon.state.database.transaction(
+                    lambda conn, n=name, ad=address: insert_member(
+                        conn,
+                        name=n,
+                        address=ad,
+                        certificate=f"not a certificate: {n}",
+                        schema_internal=0,
+                        schema_external=0,
+                        extensions=[],
+                    )
+                )
+            response = await a.request("POST", "/1.0/extended", json_body={"message": "hi"})
+        assert response.status_code == 200, response.text
+        lines = response.json()["metadata"].split("\n")
+        assert lines[0] == f"member1 ({a.address}) says 'hi'"
+        assert sorted(lines[1:])[0].startswith("error: ")  # member3 is down: reported, not fatal
+        assert sorted(lines[1:])[1] == f"member1 ({b.address}) received 'hi' from {a.address}"
+        nursery.cancel_scope.cancel()
