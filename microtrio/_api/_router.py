@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import trio
-from quart import Request, Response, request
+from quart import Request, Response, request, websocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
@@ -69,6 +69,7 @@ __all__ = [
     "read_json",
     "read_json_object",
     "route_access",
+    "websocket_allowed",
 ]
 
 logger = logging.getLogger("microtrio.api")
@@ -383,9 +384,35 @@ async def _forward(ctx: ListenerContext, req: Request, action: EndpointAction, t
         return await client.query(req.method, path, body, params=params)
 
 
+def websocket_allowed(ctx: ListenerContext, scope: MutableMapping[str, Any]) -> bool:
+    """The same decision for a websocket upgrade (the Raft channel): its path's rule from
+    :data:`CORE_POLICY` (``GET``; any other websocket is ``TRUSTED``), then :func:`is_trusted`."""
+    path = str(scope.get("path", ""))
+    access = CORE_POLICY.get(("GET", path), Access.TRUSTED)
+    return access is Access.OPEN or is_trusted(ctx, scope)
+
+
 def build_app(ctx: ListenerContext) -> QuartTrio:
-    """A Quart-Trio app whose one catch-all route hands every request to :func:`dispatch`."""
+    """A Quart-Trio app whose one catch-all route hands every request to :func:`dispatch`.
+
+    Websocket routes added to it later (``add_raft_route``) are guarded by
+    :func:`websocket_allowed` before their own handler runs: an untrusted upgrade is
+    refused with a 403 error envelope."""
     app = QuartTrio(f"microtrio.{ctx.kind.value}")
+
+    @app.before_websocket
+    async def guard_websocket() -> Response | None:
+        scope = cast("MutableMapping[str, Any]", websocket.scope)
+        if websocket_allowed(ctx, scope):
+            return None
+        logger.warning(
+            "%s: refused a websocket upgrade to %s from %s",
+            ctx.state.name,
+            scope.get("path"),
+            scope.get("client"),
+        )
+        return _to_quart(error_from_exception(ForbiddenError("not authorized")))
+
     app.config["MAX_CONTENT_LENGTH"] = ctx.limits.max_body_size
     app.config["BODY_TIMEOUT"] = ctx.limits.body_timeout
     app.url_map.merge_slashes = False

@@ -29,15 +29,17 @@ from typing import Any
 import pytest
 import trio
 from member.conftest import CEILING, Member, call, make_args, start_member
-from quart import Request
+from quart import Request, websocket
+from trio_websocket import ConnectionRejected, wrap_client_stream
 
 import microtrio
 import microtrio._daemon
 from microtrio import Endpoint, EndpointAction, Resources, Server
 from microtrio._api._router import Access, ListenerContext, ListenerKind, build_app
-from microtrio._certs import CertKeyPair, cert_pem
+from microtrio._certs import CertKeyPair, cert_pem, client_ssl_context, pinned_server_name
+from microtrio._replication._frames import RAFT_PATH
 
-from .conftest import TLS_CALLERS, Caller, call_as
+from .conftest import TLS_CALLERS, WRONG_HOST, Caller, call_as
 
 OPEN, TRUSTED = Access.OPEN, Access.TRUSTED
 U, N, P, X = ListenerKind.UNIX, ListenerKind.CORE, ListenerKind.PRE_INIT, ListenerKind.EXTRA
@@ -342,3 +344,67 @@ def _app_key(method: str, pattern: str) -> str | None:
 
 def _before_init(target: Target) -> bool:
     return target.member.address == ""
+
+
+async def probe_websocket(
+    address: str, pinned: bytes, pair: CertKeyPair | None, host_header: str
+) -> int:
+    """Open a websocket to ``RAFT_PATH``: 101 if accepted, else the refusal's status."""
+    host, _, port = address.rpartition(":")
+    tcp = await trio.open_tcp_stream(host, int(port))
+    stream = trio.SSLStream(
+        tcp, client_ssl_context(pair, pinned), server_hostname=pinned_server_name(pinned)
+    )
+    try:
+        async with trio.open_nursery() as nursery:
+            ws = await wrap_client_stream(nursery, stream, host_header, RAFT_PATH)
+            await ws.aclose()
+            return 101
+    except ConnectionRejected as exc:
+        return int(exc.status_code)
+    except BaseExceptionGroup as group:  # raised by the connection's reader task
+        rejected, _ = group.split(ConnectionRejected)
+        if rejected is None:
+            raise
+        leaf = rejected.exceptions[0]
+        while isinstance(leaf, BaseExceptionGroup):
+            leaf = leaf.exceptions[0]
+        assert isinstance(leaf, ConnectionRejected)
+        return int(leaf.status_code)
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+async def test_raft_websocket_refuses_untrusted(
+    cluster: Cluster, stranger_pair: CertKeyPair
+) -> None:
+    """The Raft channel (a websocket on the core listener) accepts trusted members only.
+
+    Until the daemon mounts the real route, a stand-in websocket is mounted at the same path
+    on the daemon's core app: the router's guard, which runs before any websocket handler,
+    is what is tested then; once the real route is there, it is probed as it is."""
+    member = cluster.member
+    _, app = cluster.recorded.of(member, N)[-1]
+    if not any(r.websocket and r.rule == RAFT_PATH for r in app.url_map.iter_rules()):
+
+        async def stand_in() -> None:
+            await websocket.accept()
+
+        app.add_websocket(RAFT_PATH, "raft_stand_in", stand_in)
+    trusted = member.server_pair()
+    pairs: dict[Caller, CertKeyPair | None] = {
+        Caller.TRUSTED: trusted,
+        Caller.UNKNOWN: stranger_pair,
+        Caller.NO_CERT: None,
+        Caller.EXPIRED: cluster.expired,
+        Caller.WRONG_HOST: trusted,
+    }
+    answers = {}
+    with trio.fail_after(CEILING):
+        for caller, pair in pairs.items():
+            host = WRONG_HOST if caller is Caller.WRONG_HOST else member.address
+            answers[caller] = await probe_websocket(
+                member.address, member.cluster_cert(), pair, host
+            )
+    assert answers.pop(Caller.TRUSTED) == 101
+    assert answers == {caller: 403 for caller in answers}, answers
