@@ -99,3 +99,17 @@ async def test_bench_client_drives_it(tmp_path: Path) -> None:
         assert result["prefill_errors"] == 0
         assert result["ops"] > 0
         nursery.cancel_scope.cancel()
+
+
+def test_cli_is_microtrios_with_the_kv_daemon() -> None:
+    from examples.kv import service
+    from examples.microd.cli import build_parser
+
+    parser = build_parser(args_factory=daemon_args, prog="python -m examples.kv", extended=False)
+    ns = parser.parse_args(["daemon", "--heartbeat", "2s"])
+    assert ns.func.args == (service.daemon_args,) and ns.heartbeat == 2.0
+    assert callable(parser.parse_args(["init", "kv1", "127.0.0.1:0", "--bootstrap"]).func)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["extended"])
+    args = service.daemon_args(heartbeat_interval=2.0)
+    assert args.heartbeat == 2.0 and set(args.servers) == {"kv"}
