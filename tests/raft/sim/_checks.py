@@ -9,7 +9,12 @@ Each check is cheap enough to run after every step:
 - leader completeness: every entry known to be committed is in the log of every leader
   observed afterwards (checked when a node is seen leading a new term, and at the end);
 - state machine safety: no two nodes apply different entries at the same index, and each
-  node applies indices in order without gaps (a snapshot may jump ahead).
+  node applies indices in order without gaps (a snapshot may jump ahead);
+- the commit rule (5.4.2): a leader's commit index only ever advances onto an entry of its own
+  term (an older entry is committed indirectly, never by counting replicas);
+- durable promises (the Ready contract seen from the wire): when a node sends a message, what
+  the message promises is already on its disk: a successful append response acknowledges only
+  entries the sender holds durably, a granted vote is durably recorded for that term.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from microtrio.raft import Entry
+from microtrio.raft import Entry, HardState, Message, MsgAppResp, MsgSnapResp, MsgVoteResp
 
 
 class SafetyViolation(AssertionError):
@@ -117,4 +122,38 @@ class SafetyChecker:
                 raise SafetyViolation(
                     f"leader completeness: leader {node} of term {term} lacks committed entry "
                     f"{entry.index}/{entry.term} (has {mine!r})"
+                )
+
+    # --- the commit rule and durable promises ---------------------------------------------
+
+    def saw_leader_commit(self, node: int, term: int, old: int, new: int, new_term: int) -> None:
+        """A leader's durable commit index moved from ``old`` to ``new`` (term ``new_term``)."""
+        self.checks += 1
+        if new > old and new_term != term:
+            raise SafetyViolation(
+                f"commit rule: leader {node} of term {term} committed index {new} of term "
+                f"{new_term} by counting"
+            )
+
+    def saw_send(self, node: int, msg: Message, hard_state: HardState, durable_last: int) -> None:
+        """``node`` sends ``msg`` after persisting; ``durable_last`` is its durable last index
+        (log or snapshot)."""
+        self.checks += 1
+        if isinstance(msg, MsgAppResp) and not msg.reject and msg.index > durable_last:
+            raise SafetyViolation(
+                f"durability: node {node} acknowledged entries up to {msg.index} while its "
+                f"disk holds only up to {durable_last}"
+            )
+        if isinstance(msg, MsgSnapResp) and msg.done and msg.index > durable_last:
+            raise SafetyViolation(
+                f"durability: node {node} acknowledged snapshot {msg.index} while its disk "
+                f"holds only up to {durable_last}"
+            )
+        if isinstance(msg, MsgVoteResp) and not msg.reject:
+            # A later durable term is fine: the node can never vote in msg.term again.
+            same = hard_state.term == msg.term and hard_state.vote == msg.dst
+            if hard_state.term < msg.term or (hard_state.term == msg.term and not same):
+                raise SafetyViolation(
+                    f"durability: node {node} granted its vote to {msg.dst} in term {msg.term} "
+                    f"but its disk says term {hard_state.term}, vote {hard_state.vote}"
                 )

@@ -81,6 +81,8 @@ class Cluster:
     #: Probability that a Ready is handled right after the step that produced it (else it waits
     #: for the end of the tick, so a crash may catch it unpersisted).
     eager_ready: float = 0.8
+    #: Check the commit rule and durable promises directly (not only their consequences).
+    rule_checks: bool = True
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -139,6 +141,8 @@ class Cluster:
     def _handle(self, node: SimNode, rd: Ready) -> None:
         store, chk = node.store, self.checker
         soft = rd.soft_state
+        # Was it already leading this term before this Ready? (Only then did it count.)
+        led = node.role is StateRole.LEADER and node.term == store.hard_state.term
         node.role, node.leader_id = soft.role, soft.leader_id
         # 1. snapshot: persist and install.
         if rd.snapshot is not None:
@@ -153,6 +157,16 @@ class Cluster:
             store.append(rd.entries)
             chk.saw_log(node.id, prev, rd.entries)
         if rd.hard_state is not None:
+            if (
+                self.rule_checks
+                and led
+                and soft.role is StateRole.LEADER
+                and rd.hard_state.term == node.term
+            ):
+                new = rd.hard_state.commit
+                chk.saw_leader_commit(
+                    node.id, rd.hard_state.term, store.hard_state.commit, new, store.term_at(new)
+                )
             if rd.hard_state.term < store.hard_state.term:
                 raise SafetyViolation(
                     f"node {node.id} term went back from {store.hard_state.term} "
@@ -165,7 +179,10 @@ class Cluster:
             if chk.saw_leader(term, node.id):
                 chk.check_leader_log(node.id, term, store.snapshot_index, self.log_map(node))
         # 3. messages, only now.
+        durable_last = store.last_index()
         for msg in rd.messages:
+            if self.rule_checks:
+                chk.saw_send(node.id, msg, store.hard_state, durable_last)
             self.net.send(self.now, msg.src, msg.dst, msg)
         # 4. apply.
         for entry in rd.committed_entries:

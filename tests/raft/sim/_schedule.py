@@ -73,6 +73,12 @@ class SimParams:
     client_timeout: int = 40
     snapshot_chunk_size: int = 48
     snapshot_trailing: int = 4
+    #: Choices for each node's Config.max_msg_entries (1 widens partial-replication windows).
+    msg_entries: tuple[int, ...] = (1, 4, 64)
+    #: Weight of crashes among random events, relative to the other kinds.
+    crash_weight: int = 2
+    #: Rule-level checks (commit rule, durable promises). Off, only consequences are checked.
+    rule_checks: bool = True
 
 
 @dataclass(slots=True)
@@ -111,6 +117,7 @@ class Schedule:
         self.faults = faults
         self.net = Network[Any](rng, faults)
         self.cluster = Cluster(rng, self._config, params.factory, self.net)
+        self.cluster.rule_checks = params.rule_checks
         self.clients = [_Client(i + 1) for i in range(params.clients)]
         self.history: list[Operation] = []
         self.clock = 0  # history time: strictly increasing over every event
@@ -126,7 +133,7 @@ class Schedule:
             id=node_id,
             election_tick=p.election_tick,
             heartbeat_tick=p.heartbeat_tick,
-            max_msg_entries=self.rng.choice((1, 4, 64)),
+            max_msg_entries=self.rng.choice(p.msg_entries),
             max_inflight_msgs=self.rng.choice(INFLIGHT),
             snapshot_chunk_size=p.snapshot_chunk_size,
             snapshot_trailing=p.snapshot_trailing,
@@ -264,7 +271,8 @@ class Schedule:
         down = [n for n in live if not n.up]
         choices: list[str] = []
         if p.crashes:
-            choices += ["crash"] * (2 if up else 0) + ["restart"] * (3 if down else 0)
+            choices += ["crash"] * (p.crash_weight if up else 0)
+            choices += ["restart"] * (p.crash_weight + 1 if down else 0)
         if p.partitions:
             choices += ["partition", "heal", "heal"]
         if p.membership:
