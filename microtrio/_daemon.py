@@ -38,7 +38,7 @@ from ._api._control import control_resources
 from ._api._group import ListenerGroup, Running, Serve
 from ._api._internal import fan_out, internal_resources
 from ._api._listener import serve_tcp, serve_unix
-from ._api._metrics import install_member_metrics, observability_resources
+from ._api._metrics import install_member_metrics, instrument_committer, observability_resources
 from ._api._public import public_resources
 from ._api._resources import Resources, Server, validate_servers
 from ._api._router import ListenerContext, ListenerKind, Router, build_app
@@ -55,7 +55,7 @@ from ._certs import (
 )
 from ._cluster import _members as members
 from ._cluster._truststore import TrustedMember, Truststore
-from ._db import Database, DatabaseStatus, ExtensionRegistry
+from ._db import Database, DatabaseStatus, ExtensionRegistry, LocalCommitter
 from ._errors import (
     BadRequestError,
     MicrotrioError,
@@ -176,6 +176,7 @@ class Daemon:
             extensions=self._extensions,
             schema_updates=self._args.schema_updates,
             patch_path=self._dir.patch_global_sql,
+            committer_factory=instrument_committer(self.metrics, LocalCommitter),
         )
 
     async def _open_database(self, *, bootstrap: bool) -> Database:

@@ -14,14 +14,20 @@ heartbeats add their own families there, see its docstring):
 * ``microtrio_database_status{status}`` (1 for the current status text),
   ``microtrio_db_applied_index``, ``microtrio_db_commits_total``,
   ``microtrio_db_transactions_total``, ``microtrio_db_queued_transactions``;
-* ``microtrio_listener_info{listener,address}`` for every running listener.
+* ``microtrio_listener_info{listener,address}`` for every running listener;
+* ``microtrio_db_commit_seconds`` (a write batch: replicate and apply) and
+  ``microtrio_db_read_barrier_seconds`` (a linearizable read's wait for the read index),
+  histograms observed by :func:`instrument_committer` around the database's committer; the
+  daemon builds its database with ``committer_factory=instrument_committer(self.metrics,
+  factory)``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any, final
+from typing import TYPE_CHECKING, Any, final
 
+import trio
 from quart import Request, Response
 
 from .._db._status import DatabaseStatus
@@ -30,10 +36,14 @@ from ._openapi import RoutesGetter, openapi_resources, responds_with
 from ._resources import Endpoint, EndpointAction, Resources
 from ._state import State
 
+if TYPE_CHECKING:
+    from .._db import Applier, Committer
+
 __all__ = [
     "METRICS_PATH",
     "RequestMetrics",
     "install_member_metrics",
+    "instrument_committer",
     "metrics_resources",
     "observability_resources",
 ]
@@ -112,6 +122,43 @@ def install_member_metrics(
     the router observes into."""
     registry.add_collector(lambda: _member_samples(state, listeners), families=_MEMBER_FAMILIES)
     return RequestMetrics(registry)
+
+
+@final
+class _InstrumentedCommitter:
+    """A :class:`~microtrio._db.Committer` that times the one it wraps (successes only:
+    a failed commit's duration says nothing about the write path)."""
+
+    def __init__(self, inner: Committer, registry: MetricsRegistry) -> None:
+        self._inner = inner
+        self._commit = registry.histogram(
+            "microtrio_db_commit_seconds", "Time to replicate and apply one write batch"
+        )
+        self._barrier = registry.histogram(
+            "microtrio_db_read_barrier_seconds", "Time a linearizable read waits for its index"
+        )
+
+    async def commit(self, payload: bytes) -> int:
+        start = trio.current_time()
+        index = await self._inner.commit(payload)
+        self._commit.observe(trio.current_time() - start)
+        return index
+
+    async def read_barrier(self) -> None:
+        start = trio.current_time()
+        await self._inner.read_barrier()
+        self._barrier.observe(trio.current_time() - start)
+
+
+def instrument_committer(
+    registry: MetricsRegistry, factory: Callable[[Applier], Committer]
+) -> Callable[[Applier], Committer]:
+    """Wrap a ``committer_factory`` so that commits and read barriers are timed."""
+
+    def make(applier: Applier) -> Committer:
+        return _InstrumentedCommitter(factory(applier), registry)
+
+    return make
 
 
 def metrics_resources(registry: MetricsRegistry) -> Resources:

@@ -10,6 +10,9 @@ from test_metrics_registry import check_exposition
 
 import microtrio
 from examples.kv import VERSION, daemon_args
+from microtrio._api._metrics import instrument_committer
+from microtrio._db import Database, ExtensionRegistry, LocalCommitter
+from microtrio._metrics import MetricsRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -59,6 +62,8 @@ async def test_metrics_over_unix_and_tls(tmp_path: Path) -> None:
         assert _value(text, "microtrio_db_applied_index") >= 4  # bootstrap writes + 3 puts
         assert _value(text, "microtrio_db_transactions_total") >= 3
         assert _value(text, "microtrio_member_ready") == 1
+        assert _value(text, "microtrio_db_commit_seconds_count") >= 3  # the daemon's committer
+        assert _value(text, "microtrio_db_read_barrier_seconds_count") >= 1  # the GET
         info = f'microtrio_member_info{{address="{member.address}",name="member1",version="{VERSION}"}}'
         assert _value(text, info) == 1
         assert (
@@ -77,3 +82,29 @@ async def test_metrics_over_unix_and_tls(tmp_path: Path) -> None:
         assert untrusted.status_code == 403
         assert "microtrio_" not in untrusted.text
         nursery.cancel_scope.cancel()
+
+
+async def test_instrumented_committer_times_commits_and_read_barriers(tmp_path: Path) -> None:
+    registry = MetricsRegistry()
+    database = Database(
+        tmp_path / "db.bin",
+        extensions=ExtensionRegistry(),
+        committer_factory=instrument_committer(registry, LocalCommitter),
+    )
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CEILING):
+            await nursery.start(database.run)
+            await database.open(bootstrap=True)
+            opened = registry.histogram("microtrio_db_commit_seconds", "").count()
+            assert opened >= 1  # the schema updates were a commit
+            await database.transaction(lambda conn: conn.execute("CREATE TABLE t (x)"))
+            await database.transaction(lambda conn: conn.execute("INSERT INTO t VALUES (1)"))
+            assert registry.histogram("microtrio_db_commit_seconds", "").count() == opened + 2
+            await database.read(lambda conn: conn.execute("SELECT * FROM t"))
+            await database.read(lambda conn: conn.execute("SELECT * FROM t"), stale=True)
+            barrier = registry.histogram("microtrio_db_read_barrier_seconds", "")
+            assert barrier.count() == 1  # the stale read skipped the barrier
+            text = registry.render()
+            check_exposition(text)
+            assert f"microtrio_db_commit_seconds_count {opened + 2}\n" in text
+            await database.close()
