@@ -160,6 +160,7 @@ class RaftNode(Membership):
         self._prev_hs = HardState(self.term, self.vote, log.committed)
         self._prev_ss = SoftState(0, StateRole.FOLLOWER)
         self._ready_out = False
+        self._out_hs = self._prev_hs
         self._become_follower(self.term, 0)
 
     # -- public queries ---------------------------------------------------------------------
@@ -505,13 +506,14 @@ class RaftNode(Membership):
         self._msgs = []
         self._read_states = []
         self._ready_out = True
+        self._out_hs = hs
         return rd
 
     def advance(self, rd: Ready) -> None:
         """Acknowledge that ``rd`` was persisted, sent and applied."""
         log = self._log
         if rd.hard_state is not None:
-            self._prev_hs = rd.hard_state
+            self._prev_hs = self._out_hs  # what we handed out, whatever the caller did to rd
         self._prev_ss = rd.soft_state
         if rd.entries:
             last = rd.entries[-1]
