@@ -1,22 +1,29 @@
 """Fixtures of the security tests: the member fixtures of ``tests/member`` plus callers.
 
 A *caller* is one way of reaching a listener (unix socket, a trusted certificate, an unknown
-one, none, an expired truststore certificate, a wrong ``Host``); :func:`call_as` sends one
-request as that caller.
+one, none, an expired truststore certificate, a wrong ``Host``); :class:`CallerPool` sends
+requests as that caller.
 """
 
 from __future__ import annotations
 
 import datetime
 import enum
-from typing import Any
+from typing import Any, final
 
+import httpx
 import pytest
-from member.conftest import Member, call, stranger_pair
+import trio
+from member.conftest import CEILING, Member, stranger_pair
 
-from microtrio._certs import CertKeyPair, generate_cert_key_pair
+from microtrio._certs import (
+    CertKeyPair,
+    client_ssl_context,
+    generate_cert_key_pair,
+    pinned_server_name,
+)
 
-__all__ = ["Caller", "call_as", "expired_pair", "stranger_pair"]
+__all__ = ["Caller", "CallerPool", "expired_pair", "stranger_pair"]
 
 
 class Caller(enum.Enum):
@@ -39,33 +46,65 @@ def expired_pair() -> CertKeyPair:
     return generate_cert_key_pair("expired-peer", now=long_ago)
 
 
-async def call_as(
-    caller: Caller,
-    member: Member,
-    method: str,
-    path: str,
-    *,
-    address: str | None = None,
-    pinned: bytes | None = None,
-    trusted: CertKeyPair,
-    unknown: CertKeyPair,
-    expired: CertKeyPair,
-    **kwargs: Any,
-) -> tuple[int, Any]:
-    """One request to ``member`` as ``caller`` (TLS ones at ``address``, default the core
-    listener, whose certificate is ``pinned``)."""
-    if caller is Caller.UNIX:
-        return await call(member, method, path, **kwargs)
-    tls: dict[str, Any] = {"via": "tls", "address": address, "pinned": pinned}
-    if caller is Caller.TRUSTED:
-        tls["pair"] = trusted
-    elif caller is Caller.UNKNOWN:
-        tls["pair"] = unknown
-    elif caller is Caller.NO_CERT:
-        tls["no_cert"] = True
-    elif caller is Caller.EXPIRED:
-        tls["pair"] = expired
-    else:
-        tls["pair"] = trusted
-        tls["host"] = WRONG_HOST
-    return await call(member, method, path, **tls, **kwargs)
+@final
+class CallerPool:
+    """One httpx client per (listener, caller), kept open while a test runs: each caller
+    shakes hands once per connection instead of once per request."""
+
+    def __init__(self, *, trusted: CertKeyPair, unknown: CertKeyPair, expired: CertKeyPair):
+        self._pairs: dict[Caller, CertKeyPair | None] = {
+            Caller.TRUSTED: trusted,
+            Caller.UNKNOWN: unknown,
+            Caller.NO_CERT: None,
+            Caller.EXPIRED: expired,
+            Caller.WRONG_HOST: trusted,
+        }
+        self._clients: dict[tuple[str, Caller], httpx.AsyncClient] = {}
+
+    def _client(self, caller: Caller, member: Member, address: str, pinned: bytes) -> Any:
+        key = (address, caller)
+        client = self._clients.get(key)
+        if client is None:
+            if caller is Caller.UNIX:
+                transport = httpx.AsyncHTTPTransport(uds=str(member.socket))
+                base = "http://control.socket"
+            else:
+                context = client_ssl_context(self._pairs[caller], pinned)
+                transport = httpx.AsyncHTTPTransport(verify=context)
+                base = f"https://{address}"
+            client = httpx.AsyncClient(transport=transport, base_url=base)
+            self._clients[key] = client
+        return client
+
+    async def call(
+        self,
+        caller: Caller,
+        member: Member,
+        method: str,
+        path: str,
+        *,
+        address: str | None = None,
+        pinned: bytes | None = None,
+    ) -> tuple[int, Any]:
+        """One request to ``member`` as ``caller``: ``(HTTP status, decoded body)``. TLS
+        callers go to ``address`` (default: the core listener), pinning ``pinned``
+        (default: the cluster certificate)."""
+        if caller is Caller.UNIX:
+            address, pinned = str(member.socket), b""
+        else:
+            address = address or member.address
+            pinned = pinned or member.cluster_cert()
+        client = self._client(caller, member, address, pinned)
+        headers = {"Host": WRONG_HOST} if caller is Caller.WRONG_HOST else {}
+        extensions = {} if caller is Caller.UNIX else {"sni_hostname": pinned_server_name(pinned)}
+        with trio.fail_after(CEILING):
+            response = await client.request(method, path, headers=headers, extensions=extensions)
+        try:
+            return response.status_code, response.json()
+        except ValueError:
+            return response.status_code, response.text
+
+    async def aclose(self) -> None:
+        for client in self._clients.values():
+            await client.aclose()
+        self._clients.clear()

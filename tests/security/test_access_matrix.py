@@ -39,7 +39,7 @@ from microtrio._api._router import Access, ListenerContext, ListenerKind, build_
 from microtrio._certs import CertKeyPair, cert_pem, client_ssl_context, pinned_server_name
 from microtrio._replication._frames import RAFT_PATH
 
-from .conftest import TLS_CALLERS, WRONG_HOST, Caller, call_as
+from .conftest import TLS_CALLERS, WRONG_HOST, Caller, CallerPool
 
 OPEN, TRUSTED = Access.OPEN, Access.TRUSTED
 U, N, P, X = ListenerKind.UNIX, ListenerKind.CORE, ListenerKind.PRE_INIT, ListenerKind.EXTRA
@@ -274,22 +274,21 @@ async def test_access_matrix(cluster: Cluster, stranger_pair: CertKeyPair) -> No
     expected_calls: dict[str, int] = {}
     deferred: list[tuple[Target, str, str]] = []
     failures: list[str] = []
-    trusted_pair = cluster.member.server_pair()
+    pool = CallerPool(
+        trusted=cluster.member.server_pair(), unknown=stranger_pair, expired=cluster.expired
+    )
     limiter = trio.CapacityLimiter(8)
 
     async def probe(target: Target, caller: Caller, method: str, pattern: str) -> None:
         access = MATRIX[(method, pattern)][1]
         async with limiter:
-            status, body = await call_as(
+            status, body = await pool.call(
                 caller,
                 target.member,
                 method,
                 probe_path(pattern),
                 address=target.address,
                 pinned=target.pinned,
-                trusted=trusted_pair,
-                unknown=stranger_pair,
-                expired=cluster.expired,
             )
         allowed = access is OPEN or caller in target.trusted_callers
         where = f"{target.kind.value} {method} {pattern} as {caller.value}"
@@ -301,7 +300,7 @@ async def test_access_matrix(cluster: Cluster, stranger_pair: CertKeyPair) -> No
         ):
             failures.append(f"{where}: expected a 403 error envelope, got {status} {shown}")
 
-    with trio.fail_after(CEILING * 2):
+    with trio.fail_after(CEILING * 4):
         async with trio.open_nursery() as nursery:
             for target in targets(cluster):
                 ctx, app = cluster.recorded.of(target.member, target.kind)[-1]
@@ -319,6 +318,7 @@ async def test_access_matrix(cluster: Cluster, stranger_pair: CertKeyPair) -> No
                         if key and allowed and not _before_init(target):
                             expected_calls[key] = expected_calls.get(key, 0) + 1
                         nursery.start_soon(probe, target, caller, method, pattern)
+        await pool.aclose()
     assert not failures, "\n".join(failures)
     assert calls == expected_calls, "a refused caller reached an application handler"
     # Last: the trusted shutdown (once per member; the second member stops too).

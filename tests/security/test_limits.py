@@ -7,6 +7,7 @@ is checked to change nothing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -374,3 +375,28 @@ async def test_untrusted_caller_with_a_huge_body_gets_403(
         content=b" " * (2 * SMALL.max_body_size),
     )
     assert_error(status, body, 403, "not authorized")
+
+
+async def test_oversized_request_head_is_refused(tmp_path: Path) -> None:
+    """h11 refuses a head once more than max_header_size bytes are buffered without a
+    complete head (a head that arrives in one read, up to 64 KiB, is parsed whole)."""
+    limits = Limits(max_header_size=2048)
+    with trio.fail_after(CEILING):
+        async with serving(limits, tmp_path, tls=False) as served:
+            stream = await served.connect()
+            head = b"GET / HTTP/1.1\r\nHost: test\r\nX-Big: " + b"a" * (100 * 1024) + b"\r\n\r\n"
+            with contextlib.suppress(trio.BrokenResourceError):
+                await stream.send_all(head)
+            answer, reset = b"", False
+            try:
+                while chunk := await stream.receive_some(4096):
+                    answer += chunk
+            except trio.BrokenResourceError:  # closed with our bytes unread: a reset
+                reset = True
+            await stream.aclose()
+            # 431 (or the reset that may swallow it), never an answer from the app.
+            assert answer.startswith(b"HTTP/1.1 431") or (reset and not answer), answer
+            # A head under the limit is served.
+            fresh = await served.connect()
+            assert (await request_on(fresh)).startswith(b"HTTP/1.1 200")
+            await fresh.aclose()
