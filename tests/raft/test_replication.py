@@ -19,6 +19,7 @@ from microtrio.raft import (
     MsgAppResp,
     MsgHeartbeatResp,
     MsgPreVoteResp,
+    MsgVote,
     MsgVoteResp,
     ProgressState,
     RaftNode,
@@ -270,3 +271,16 @@ def test_max_apply_entries_bounds_each_ready() -> None:
         sizes.append(len(rd.committed_entries))
         node.advance(rd)
     assert sizes == [3, 3, 1]
+
+
+def test_advance_trusts_its_own_record_of_the_handed_out_hard_state() -> None:
+    import dataclasses
+
+    net = Net([1, 2, 3], pre_vote=False)
+    node = net.nodes[2]
+    node.step(MsgVote(1, 2, 9, 1, 1))
+    rd = node.ready()
+    assert rd.hard_state is not None
+    altered = dataclasses.replace(rd, hard_state=dataclasses.replace(rd.hard_state, vote=0))
+    node.advance(altered)
+    assert not node.has_ready()  # no endless re-offer of the same hard state
