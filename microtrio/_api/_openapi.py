@@ -30,12 +30,20 @@ from quart import Request, Response
 from ._resources import Endpoint, EndpointAction, Resources
 from ._state import State
 
-__all__ = ["METHODS", "OPENAPI_PATH", "build_openapi", "openapi_resources", "responds_with"]
+__all__ = [
+    "METHODS",
+    "OPENAPI_PATH",
+    "RoutesGetter",
+    "build_openapi",
+    "openapi_resources",
+    "responds_with",
+]
 
 OPENAPI_PATH = "/core/1.0/openapi.json"
 #: The methods an :class:`Endpoint` can have, in document order.
 METHODS = ("get", "put", "post", "delete", "patch")
 
+#: Returns a listener's route table, as :meth:`Router.routes` does.
 RoutesGetter = Callable[[], Sequence[tuple[str, Endpoint]]]
 
 F = TypeVar("F", bound=Callable[..., Any])
