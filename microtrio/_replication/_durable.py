@@ -7,9 +7,21 @@ Everything here raises :class:`OSError` untouched: the caller (``_storage.py``) 
 from __future__ import annotations
 
 import os
+import struct
+import zlib
 from pathlib import Path
 
-__all__ = ["atomic_write", "fsync_dir", "sync_data", "write_all"]
+__all__ = [
+    "COMMIT_HINT_NAME",
+    "HINT_SIZE",
+    "atomic_write",
+    "decode_commit_hint",
+    "encode_commit_hint",
+    "fsync_dir",
+    "rewrite_in_place",
+    "sync_data",
+    "write_all",
+]
 
 # fdatasync flushes the data and the metadata needed to read it back (the file size), which
 # is all an append-only log needs; fall back to fsync where it does not exist (macOS).
@@ -54,3 +66,43 @@ def atomic_write(path: Path, chunks: list[bytes]) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+# -- the commit hint ----------------------------------------------------------------------
+#
+# ``commit`` holds one 16-byte record, rewritten in place (never fsynced) whenever only the
+# commit index changes: magic "MTCI" | commit u64 | crc32(magic + commit) u32. The commit
+# index needs no synchronous durability (it is volatile in the Raft paper, and every entry
+# at or below it was made durable before it was recorded), so this costs a write to the page
+# cache instead of three fsyncs. A process crash keeps it; a power loss may leave an older
+# value, a torn record or no file at all: the reader then falls back to the commit index of
+# the hard-state file, a lower bound that is always safe (the torn-tail rule and the
+# truncation guard only get more conservative).
+
+COMMIT_HINT_NAME = "commit"
+_HINT = struct.Struct("<4sQ")
+_HINT_MAGIC = b"MTCI"
+HINT_SIZE = _HINT.size + 4
+
+
+def encode_commit_hint(commit: int) -> bytes:
+    record = _HINT.pack(_HINT_MAGIC, commit)
+    return record + zlib.crc32(record).to_bytes(4, "little")
+
+
+def decode_commit_hint(buf: bytes) -> int | None:
+    """The commit index in a hint record, or None if it is missing, torn or foreign."""
+    if len(buf) != HINT_SIZE:
+        return None
+    magic, commit = _HINT.unpack_from(buf, 0)
+    if magic != _HINT_MAGIC or buf[_HINT.size :] != zlib.crc32(buf[: _HINT.size]).to_bytes(
+        4, "little"
+    ):
+        return None
+    return int(commit)
+
+
+def rewrite_in_place(fd: int, data: bytes) -> None:
+    """Overwrite the start of an open file with ``data`` (no sync)."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    write_all(fd, data)

@@ -6,6 +6,7 @@ A :class:`LogStore` owns one directory (the daemon uses ``<state>/database/raft/
 
     LOCK                          flock'd while a store has the directory open
     hardstate                     term, vote, commit (replaced atomically; see _snapshots.py)
+    commit                        the latest commit index, rewritten in place, never synced
     log-<first index>.seg         entry records in index order (format in _segments.py)
     snapshot-<term>-<index>.snap  the latest snapshot (older ones are removed once it is durable)
     *.tmp                         leftovers of interrupted atomic writes: ignored and removed
@@ -13,6 +14,12 @@ A :class:`LogStore` owns one directory (the daemon uses ``<state>/database/raft/
 Only the newest segment is ever written. ``append`` writes one batch with one ``write`` and
 one ``fdatasync`` (group fsync); a batch goes whole into the newest segment, and a new one is
 started (written as a tmp file and renamed in) once the newest has reached ``segment_size``.
+A hard state that changes only its commit index (almost every Ready) costs no fsync: the
+commit goes to the ``commit`` hint (see ``_durable.py``); the hard-state file, with its tmp
+file, fsync, rename and directory fsync, is replaced only when the term or the vote
+changes. ``load`` takes the larger of the two commit indexes; a hint lost or torn by a
+power loss leaves the file's older commit, a safe lower bound (every entry at or below any
+commit index written was durable before it was written).
 ``truncate_from`` removes segments newest first and cuts the one holding the cut point, then
 makes both durable before anything new is written, so that every crash leaves a contiguous
 prefix. ``compact_to`` removes whole segments that lie entirely at or below the snapshot.
@@ -47,7 +54,16 @@ from typing import final
 
 from .._errors import CorruptionError, StateError
 from ..raft import Entry, HardState, PersistedState, Snapshot
-from ._durable import fsync_dir, sync_data, write_all
+from ._durable import (
+    COMMIT_HINT_NAME,
+    HINT_SIZE,
+    decode_commit_hint,
+    encode_commit_hint,
+    fsync_dir,
+    rewrite_in_place,
+    sync_data,
+    write_all,
+)
 from ._segments import (
     HEADER_SIZE,
     SegmentScan,
@@ -122,7 +138,9 @@ class LogStore:
         self._segments: list[_Segment] | None = None
         self._fd: int | None = None  # newest segment, open for appending
         self._lock_fd: int | None = None
-        self._hard_state = HardState()
+        self._hint_fd: int | None = None  # the commit hint, open for rewriting
+        self._hard_state = HardState()  # the latest, commit included
+        self._saved_hard_state = HardState()  # what the hard-state file holds
         self._snapshot_index = 0
         self._snapshot_term = 0
         self._next_index = 1
@@ -175,7 +193,8 @@ class LogStore:
             if name.endswith(".tmp"):
                 logger.info("%s: removing leftover %s of an interrupted write", self._name, name)
                 (self._dir / name).unlink()
-        self._hard_state = read_hard_state(self._dir)
+        self._saved_hard_state = saved = read_hard_state(self._dir)
+        self._hard_state = HardState(saved.term, saved.vote, max(saved.commit, self._read_hint()))
         snapshots = list_snapshots(self._dir)
         snapshot = read_snapshot(snapshots[-1][2]) if snapshots else None
         if snapshot is not None:
@@ -216,6 +235,16 @@ class LogStore:
             len(entries),
         )
         return PersistedState(hard_state=self._hard_state, snapshot=snapshot, entries=entries)
+
+    def _read_hint(self) -> int:
+        """The commit hint (0 when missing or torn: it is never synced), opened for rewrites."""
+        path = self._dir / COMMIT_HINT_NAME
+        self._hint_fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        buf = os.read(self._hint_fd, HINT_SIZE)  # rewrites never shorten the file
+        commit = decode_commit_hint(buf)
+        if commit is None and buf:
+            logger.info("%s: ignoring a damaged commit hint (a power loss?)", self._name)
+        return commit or 0
 
     def _scan_segments(self) -> list[SegmentScan]:
         found = sorted(
@@ -409,15 +438,26 @@ class LogStore:
             self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
 
     def save_hard_state(self, hard_state: HardState) -> None:
-        """Replace the hard state atomically (tmp + fsync + rename + fsync directory)."""
+        """Record ``hard_state``: a new term or vote replaces the hard-state file atomically
+        (tmp + fsync + rename + fsync directory) before returning; a new commit index alone
+        is written to the commit hint without any sync (see the module docstring)."""
         self._require_loaded()
         last = max(self._next_index - 1, self._snapshot_index)
         if hard_state.commit > last:
             raise ValueError(
                 f"commit index {hard_state.commit} is beyond the last durable entry {last}"
             )
+        saved = self._saved_hard_state
         with self._io("save hard state", write=True):
-            write_hard_state(self._dir, hard_state)
+            if (
+                hard_state.term != saved.term
+                or hard_state.vote != saved.vote
+                or self._hint_fd is None
+            ):
+                write_hard_state(self._dir, hard_state)
+                self._saved_hard_state = hard_state
+            elif hard_state.commit != self._hard_state.commit:
+                rewrite_in_place(self._hint_fd, encode_commit_hint(hard_state.commit))
         self._hard_state = hard_state
 
     def save_snapshot(self, snapshot: Snapshot) -> None:
@@ -497,10 +537,10 @@ class LogStore:
         self._segments = None
 
     def _release(self) -> None:
-        for fd in (self._fd, self._lock_fd):
+        for fd in (self._fd, self._hint_fd, self._lock_fd):
             if fd is not None:
                 os.close(fd)
-        self._fd = self._lock_fd = None
+        self._fd = self._hint_fd = self._lock_fd = None
 
     def _term_at(self, index: int) -> int | None:
         for segment in reversed(self._segments or ()):

@@ -130,6 +130,7 @@ def test_every_crash_point_reloads_consistently(
     for n in range(1, total + 1):
         op = next(k for k in range(len(WORKLOAD)) if boundaries[k + 1] >= n)
         directory = tmp_path / f"crash-{n}"
+        directory.mkdir()  # as the clean run's (its first reload made it): same call counts
         with crash_after(n, monkeypatch), pytest.raises(SimulatedCrash):
             run(directory, WORKLOAD)
         try:
