@@ -367,6 +367,13 @@ class Database:
         self._readers = readers
         self._applier = Applier(conn, self._writer_limiter, member=self._member)
         self._committer = self._committer_factory(self._applier)
+        if not isinstance(self._committer, LocalCommitter):
+            # Replicated: the durable Raft log is the source of truth, so a power loss that
+            # takes the last applied transactions from the WAL only rolls the applied index
+            # back; the driver replays the log from there (or restores the durable snapshot
+            # first when the log no longer reaches back). WAL + NORMAL stays consistent and
+            # saves an fsync per applied entry. A single member keeps FULL.
+            conn.pragma("synchronous", "normal")
 
     def _close_files(self) -> None:
         for reader in self._readers:
