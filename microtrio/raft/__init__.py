@@ -2,6 +2,14 @@
 
 Drive a :class:`RaftNode` with ``tick()``, ``step(msg)`` and ``propose(data)``; collect work
 with ``ready()``, do it (persist, send, apply) and call ``advance(ready)``.
+
+A founding member starts from :func:`bootstrap_state`; a joining member from ``None``; a
+restarting one from the :class:`PersistedState` its storage loads (plus ``Config.applied``, the
+index its state machine already holds). After ``compact(index, data)`` the caller persists the
+returned :class:`Snapshot` and may drop durable entries before ``RaftNode.first_index``.
+Membership changes are proposed as a whole new :class:`ConfState` differing in one member
+(``propose_conf_change(status().conf.with_role(node, role))``); a CONF_CHANGE entry's data
+decodes with :func:`decode_conf_state`. Messages cross the wire as :func:`encode_message` bytes.
 """
 
 from __future__ import annotations
