@@ -49,6 +49,8 @@ class SimNode:
     raft: RaftNode | None = None
     sm: KvMachine = field(default_factory=KvMachine)
     pending: dict[int, PendingOp] = field(default_factory=dict)  # index -> op
+    reads: dict[bytes, PendingOp] = field(default_factory=dict)  # ReadIndex ctx -> op
+    read_waits: list[tuple[int, PendingOp]] = field(default_factory=list)  # (read index, op)
     role: StateRole = StateRole.FOLLOWER
     leader_id: int = 0
     term: int = 0
@@ -107,6 +109,10 @@ class Cluster:
         self.net.drop_to(node.id)
         self.outcome.unknown.extend(node.pending.values())
         node.pending.clear()
+        self.outcome.unknown.extend(node.reads.values())
+        self.outcome.unknown.extend(op for _, op in node.read_waits)
+        node.reads.clear()
+        node.read_waits.clear()
 
     # --- driving --------------------------------------------------------------------------
 
@@ -184,9 +190,24 @@ class Cluster:
             if self.rule_checks:
                 chk.saw_send(node.id, msg, store.hard_state, durable_last)
             self.net.send(self.now, msg.src, msg.dst, msg)
-        # 4. apply.
+        # 4. apply, then serve the reads whose read index is applied.
         for entry in rd.committed_entries:
             self._apply(node, entry)
+        for rs in rd.read_states:
+            op = node.reads.pop(rs.ctx, None)
+            if op is not None:
+                node.read_waits.append((rs.index, op))
+        if node.read_waits:
+            self._serve_reads(node)
+
+    def _serve_reads(self, node: SimNode) -> None:
+        waiting = []
+        for index, op in node.read_waits:
+            if node.sm.applied >= index:
+                self.outcome.acked.append((op, node.sm.registers.get(op.command.key)))
+            else:
+                waiting.append((index, op))
+        node.read_waits = waiting
 
     def _apply(self, node: SimNode, entry: Entry) -> None:
         if entry.index <= node.sm.applied:

@@ -41,9 +41,8 @@ from ._network import Faults, Network
 
 REGISTERS = ("r0", "r1")
 LISTS = ("l0",)
-#: Flow-control windows drawn per node. Small windows stall forever in the current core when
-#: appends are lost (FINDINGS.md, finding 1); add 1 back once that is fixed.
-INFLIGHT = (8, 256)
+#: Flow-control windows drawn per node (a window of 1 found FINDINGS.md finding 1).
+INFLIGHT = (1, 8, 256)
 
 
 class LivenessViolation(AssertionError):
@@ -189,8 +188,10 @@ class Schedule:
             return Command(op_id, "w", self.rng.choice(REGISTERS), op_id)
         if r < 0.35:
             return Command(op_id, "cas", self.rng.choice(REGISTERS), op_id, self.guess())
-        if r < 0.6:
+        if r < 0.45:
             return Command(op_id, "r", self.rng.choice(REGISTERS))
+        if r < 0.6:  # a linearizable read through ReadIndex, served by any member
+            return Command(op_id, "ri", self.rng.choice(REGISTERS))
         if r < 0.85:
             return Command(op_id, "a", self.rng.choice(LISTS), op_id)
         return Command(op_id, "rl", self.rng.choice(LISTS))
@@ -212,13 +213,23 @@ class Schedule:
             return False
         node = leader if leader is not None and self.rng.random() < 0.85 else self.rng.choice(up)
         assert node.raft is not None
-        try:
-            index = node.raft.propose(cmd.encode())
-        except (NotLeaderError, ProposalDroppedError):
-            return False  # definitely not appended: no history entry
-        self.clock += 1
-        op = PendingOp(cl.id, cmd.op_id, index, cmd)
-        node.pending[index] = op
+        if cmd.kind == "ri":
+            ctx = str(cmd.op_id).encode()
+            try:
+                node.raft.read_index(ctx)
+            except NotLeaderError:
+                return False
+            self.clock += 1
+            op = PendingOp(cl.id, cmd.op_id, -1, cmd)
+            node.reads[ctx] = op
+        else:
+            try:
+                index = node.raft.propose(cmd.encode())
+            except (NotLeaderError, ProposalDroppedError):
+                return False  # definitely not appended: no history entry
+            self.clock += 1
+            op = PendingOp(cl.id, cmd.op_id, index, cmd)
+            node.pending[index] = op
         cl.op, cl.node, cl.started, cl.call_time = op, node, c.now, self.clock
         c.maybe_handle(node)
         return True
@@ -240,7 +251,10 @@ class Schedule:
 
     def give_up(self, cl: _Client) -> None:
         assert cl.op is not None and cl.node is not None
-        cl.node.pending.pop(cl.op.index, None)
+        node, op = cl.node, cl.op
+        node.pending.pop(op.index, None)
+        node.reads.pop(str(op.op_id).encode(), None)
+        node.read_waits = [(i, o) for i, o in node.read_waits if o is not op]
         self.record(cl, None, None)
 
     def record(self, cl: _Client, ret: int | None, result: Any) -> None:
@@ -285,7 +299,8 @@ class Schedule:
             return
         kind = rng.choice(choices)
         if kind == "crash":
-            node = rng.choice(up)
+            leader = c.leader()
+            node = leader if leader is not None and rng.random() < 0.5 else rng.choice(up)
             self.log(f"crash {node.id}")
             c.crash(node)
         elif kind == "restart":
@@ -316,8 +331,12 @@ class Schedule:
     def partition(self, ids: list[int]) -> None:
         rng = self.rng
         rng.shuffle(ids)
-        shape = rng.randrange(3)
-        if shape == 0 or len(ids) < 3:
+        shape = rng.randrange(4)
+        leader = self.cluster.leader()
+        if shape == 3 and leader is not None:
+            self.log(f"isolate leader {leader.id}")
+            self.net.isolate_groups([[leader.id], [i for i in ids if i != leader.id]])
+        elif shape in (0, 3) or len(ids) < 3:
             cut = rng.randrange(1, max(2, len(ids)))
             self.log(f"partition {sorted(ids[:cut])} | {sorted(ids[cut:])}")
             self.net.isolate_groups([ids[:cut], ids[cut:]])
