@@ -62,6 +62,7 @@ RECORD_OVERHEAD = _PREFIX.size + _BODY.size  # 25 bytes around each entry's data
 MAX_RECORD_BODY = 1 << 30
 MAX_ENTRY_DATA = MAX_RECORD_BODY - _BODY.size
 
+_MAX_U64 = 2**64 - 1
 _NAME_RE = re.compile(r"^log-(\d{20})\.seg$")
 
 
@@ -162,9 +163,9 @@ def _valid_record_after(buf: bytes, start: int, min_index: int) -> int | None:
     (a Python loop over every offset took seconds on a torn multi-megabyte entry).
     """
     remaining = len(buf) - start
-    if remaining < RECORD_OVERHEAD:
+    if remaining < RECORD_OVERHEAD or min_index > _MAX_U64:
         return None
-    max_index = min_index + remaining // RECORD_OVERHEAD + 1
+    max_index = min(min_index + remaining // RECORD_OVERHEAD + 1, _MAX_U64)  # index is a u64
     highs = b"|".join(
         re.escape(struct.pack("<Q", high << 16)[2:])
         for high in range(min_index >> 16, (max_index >> 16) + 1)

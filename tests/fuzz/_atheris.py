@@ -32,7 +32,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         sys.exit(f"usage: python -m tests.fuzz._atheris HARNESS [libFuzzer args]\n{__doc__}")
     try:
-        import atheris  # type: ignore[import-not-found, unused-ignore]
+        import atheris  # type: ignore[import-not-found, import-untyped, unused-ignore]
     except ImportError:
         sys.exit("atheris is not installed: pip install atheris")
     package = __name__.rpartition(".")[0] or "tests.fuzz"

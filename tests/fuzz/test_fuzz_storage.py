@@ -175,3 +175,20 @@ def test_whole_store_load(
                 return
         assert all(e.index > 0 for e in state.entries)
         assert os.path.isdir(directory)
+
+
+def test_damaged_tail_of_a_segment_near_the_largest_index_is_handled() -> None:
+    """Regression: the search for a valid record after damage packed ``index >> 16 << 16``
+    past 2**64 and raised struct.error for a segment starting near the largest u64."""
+    for first in (2**64 - 2, 2**64 - 1):
+        path = Path("/nonexistent") / segment_name(first)
+        bad = record(first, 0, 0, b"", -1)
+        for body in (bad + record(first, 0, 0, b""), record(first, 1, 0, b"x") + bad * 2):
+            try:
+                scan = scan_segment(
+                    path, encode_header(first) + body, name_index=first, newest=True, prev_term=0
+                )
+            except CorruptionError as exc:
+                assert str(path) in str(exc)
+            else:
+                assert scan.damage is not None
