@@ -132,7 +132,7 @@ def check(socket: Path, method: str, path: str, content: bytes) -> None:
     assert status != 500, f"{method} {path} {content[:200]!r}: 500 {envelope['error']}"
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(st.sampled_from(ENDPOINTS), json_values)
 def test_random_json_bodies(socket_path: Path, endpoint: tuple[str, str], body: Any) -> None:
     check(socket_path, *endpoint, json.dumps(body).encode())
