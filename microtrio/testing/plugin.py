@@ -21,11 +21,11 @@ The tests must run under pytest-trio (``trio_mode = true``, or ``@pytest.mark.tr
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, Protocol
 
 import pytest
+import trio
 
 from .._daemon import DaemonArgs
 from ._cluster import ArgsFactory, TestCluster, open_cluster
@@ -71,8 +71,18 @@ async def microtrio_cluster(
     if mark is not None and mark.args:
         mark_kwargs.setdefault("size", mark.args[0])
     started = 0
+    stop = trio.Event()
 
-    async with AsyncExitStack() as stack:
+    async def hold(
+        size: int, options: dict[str, Any], *, task_status: trio.TaskStatus[TestCluster]
+    ) -> None:
+        # The cluster's nursery is entered and left in this task of the fixture's nursery,
+        # whichever task called the factory.
+        async with open_cluster(size, **options) as cluster:
+            task_status.started(cluster)
+            await stop.wait()
+
+    async with trio.open_nursery() as nursery:
 
         async def factory(
             size: int | None = None, *, args: ArgsFactory | None = None, **kwargs: Any
@@ -82,14 +92,10 @@ async def microtrio_cluster(
             chosen = size if size is not None else int(options.pop("size", DEFAULT_SIZE))
             options.pop("size", None)
             started += 1
-            root = tmp_path / f"cluster{started}"
-            return await stack.enter_async_context(
-                open_cluster(
-                    chosen,
-                    tmp_path=root,
-                    args=args if args is not None else microtrio_args,
-                    **options,
-                )
-            )
+            options["tmp_path"] = tmp_path / f"cluster{started}"
+            options["args"] = args if args is not None else microtrio_args
+            cluster: TestCluster = await nursery.start(hold, chosen, options)
+            return cluster
 
         yield factory
+        stop.set()
