@@ -133,7 +133,8 @@ def parse_address(address: str, default_port: int = 8443) -> tuple[str, int]:
         raise ValidationError(f"invalid address {address!r}")
     if not port_text:
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    digits = port_text.isascii() and port_text.isdigit() and len(port_text) <= 5  # not '²'
+    if not digits or not 0 < int(port_text) < 65536:
         raise ValidationError(f"invalid port in address {address!r}")
     return host, int(port_text)
 

@@ -14,9 +14,9 @@ import struct
 from hypothesis import given
 from hypothesis import strategies as st
 
-from microtrio import CorruptionError, ProtocolError
+from microtrio import CorruptionError, ProtocolError, ValidationError
 from microtrio._db._payload import Op, OpKind, WriteBatch, decode_batch, encode_batch
-from microtrio._replication._transport import decode_frame, encode_frame
+from microtrio._replication._transport import decode_frame, encode_frame, parse_address
 from microtrio.raft import (
     CodecError,
     ConfState,
@@ -183,3 +183,26 @@ def test_batch_random_bytes(data: bytes) -> None:
 @given(batches, edits)
 def test_batch_mutated(batch: WriteBatch, changes: list[tuple[int, int, int]]) -> None:
     check_batch(mutate(encode_batch(batch), changes))
+
+
+@fuzz_settings(200)
+@given(
+    st.text(max_size=30)
+    | st.builds("10.0.0.1:{}".format, st.text("0123456789\u00b2\u0663", max_size=6))
+)
+def test_peer_address_parser(address: str) -> None:
+    """The transport's own address parser: a (host, port) or ValidationError."""
+    try:
+        host, port = parse_address(address)
+    except ValidationError:
+        return
+    assert host and 0 < port < 65536
+
+
+def test_peer_address_with_non_ascii_or_long_port_is_refused() -> None:
+    for port in ("\u00b2", "\u0663", "9" * 5000):
+        try:
+            parse_address(f"10.0.0.1:{port}")
+        except ValidationError:
+            continue
+        raise AssertionError(f"port {port[:10]!r} accepted")
