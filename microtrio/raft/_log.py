@@ -8,6 +8,7 @@ persistence; ``committed`` and ``applying`` (handed to the application) follow R
 from __future__ import annotations
 
 from .._errors import DivergenceError
+from ._errors import RaftUsageError
 from ._types import Entry
 
 __all__ = ["RaftLog"]
@@ -133,7 +134,7 @@ class RaftLog:
             return
         term = self.term(index)
         if term is None:
-            raise AssertionError(f"cannot compact to missing index {index}")
+            raise RaftUsageError(f"cannot compact to missing index {index}")
         del self.entries[: index - self.base]
         self.base, self.base_term = index, term
         self.unstable_from = max(self.unstable_from, index + 1)

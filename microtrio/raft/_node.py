@@ -412,7 +412,8 @@ class RaftNode(Membership):
 
     def read_index(self, ctx: bytes) -> None:
         """Request a linearizable read point; a ReadState(index, ctx) appears in a later Ready
-        of this node. Followers forward to the leader; raises NotLeaderError if none is known."""
+        of this node. Followers forward to the leader; raises NotLeaderError if none is known.
+        A request lost on the way (message loss, leader change) is not retried: time out."""
         if self.role is StateRole.LEADER:
             self._leader_read(ctx, self.id)
         elif self.lead:
