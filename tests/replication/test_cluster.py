@@ -78,6 +78,7 @@ async def test_whole_cluster_restarts_from_disk(tmp_path: Path) -> None:
                 await leader.db.transaction(sql("INSERT INTO t VALUES (?, randomblob(8))", k))
             before = await checksums(leader)
             applied = leader.repl.driver.applied_index
+            await cluster.wait_applied(applied)  # every member has it on disk
             for member in cluster.members:
                 member.kill()
             for member in cluster.members:
