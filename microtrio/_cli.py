@@ -272,6 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-t", "--timeout", type=float, default=0.0, help="seconds to wait (0 = forever)")
 
     command("shutdown", _cmd_shutdown, "stop the daemon")
+    from ._demo import add_demo_command  # the demo needs no state directory
+
+    add_demo_command(sub)
     return parser
 
 
@@ -298,6 +301,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if getattr(ns, "standalone", None) is not None:  # demo: runs its own members
+        _configure_logging(ns)
+        return int(ns.standalone(ns))
     state_dir = getattr(ns, "state_dir", None) or os.environ.get("STATE_DIR", "")
     if not state_dir:
         print("Error: no state directory: pass --state-dir or set STATE_DIR", file=sys.stderr)

@@ -1,0 +1,117 @@
+"""``python -m microtrio demo`` in a subprocess: it forms the cluster, shows a leader, makes
+writes, and stops every member process and removes its state on ``--duration`` or SIGINT."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import trio
+
+CEILING = 120.0
+SUMMARY = re.compile(r"summary: (\d+) members, leader (\S+), (\d+) writes ok, (\d+) failed")
+PID = re.compile(r"(member\d+): pid (\d+)")
+
+
+def demo_command(root: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "microtrio", "demo", "--no-live", "--dir", str(root), *args]
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def check_stopped(output: str, root: Path) -> None:
+    pids = [int(p) for _, p in PID.findall(output)]
+    assert pids, output
+    assert all(gone(pid) for pid in pids), output
+    assert "all members stopped" in output, output
+    assert not root.exists(), output
+
+
+async def run_demo(root: Path, *args: str) -> tuple[int, str]:
+    with trio.fail_after(CEILING):
+        result = await trio.run_process(
+            demo_command(root, *args), capture_stdout=True, capture_stderr=True, check=False
+        )
+    return result.returncode, result.stdout.decode() + result.stderr.decode()
+
+
+@pytest.mark.parametrize("members", [1, 3])
+async def test_demo_forms_leads_writes_and_exits_0(tmp_path: Path, members: int) -> None:
+    root = tmp_path / "demo"
+    duration = "8" if members > 1 else "4"
+    code, output = await run_demo(root, "--members", str(members), "--duration", duration)
+    if members > 1 and "not supported" in output:
+        pytest.skip(reason="joining is not wired into the daemon yet")
+    assert code == 0, output
+    summary = SUMMARY.search(output)
+    assert summary is not None, output
+    count, leader, ok, failed = summary.groups()
+    assert int(count) == members, output
+    assert re.fullmatch(r"member\d+", leader), output
+    assert int(ok) >= 3, output
+    assert f"formed: {members} members" in output
+    assert len(PID.findall(output)) == members
+    check_stopped(output, root)
+
+
+async def test_sigint_stops_every_member_and_removes_the_state(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    seen = b""
+    with trio.fail_after(CEILING):
+        process = await trio.lowlevel.open_process(
+            demo_command(root, "--members", "1"),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        assert process.stdout is not None
+        try:
+            async with process.stdout:
+                while b"writes ok=" not in seen:  # the live view is up
+                    chunk = await process.stdout.receive_some()
+                    assert chunk, seen.decode()
+                    seen += chunk
+                process.send_signal(signal.SIGINT)
+                while chunk := await process.stdout.receive_some():
+                    seen += chunk
+            code = await process.wait()
+        finally:
+            if process.returncode is None:
+                process.kill()
+    output = seen.decode()
+    assert code == 0, output
+    assert "received SIGINT" in output, output
+    assert SUMMARY.search(output) is not None, output
+    check_stopped(output, root)
+
+
+async def test_keep_leaves_the_state_directories(tmp_path: Path) -> None:
+    root = tmp_path / "demo"
+    code, output = await run_demo(root, "--members", "1", "--duration", "1", "--keep")
+    assert code == 0, output
+    assert (root / "member1" / "cluster.crt").exists(), output
+    assert f"state kept in {root}" in output
+
+
+async def test_help_and_bad_arguments() -> None:
+    with trio.fail_after(CEILING):
+        helped = await trio.run_process(
+            [sys.executable, "-m", "microtrio", "demo", "--help"], capture_stdout=True
+        )
+        assert b"--duration" in helped.stdout and b"--no-live" in helped.stdout
+        bad = await trio.run_process(
+            [sys.executable, "-m", "microtrio", "demo", "--members", "0"],
+            capture_stderr=True,
+            check=False,
+        )
+    assert bad.returncode == 1 and b"--members must be at least 1" in bad.stderr
