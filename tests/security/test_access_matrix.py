@@ -408,3 +408,32 @@ async def test_raft_websocket_refuses_untrusted(
             )
     assert answers.pop(Caller.TRUSTED) == 101
     assert answers == {caller: 403 for caller in answers}, answers
+
+
+def test_core_policy_overrides_allow_untrusted(caplog: pytest.LogCaptureFixture) -> None:
+    """Under /core the policy table decides, not the endpoint's flag: a heartbeat endpoint
+    declared open (as microcluster has it) still needs trust, and the override is logged."""
+    from microtrio._api._router import CORE_POLICY, Router
+
+    async def handler(state: microtrio.State, request: Request) -> Any:
+        return {}
+
+    router = Router(
+        [
+            Resources(
+                "core/internal",
+                [
+                    Endpoint("heartbeat", post=EndpointAction(handler, allow_untrusted=True)),
+                    Endpoint("newthing", get=EndpointAction(handler, allow_untrusted=True)),
+                ],
+            ),
+            Resources("1.0", [Endpoint("app", get=EndpointAction(handler, allow_untrusted=True))]),
+        ]
+    )
+    table = {(m, p): a for m, p, a in router.access_table()}
+    assert table[("POST", "/core/internal/heartbeat")] is TRUSTED
+    assert table[("GET", "/core/internal/newthing")] is TRUSTED  # unlisted: default deny
+    assert table[("GET", "/1.0/app")] is OPEN  # application routes keep their flag
+    assert "overridden by the core access policy" in caplog.text
+    opened = sorted(route for route, access in CORE_POLICY.items() if access is OPEN)
+    assert opened == [("GET", "/core/1.0"), ("POST", "/core/internal/cluster")]
