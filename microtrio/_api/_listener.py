@@ -156,6 +156,9 @@ class ListenerStatistics:
     refused_requests: int
 
 
+_WARNING_INTERVAL = 5.0
+
+
 @final
 class ListenerLoad:
     """The mutable counters of one listener (pass one to ``serve_tcp``/``serve_unix``)."""
@@ -165,6 +168,16 @@ class ListenerLoad:
         self.in_flight = 0
         self.refused_connections = 0
         self.refused_requests = 0
+        self._last_warning = -_WARNING_INTERVAL
+
+    def should_warn(self) -> bool:
+        """At most one refusal warning per listener every few seconds (a flood of refusals
+        must not become a flood of log lines)."""
+        now = trio.current_time()
+        if now - self._last_warning < _WARNING_INTERVAL:
+            return False
+        self._last_warning = now
+        return True
 
     def statistics(self) -> ListenerStatistics:
         return ListenerStatistics(
@@ -180,9 +193,15 @@ class _ConnectionApp:
     calling the real app."""
 
     def __init__(
-        self, app: ASGIApp, extensions: dict[str, Any], load: ListenerLoad, limits: Limits
+        self,
+        app: ASGIApp,
+        extensions: dict[str, Any],
+        load: ListenerLoad,
+        limits: Limits,
+        bound: str,
     ) -> None:
         self._app = app
+        self._bound = bound
         self._extensions = extensions
         self._load = load
         self._limits = limits
@@ -200,12 +219,15 @@ class _ConnectionApp:
         load = self._load
         if load.in_flight >= self._limits.max_in_flight:
             load.refused_requests += 1
-            logger.warning(
-                "refused %s %s: %d requests in flight",
-                scope.get("method"),
-                scope.get("path"),
-                load.in_flight,
-            )
+            if load.should_warn():
+                logger.warning(
+                    "%s: refusing requests: %d in flight (%d refused so far), e.g. %s %s",
+                    self._bound,
+                    load.in_flight,
+                    load.refused_requests,
+                    scope.get("method"),
+                    scope.get("path"),
+                )
             await _send_envelope(send, 503, "Too many requests in flight; retry later")
             return
         load.in_flight += 1
@@ -293,7 +315,7 @@ async def _serve(
                 return
             extensions = _tls_extensions(ssl_stream, server_pem)
             served = ssl_stream
-        wrapped = ASGIWrapper(_ConnectionApp(app, extensions, load, limits))
+        wrapped = ASGIWrapper(_ConnectionApp(app, extensions, load, limits, bound))
         state = ConnectionState(lifespan_state.copy())
         await TCPServer(wrapped, config, context, state, served)  # type: ignore[arg-type]
 
@@ -356,7 +378,13 @@ async def _accept_loop(
             continue
         if load.connections >= limits.max_connections:
             load.refused_connections += 1
-            logger.warning("%s: refused a connection: %d connections open", bound, load.connections)
+            if load.should_warn():
+                logger.warning(
+                    "%s: refusing connections: %d open (%d refused so far)",
+                    bound,
+                    load.connections,
+                    load.refused_connections,
+                )
             await trio.aclose_forcefully(stream)
             continue
         load.connections += 1

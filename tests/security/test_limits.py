@@ -203,7 +203,9 @@ async def test_slow_loris_is_cut_off(tmp_path: Path) -> None:
             await trio.aclose_forcefully(stream)
 
 
-async def test_connection_cap_refuses_the_next_one(tmp_path: Path) -> None:
+async def test_connection_cap_refuses_the_next_one(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     limits = Limits(max_connections=3, header_timeout=30.0)
     with trio.fail_after(CEILING):
         async with serving(limits, tmp_path, tls=True) as served:
@@ -214,6 +216,7 @@ async def test_connection_cap_refuses_the_next_one(tmp_path: Path) -> None:
                 await closed_by_server(extra)
             assert served.load.statistics().refused_connections == 1
             assert served.load.statistics().connections == 3
+            assert "refusing connections: 3 open (1 refused so far)" in caplog.text
             # The three held ones still work.
             for stream in held:
                 assert (await request_on(stream)).startswith(b"HTTP/1.1 200")
@@ -226,7 +229,7 @@ async def test_connection_cap_refuses_the_next_one(tmp_path: Path) -> None:
                 await stream.aclose()
 
 
-async def test_in_flight_cap_answers_503(tmp_path: Path) -> None:
+async def test_in_flight_cap_answers_503(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     limits = Limits(max_in_flight=2)
     with trio.fail_after(CEILING):
         async with serving(limits, tmp_path, tls=False) as served:
@@ -250,6 +253,9 @@ async def test_in_flight_cap_answers_503(tmp_path: Path) -> None:
                     release.set()
                 assert answers == [200, 200]
                 assert served.load.statistics().refused_requests == 1
+                assert "refusing requests: 2 in flight (1 refused so far), e.g. GET /" in (
+                    caplog.text
+                )
                 assert (await client.get("/")).status_code == 200
                 await wait_until(lambda: served.load.in_flight == 0)
 
