@@ -132,13 +132,13 @@ def check(socket: Path, method: str, path: str, content: bytes) -> None:
     assert status != 500, f"{method} {path} {content[:200]!r}: 500 {envelope['error']}"
 
 
-@fuzz_settings(100)
+@fuzz_settings(60)
 @given(st.sampled_from(ENDPOINTS), json_values)
 def test_random_json_bodies(socket_path: Path, endpoint: tuple[str, str], body: Any) -> None:
     check(socket_path, *endpoint, json.dumps(body).encode())
 
 
-@fuzz_settings(40)
+@fuzz_settings(25)
 @given(st.sampled_from(ENDPOINTS), raw_bodies)
 def test_random_raw_bodies(socket_path: Path, endpoint: tuple[str, str], body: bytes) -> None:
     check(socket_path, *endpoint, body)

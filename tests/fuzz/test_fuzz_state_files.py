@@ -93,7 +93,7 @@ def check_truststore_file(data: bytes) -> None:
         assert [m.der for m in members] == [m.der for m in store.members()]
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(raw_texts)
 def test_daemon_yaml_garbage(data: bytes) -> None:
     check_daemon_yaml(data)
@@ -105,7 +105,7 @@ def test_daemon_yaml_mutated(changes: list[tuple[int, int, int]]) -> None:
     check_daemon_yaml(mutate(GOOD_DAEMON, changes))
 
 
-@fuzz_settings(150)
+@fuzz_settings(100)
 @given(raw_texts)
 def test_truststore_file_garbage(data: bytes) -> None:
     check_truststore_file(data)
