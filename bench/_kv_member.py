@@ -46,6 +46,7 @@ from microtrio._certs import (  # noqa: E402
 from microtrio._db import Database, ExtensionRegistry  # noqa: E402
 from microtrio._errors import MicrotrioError  # noqa: E402
 from microtrio._replication import (  # noqa: E402
+    DriverConfig,
     RaftReplication,
     TransportConfig,
     add_raft_route,
@@ -115,7 +116,9 @@ async def keep_leading(replication: RaftReplication, preferred: int) -> None:
         await driver.wait_changed()
 
 
-async def main(pki: Path, root: Path, name: str, addresses: list[str], prefer: str | None) -> None:
+async def main(
+    pki: Path, root: Path, name: str, addresses: list[str], prefer: str | None, lease: bool
+) -> None:
     cluster = load_cert_key_pair(pki / "cluster.crt", pki / "cluster.key")
     me = load_cert_key_pair(pki / f"{name}.crt", pki / f"{name}.key")
     trusted = {load_cert_key_pair(pki / f"{n}.crt", pki / f"{n}.key").der for n in NAMES}
@@ -130,6 +133,7 @@ async def main(pki: Path, root: Path, name: str, addresses: list[str], prefer: s
         ssl_context=client_ssl_context(me, cluster.cert),
         is_trusted=trusted.__contains__,
         bootstrap=ids,
+        driver_config=DriverConfig(lease_read=lease),
         transport_config=TransportConfig(server_hostname=pinned_server_name(cluster.cert)),
     )
     for node_id, peer in zip(ids, addresses, strict=True):
@@ -170,6 +174,9 @@ def _parse() -> argparse.Namespace:
     p.add_argument("name", choices=NAMES)
     p.add_argument("addresses", help="ip:port of member1,member2,member3")
     p.add_argument("--prefer-leader", choices=NAMES, help="hand leadership to this member")
+    p.add_argument(
+        "--lease-read", action="store_true", help="ReadIndex from the leader's lease (not default)"
+    )
     p.add_argument("--profile", type=Path, help="write cProfile statistics here on exit")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args()
@@ -181,7 +188,14 @@ if __name__ == "__main__":
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    run = (args.pki, args.root, args.name, args.addresses.split(","), args.prefer_leader)
+    run = (
+        args.pki,
+        args.root,
+        args.name,
+        args.addresses.split(","),
+        args.prefer_leader,
+        args.lease_read,
+    )
     if args.profile is None:
         trio.run(main, *run)
     else:

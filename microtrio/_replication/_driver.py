@@ -175,6 +175,18 @@ _Event = _Request | _Inbound
 
 
 @final
+class _ReadBatch:
+    """Callers sharing one ReadIndex request (``ctx``) and its reply."""
+
+    __slots__ = ("ctx", "reply", "waiters")
+
+    def __init__(self, ctx: bytes) -> None:
+        self.ctx = ctx
+        self.reply: _Reply[int] = _Reply()
+        self.waiters = 0
+
+
+@final
 class _EntryWaiter:
     __slots__ = ("done", "term")
 
@@ -226,6 +238,7 @@ class RaftDriver:
         self._recent: deque[int] = deque(maxlen=self.config.recent_terms)
         self._waiters: dict[int, list[_EntryWaiter]] = {}
         self._reads: dict[bytes, _Reply[int]] = {}
+        self._read_next: _ReadBatch | None = None  # callers waiting for the next ReadIndex
         self._forwards: dict[int, _Reply[ForwardResult]] = {}
         self._next_request = 1
         self._snapshot_index = 0
@@ -326,6 +339,9 @@ class RaftDriver:
             raise UnavailableError(f"{self._name}: raft driver stopped") from None
         return await reply.wait()
 
+    def _stopped_error(self) -> UnavailableError:
+        return UnavailableError(f"{self._name}: raft driver stopped")
+
     def _check_running(self) -> None:
         if self._stopped:
             raise UnavailableError(f"{self._name}: raft driver stopped")
@@ -351,15 +367,47 @@ class RaftDriver:
 
     async def read_index(self) -> int:
         """A linearizable read point (ReadIndex). Raises NotLeaderError when no leader is
-        known; waits forever if the request is lost (callers bound and retry)."""
-        ctx = self._rng.getrandbits(64).to_bytes(8, "big") + self.id.to_bytes(8, "big")
-        reply: _Reply[int] = _Reply()
-        self._reads[ctx] = reply
+        known; waits forever if the request is lost (callers bound and retry).
+
+        Concurrent callers share one ReadIndex request (one heartbeat round on the leader):
+        a caller joins the batch that has not been handed to the node yet, so the read point
+        is taken after every caller of the batch arrived, as linearizability requires."""
+        self._check_running()
+        batch = self._read_next
+        if batch is None:
+            ctx = self._rng.getrandbits(64).to_bytes(8, "big") + self.id.to_bytes(8, "big")
+            batch = self._read_next = _ReadBatch(ctx)
+            self._reads[ctx] = batch.reply
+            self._issue_read(batch)
+        batch.waiters += 1
         try:
-            await self._call(lambda node: node.read_index(ctx))
-            return await reply.wait()
+            return await batch.reply.wait()
         finally:
-            self._reads.pop(ctx, None)
+            batch.waiters -= 1
+            if not batch.waiters:
+                self._reads.pop(batch.ctx, None)
+                if self._read_next is batch:
+                    self._read_next = None
+
+    def _issue_read(self, batch: _ReadBatch) -> None:
+        """Queue the batch's ReadIndex behind everything already in the inbox."""
+
+        def issue(node: RaftNode) -> None:
+            if self._read_next is batch:
+                self._read_next = None  # later callers start the next batch
+            try:
+                node.read_index(batch.ctx)
+            except NotLeaderError as exc:
+                batch.reply.fail(exc)
+                raise
+
+        try:
+            self._inbox_send.send_nowait(_Request(issue, _Reply()))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            # a full inbox or a stopped driver: refuse the batch (the committer retries)
+            if self._read_next is batch:
+                self._read_next = None
+            batch.reply.fail(NotLeaderError(0) if not self._stopped else self._stopped_error())
 
     async def change_role(self, node_id: int, role: Role | None) -> tuple[int, int]:
         """Propose ``node_id`` in ``role`` (None removes it): (index, term) of the entry."""

@@ -1,0 +1,55 @@
+"""ReadIndex batching in the driver: concurrent readers share heartbeat rounds, and every
+read point still covers each write acknowledged before its read began."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+from _raft_cluster import open_cluster
+
+from microtrio.raft import RaftNode
+
+CEILING = 60.0
+
+
+async def test_concurrent_reads_share_read_index_requests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    requests = [0]
+    real = RaftNode.read_index
+
+    def counting(self: RaftNode, ctx: bytes) -> None:
+        requests[0] += 1
+        real(self, ctx)
+
+    monkeypatch.setattr(RaftNode, "read_index", counting)
+    reads = 0
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            follower = next(m for m in cluster.running() if m is not leader)
+            requests[0] = 0
+
+            async def writer_then_readers(k: int) -> None:
+                nonlocal reads
+                driver = leader.repl.driver
+                index, term = await driver.propose(b"")
+                assert await driver.wait_entry(index, term) is True
+                async with trio.open_nursery() as nursery:
+                    for member in (leader, follower) * 4:
+
+                        async def read(member: object = member) -> None:
+                            nonlocal reads
+                            got = await member.repl.driver.read_index()  # type: ignore[attr-defined]
+                            assert got >= index, (got, index)
+                            reads += 1
+
+                        nursery.start_soon(read)
+
+            async with trio.open_nursery() as nursery:
+                for k in range(12):
+                    nursery.start_soon(writer_then_readers, k)
+    assert reads == 12 * 8
+    assert requests[0] < reads / 2, (requests[0], reads)
