@@ -239,8 +239,9 @@ class RaftDriver:
         self._waiters: dict[int, list[_EntryWaiter]] = {}
         self._reads: dict[bytes, _Reply[int]] = {}
         self._read_next: _ReadBatch | None = None  # callers waiting for the next ReadIndex
-        self._forwards: dict[int, _Reply[ForwardResult]] = {}
-        self._next_request = 1
+        # request id -> (the leader asked, its answer); ids are random so that an answer
+        # meant for an earlier run of this member can never match a new request
+        self._forwards: dict[int, tuple[int, _Reply[ForwardResult]]] = {}
         self._snapshot_index = 0
         self._running = False
         self._stopped = False
@@ -355,10 +356,9 @@ class RaftDriver:
     async def forward(self, leader: int, data: bytes) -> ForwardResult:
         """Send ``data`` to ``leader`` for proposing; wait for its answer (bound the wait)."""
         self._check_running()
-        request_id = self._next_request
-        self._next_request += 1
+        request_id = self._rng.getrandbits(63) or 1
         reply: _Reply[ForwardResult] = _Reply()
-        self._forwards[request_id] = reply
+        self._forwards[request_id] = (leader, reply)
         try:
             self._transport.send([ForwardPropose(self.id, leader, request_id, data)])
             return await reply.wait()
@@ -534,7 +534,9 @@ class RaftDriver:
         if isinstance(msg, ForwardPropose):
             self._transport.send([self._propose_forwarded(node, msg)])
         elif isinstance(msg, ForwardResult):
-            reply = self._forwards.get(msg.request_id)
+            asked, reply = self._forwards.get(msg.request_id, (0, None))
+            if asked != msg.src:
+                reply = None
             if reply is not None:
                 reply.set(msg)
         else:
@@ -636,7 +638,7 @@ class RaftDriver:
         stopped = UnavailableError(f"{self._name}: raft driver stopped")
         for reply in self._reads.values():
             reply.fail(stopped)
-        for forward in self._forwards.values():
+        for _, forward in self._forwards.values():
             forward.fail(stopped)
         while True:
             try:
