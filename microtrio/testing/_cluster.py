@@ -219,6 +219,8 @@ class TestCluster:
         if member.running:
             await member.kill()
         await self._start(member)
+        if self.faults.enabled:  # its new transport consults the same rules
+            self._attach_faults()
 
     def _attach_faults(self) -> None:
         """Make every running member's transport consult :attr:`faults` (a daemon built with

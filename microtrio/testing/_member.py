@@ -21,22 +21,24 @@ from .._client import Client
 from .._daemon import Daemon, DaemonArgs
 from .._db import Database
 from .._errors import StateError
-from .._replication import node_id_for
+from .._replication import RaftReplication, node_id_for
 
 __all__ = ["TestMember"]
 
 logger = logging.getLogger("microtrio.testing")
 
 
-def replication_of(daemon: Daemon) -> Any | None:
+def replication_of(daemon: Daemon) -> RaftReplication | None:
     """The member's Raft replication, if the daemon runs one (None for a member whose
-    database commits locally). Looked up by shape, so it follows the daemon's wiring."""
+    database commits locally). Found by type among the daemon's and its state's attributes
+    (directly or as a component's ``replication``), so it follows the daemon's wiring."""
     for holder in (daemon, daemon.state):
-        for attribute in ("cluster", "_cluster", "membership", "_membership"):
-            cluster = getattr(holder, attribute, None)
-            replication = getattr(cluster, "replication", None)
-            if replication is not None:
-                return replication
+        for value in vars(holder).values() if hasattr(holder, "__dict__") else ():
+            if isinstance(value, RaftReplication):
+                return value
+            inner = getattr(value, "replication", None)
+            if isinstance(inner, RaftReplication):
+                return inner
     return None
 
 
