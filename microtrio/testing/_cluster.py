@@ -163,10 +163,12 @@ class TestCluster:
 
     # -- leader -------------------------------------------------------------------------
 
-    def leader(self) -> TestMember:
-        """The member every running, unpaused member currently names as leader
+    def leader(self, *, among: Iterable[TestMember] | None = None) -> TestMember:
+        """The member every running, unpaused member (or every running one of ``among``,
+        say one side of a partition) currently names as leader
         (:class:`microtrio.NoLeaderError` when there is none or they disagree)."""
-        voters = [m for m in self.running() if not self._isolated(m)]
+        chosen = self.running() if among is None else [m for m in among if m.running]
+        voters = [m for m in chosen if not self._isolated(m)]
         ids: set[int] = set()
         for member in voters:
             try:
@@ -185,14 +187,17 @@ class TestCluster:
         self,
         *,
         exclude: Iterable[TestMember] = (),
+        among: Iterable[TestMember] | None = None,
         timeout: float = 30.0,  # noqa: ASYNC109
     ) -> TestMember:
-        """Wait until the running, unpaused members agree on a leader not in ``exclude``."""
+        """Wait until the running, unpaused members (or those of ``among``) agree on a leader
+        not in ``exclude``."""
         excluded = {m.node_id for m in exclude}
+        group = None if among is None else list(among)
         with _deadline(timeout, "a leader"):
             while True:
                 try:
-                    leader = self.leader()
+                    leader = self.leader(among=group)
                 except NoLeaderError:
                     pass
                 else:

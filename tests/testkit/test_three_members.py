@@ -77,7 +77,7 @@ async def test_pause_resume_and_partition(cluster3: TestCluster) -> None:
         old = await cluster3.wait_for_leader()
         majority = [m for m in cluster3 if m is not old]
         cluster3.partition([old], majority)
-        new = await cluster3.wait_for_leader(exclude=[old])
+        new = await cluster3.wait_for_leader(exclude=[old], among=majority)
         assert new in majority
         await write_retrying(new, "INSERT INTO t VALUES (2)")
         cluster3.heal()
