@@ -1,0 +1,204 @@
+"""The clustering endpoints on top of the member's :class:`~microtrio._membership.MemberCluster`.
+
+* ``POST /core/internal/cluster`` (open: the token secret protects it): join admission on
+  the Raft leader (:meth:`Admission.admit`); any other member forwards the request to the
+  leader and relays its answer. Failed admissions are rate limited per remote address
+  (HTTP 429).
+* ``POST /core/internal/heartbeat`` (trusted members only): :func:`receive_heartbeat` with
+  the authenticated caller; a cluster schema ahead of ours asks the schema-update trigger.
+* ``GET /core/1.0/cluster``: the member rows with a status each (``member_statuses``:
+  ``ONLINE`` / ``UNREACHABLE`` from a ``/core/1.0/ready`` probe, ``NEEDS UPGRADE`` /
+  ``UPGRADING`` from the versions).
+* ``DELETE /core/1.0/cluster/{name}[?force=1]``: :meth:`Removal.remove` on the leader; other
+  members forward to the leader; when the leader removes itself it hands leadership over
+  first and the request is forwarded to the new leader.
+
+The daemon mounts :func:`cluster_resources` before the core resources, so these routes take
+precedence over the single-member ones. ``get_cluster()`` returns the member's current
+:class:`MemberCluster` (None before init or after a reset: 503).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import quote
+
+import trio
+from quart import Request
+
+from .._cluster import _members as members
+from .._cluster._admission import JoinRequest
+from .._cluster._heartbeat import HeartbeatInfo, member_statuses, receive_heartbeat
+from .._cluster._names import validate_name
+from .._errors import MicrotrioError, NotFoundError, UnavailableError
+from ._listener import trusted_member_for_scope
+from ._public import member_json
+from ._resources import Endpoint, EndpointAction, Handler, Resources
+from ._router import read_json_object
+from ._state import State
+
+if TYPE_CHECKING:
+    from .._membership import MemberCluster
+
+__all__ = ["cluster_resources"]
+
+logger = logging.getLogger("microtrio.api")
+
+#: Forwarded cluster operations (removal runs hooks on several members) get this long.
+FORWARD_TIMEOUT = 120.0
+
+GetCluster = Callable[[], "MemberCluster | None"]
+
+
+def _cluster(get: GetCluster) -> MemberCluster:
+    cluster = get()
+    if cluster is None:
+        raise UnavailableError("This member's cluster membership is not running")
+    return cluster
+
+
+async def _forward(
+    state: State,
+    address: str,
+    method: str,
+    path: str,
+    body: Any = None,
+    params: Mapping[str, str] | None = None,
+) -> Any:
+    async with await state.remote_client(address) as client:
+        return await client.query(method, path, body, params=params, timeout=FORWARD_TIMEOUT)
+
+
+def _admit(get: GetCluster) -> Handler:
+    async def handler(state: State, req: Request) -> Any:
+        cluster = _cluster(get)
+        request = JoinRequest.from_dict(await read_json_object(req))
+        if not cluster.is_leader():
+            leader = await cluster.wait_leader_address()
+            if leader != state.address:
+                logger.info("%s: forwarding the admission of %s to %s", state.name,
+                            request.name, leader)
+                return await _forward(state, leader, "POST", "/core/internal/cluster",
+                                      request.to_dict())
+        admission = cluster.admission
+        if admission is None:
+            raise UnavailableError("Join admission is not running yet")
+        remote = req.remote_addr or "unknown"
+        response = await admission.admit(request, remote=remote)
+        return response.to_dict()
+
+    return handler
+
+
+def _heartbeat(get: GetCluster) -> Handler:
+    async def handler(state: State, req: Request) -> Any:
+        cluster = _cluster(get)
+        info = HeartbeatInfo.from_dict(await read_json_object(req))
+        scope = cast("MutableMapping[str, Any]", req.scope)
+        caller = trusted_member_for_scope(scope, state.truststore, now=state.now())
+        internal, external, _ = state.database.schema_versions()
+        await receive_heartbeat(
+            info,
+            truststore=state.truststore,
+            own_versions=(internal, external),
+            caller=caller,
+            on_schema_behind=cluster.trigger.request,
+        )
+        return {}
+
+    return handler
+
+
+async def _reachable(state: State, rows: list[members.MemberRow]) -> set[str]:
+    """Names of the members that answer ``GET /core/1.0/ready`` within 5 s."""
+    found: set[str] = set()
+
+    async def probe(row: members.MemberRow) -> None:
+        if row.name == state.name:
+            if state.ready:
+                found.add(row.name)
+            return
+        with trio.move_on_after(5):
+            try:
+                async with await state.remote_client(row.address) as client:
+                    await client.query("GET", "/core/1.0/ready", timeout=5)
+                found.add(row.name)
+            except MicrotrioError:
+                pass
+
+    async with trio.open_nursery() as nursery:
+        for row in rows:
+            nursery.start_soon(probe, row)
+    return found
+
+
+def _list(get: GetCluster) -> Handler:
+    async def handler(state: State, req: Request) -> Any:
+        cluster = _cluster(get)
+        rows = await state.database.read(members.list_members)
+        reachable = await _reachable(state, rows)
+        statuses = member_statuses(rows, now=state.now(), interval=cluster.interval,
+                                   own_name=state.name, reachable=reachable)
+        return [member_json(row, str(statuses[row.name])) for row in rows]
+
+    return handler
+
+
+def _remove(get: GetCluster) -> Handler:
+    async def handler(state: State, req: Request) -> Any:
+        cluster = _cluster(get)
+        name = validate_name((req.view_args or {}).get("name"))
+        force = req.args.get("force", "") in ("1", "true")
+        params = {"force": "1"} if force else None
+        path = f"/core/1.0/cluster/{quote(name)}"
+        if state.truststore.by_name(name) is None:
+            rows = await state.database.read(members.list_members)
+            if all(row.name != name for row in rows):
+                raise NotFoundError(f"No remote exists with the given name {name!r}")
+        if not cluster.is_leader():
+            leader = await cluster.wait_leader_address()
+            if leader != state.address:
+                return await _forward(state, leader, "DELETE", path, None, params)
+        removal = cluster.removal
+        if removal is None:
+            raise UnavailableError("Member removal is not running yet")
+        async with cluster.round_lock:
+            outcome = await removal.remove(name, force=force)
+        if outcome.moved_to is not None:
+            address = cluster.replication.driver.address_of(outcome.moved_to)
+            if address is None:
+                raise UnavailableError(f"New leader {outcome.moved_to} has no known address")
+            logger.info("%s: leadership handed to %s; forwarding the removal of %s",
+                        state.name, address, name)
+            return await _forward(state, address, "DELETE", path, None, params)
+        for warning in outcome.warnings:
+            logger.warning("%s: removal of %s: %s", state.name, name, warning)
+        return {}
+
+    return handler
+
+
+def cluster_resources(get_cluster: GetCluster) -> list[Resources]:
+    """The clustering endpoints (module docstring), for the control socket and core listener."""
+    return [
+        Resources(
+            "core/internal",
+            [
+                Endpoint("cluster", name="cluster/admission",
+                         post=EndpointAction(_admit(get_cluster), allow_untrusted=True)),
+                Endpoint("heartbeat", name="heartbeat",
+                         post=EndpointAction(_heartbeat(get_cluster))),
+            ],
+        ),
+        Resources(
+            "core/1.0",
+            [
+                Endpoint("cluster", name="cluster", get=EndpointAction(_list(get_cluster))),
+                Endpoint("cluster/{name}", name="cluster/member",
+                         delete=EndpointAction(_remove(get_cluster))),
+            ],
+        ),
+    ]
+

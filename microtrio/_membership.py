@@ -1,0 +1,398 @@
+"""A member's cluster membership: its Raft replication and the cluster components on it.
+
+Theory of operation
+-------------------
+An initialised member owns one :class:`MemberCluster` while its database is open. It is
+built in three steps by the daemon:
+
+1. :meth:`MemberCluster.open` loads this member's key pair and the cluster certificate and
+   builds the :class:`~microtrio._replication.RaftReplication` (store in
+   ``database/raft``; the founding member bootstraps as the sole voter; a joiner or a
+   restarted member starts from what Raft persisted and learns its peers' addresses from
+   the truststore and, once the database is open, from the member table).
+2. The daemon builds its :class:`~microtrio._db.Database` with
+   :meth:`MemberCluster.committer_factory`, starts ``db.run`` and then
+   :meth:`MemberCluster.run_replication` in its nursery, and opens the database.
+3. :meth:`MemberCluster.start_components` builds the cluster logic on the open database,
+   all sharing ONE membership lock (admission, removal and the heartbeat's role changes go
+   through the Raft log one at a time): :class:`~._cluster._admission.Admission`,
+   :class:`~._cluster._roles.Removal`, :class:`~._cluster._heartbeat.Heartbeat` (rounds
+   only act on the leader) and the :class:`~._cluster._upgrade.SchemaUpdateTrigger`.
+
+:meth:`MemberCluster.aclose` hands leadership over (a graceful stop of the leader), stops
+the components, and closes the replication (the daemon closes the database in between).
+
+The Raft websocket route is mounted on the core listener before any replication exists
+(the listener starts first, at init or join); :class:`RaftRouteProxy` is what the route
+sees: it refuses connections until a transport is attached and follows resets.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable, Collection, Mapping
+from typing import TYPE_CHECKING, Any, final
+
+import trio
+
+from ._certs import CertKeyPair, load_cert_key_pair
+from ._client import Client
+from ._cluster._admission import Admission, KeyPairEntry
+from ._cluster._heartbeat import (
+    Heartbeat,
+    HeartbeatConfig,
+    MemberClient,
+    RoleTransition,
+    raft_addresses,
+)
+from ._cluster._roles import Removal, ReplicationMembership, hand_over_leadership
+from ._cluster._upgrade import SchemaUpdateTrigger
+from ._errors import MicrotrioError, NoLeaderError, UnavailableError
+from ._hooks import HookType
+from ._replication import (
+    RAFT_PATH,
+    CommitterConfig,
+    DriverConfig,
+    RaftReplication,
+    node_id_for,
+    open_member_replication,
+)
+
+if TYPE_CHECKING:
+    from ._api._state import State
+    from ._cluster._truststore import Truststore
+    from ._db import Applier, Committer, Database
+    from ._hooks import HookRunner
+    from ._replication import Transport
+    from ._state import StateDir
+
+__all__ = ["MemberCluster", "RaftRouteProxy", "member_client_factory"]
+
+logger = logging.getLogger("microtrio.cluster")
+
+
+@final
+class _OwnedClient:
+    """A notification-mode client that closes the base client it was derived from."""
+
+    def __init__(self, base: Client, forwarded_address: str) -> None:
+        self._base = base
+        self._client = base.notifier(forwarded_address)
+
+    async def query(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        params: Mapping[str, str] | None = None,
+        timeout: float = 30.0,  # noqa: ASYNC109 - the HTTP client's own timeout
+    ) -> Any:
+        return await self._client.query(method, path, body, params=params, timeout=timeout)
+
+    async def aclose(self) -> None:
+        await self._base.aclose()
+
+
+def member_client_factory(
+    pair: CertKeyPair, pinned: bytes, own_address: str
+) -> Callable[[str], MemberClient]:
+    """Mutual-TLS notification clients of other members (this member's ``server.crt``
+    presented, ``cluster.crt`` pinned), as the cluster components need them."""
+
+    def factory(address: str) -> MemberClient:
+        return _OwnedClient(Client.tls(address, cert=pair, pinned=pinned), own_address)
+
+    return factory
+
+
+@final
+class RaftRouteProxy:
+    """What the core listener's Raft websocket route talks to: the current transport, or a
+    refusal (503) while none is attached (before the database opens, after a reset)."""
+
+    class _Config:
+        path = RAFT_PATH
+
+    config = _Config()
+
+    def __init__(self) -> None:
+        self._transport: Transport[Any] | None = None
+
+    def attach(self, transport: Transport[Any] | None) -> None:
+        self._transport = transport
+
+    @property
+    def closed(self) -> bool:
+        return self._transport is None or self._transport.closed
+
+    def accepts(self, scope: Any) -> bool:
+        return self._transport is not None and self._transport.accepts(scope)
+
+    async def handle_inbound(self, inbound: Any, certificates: Any) -> None:
+        if self._transport is None:
+            return
+        await self._transport.handle_inbound(inbound, certificates)
+
+
+def _is_trusted(truststore: Truststore) -> Callable[[bytes], bool]:
+    return lambda der: truststore.by_certificate(der) is not None
+
+
+@final
+class MemberCluster:
+    """The replication and cluster components of one initialised member (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        state: State,
+        replication: RaftReplication,
+        truststore: Truststore,
+        hooks: HookRunner,
+        pair: CertKeyPair,
+        cluster_pair: CertKeyPair,
+        interval: float,
+        wall_clock: Callable[[], datetime.datetime],
+    ) -> None:
+        self._state = state
+        self.replication = replication
+        self.membership = ReplicationMembership(replication)
+        self._truststore = truststore
+        self._hooks = hooks
+        self._pair = pair
+        self._cluster_pair = cluster_pair
+        self.interval = interval
+        self._wall_clock = wall_clock
+        self.lock = trio.Lock()
+        #: Held by a heartbeat round and by a removal: a round rewrites the truststore from
+        #: the member rows, which must not race with a removal taking a member out of both.
+        self.round_lock = trio.Lock()
+        self.admission: Admission | None = None
+        self.removal: Removal | None = None
+        self.heartbeat: Heartbeat | None = None
+        self.trigger = SchemaUpdateTrigger(name=state.name)
+        self._online: set[int] | None = None
+        self._scope = trio.CancelScope()
+        self._db: Database | None = None
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        state: State,
+        state_dir: StateDir,
+        truststore: Truststore,
+        hooks: HookRunner,
+        bootstrap: bool,
+        interval: float,
+        wall_clock: Callable[[], datetime.datetime],
+        driver_config: DriverConfig | None = None,
+        committer_config: CommitterConfig | None = None,
+    ) -> MemberCluster:
+        """Build the member's replication (see the module docstring, step 1)."""
+        replication = await open_member_replication(
+            state.name,
+            state.address,
+            database_dir=state_dir.database_dir,
+            server_files=(state_dir.server_crt, state_dir.server_key),
+            cluster_crt=state_dir.cluster_crt,
+            is_trusted=_is_trusted(truststore),
+            bootstrap=bootstrap,
+            driver_config=driver_config,
+            committer_config=committer_config,
+        )
+        for member in truststore.members():
+            if member.name != state.name and member.address:
+                replication.set_address(node_id_for(member.name), member.address)
+        pair = await trio.to_thread.run_sync(
+            load_cert_key_pair, state_dir.server_crt, state_dir.server_key
+        )
+        cluster_pair = await trio.to_thread.run_sync(
+            load_cert_key_pair, state_dir.cluster_crt, state_dir.cluster_key
+        )
+        return cls(
+            state=state,
+            replication=replication,
+            truststore=truststore,
+            hooks=hooks,
+            pair=pair,
+            cluster_pair=cluster_pair,
+            interval=interval,
+            wall_clock=wall_clock,
+        )
+
+    # -- the database's side -------------------------------------------------------------
+
+    def committer_factory(self, applier: Applier) -> Committer:
+        """``Database(committer_factory=...)``."""
+        return self.replication.committer_factory(applier)
+
+    async def run_replication(
+        self, db: Database, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the replication (after ``db.run``); peers' addresses follow the member table."""
+        self._db = db
+
+        async def addresses() -> Mapping[int, str]:
+            return await db.read(raft_addresses, stale=True)
+
+        await self.replication.run(address_source=addresses, task_status=task_status)
+
+    async def catch_up(self, timeout: float = 60.0) -> None:  # noqa: ASYNC109
+        """A joiner: wait until this member's log has what the leader had committed
+        (a read barrier; NoLeaderError after ``timeout``)."""
+        deadline = trio.current_time() + timeout
+        while True:
+            try:
+                await self.replication.committer.read_barrier()
+                return
+            except (NoLeaderError, UnavailableError):
+                if trio.current_time() >= deadline:
+                    raise
+                logger.info("%s: still catching up with the leader", self._state.name)
+
+    async def wait_for_leader(self) -> None:
+        """A restarted member: wait (as long as it takes, logged) until a leader is known;
+        writes, and so opening the database, need one."""
+        while True:
+            with trio.move_on_after(10):
+                await self.replication.driver.wait_leader()
+                return
+            logger.warning("%s: waiting for a Raft leader (a quorum of voters must run)",
+                           self._state.name)
+
+    # -- the cluster components ----------------------------------------------------------
+
+    def client_factory(self) -> Callable[[str], MemberClient]:
+        return member_client_factory(self._pair, self._cluster_pair.cert, self._state.address)
+
+    def online(self) -> Collection[int]:
+        """Node ids known alive by the last heartbeat round (all of Raft before one ran)."""
+        own = node_id_for(self._state.name)
+        if self._online is None:
+            return {own} | {node_id_for(m.name) for m in self._truststore.members()}
+        return self._online | {own}
+
+    async def start_components(
+        self, db: Database, *, nursery: trio.Nursery, extensions: Collection[str]
+    ) -> None:
+        """Build admission, removal and heartbeats on the open database and start the
+        heartbeat and schema-update tasks in ``nursery`` (cancelled by :meth:`aclose`)."""
+        state = self._state
+        factory = self.client_factory()
+
+        async def credentials() -> tuple[str, str, Mapping[str, KeyPairEntry]]:
+            pair = self._cluster_pair
+            return pair.cert.decode(), pair.key.decode(), {}
+
+        self.admission = Admission(
+            own_name=state.name,
+            db=db,
+            truststore=self._truststore,
+            membership=self.membership,
+            extensions=list(extensions),
+            credentials=credentials,
+            wall_clock=self._wall_clock,
+            lock=self.lock,
+        )
+
+        async def post_remove(force: bool) -> None:
+            await self._hooks.run(HookType.POST_REMOVE, state, force)
+
+        self.removal = Removal(
+            own_name=state.name,
+            db=db,
+            membership=self.membership,
+            truststore=self._truststore,
+            client_factory=factory,
+            post_remove=post_remove,
+            node_id=node_id_for,
+            online=self.online,
+            lock=self.lock,
+        )
+
+        async def on_heartbeat(changes: Mapping[str, RoleTransition]) -> None:
+            from ._api._state import RoleStatus
+
+            statuses = {n: RoleStatus(c.old, c.new) for n, c in changes.items()}
+            await self._hooks.run(HookType.ON_HEARTBEAT, state, statuses)
+
+        self.heartbeat = Heartbeat(
+            name=state.name,
+            address=state.address,
+            db=db,
+            membership=self.membership,
+            truststore=self._truststore,
+            client_factory=factory,
+            wall_clock=self._wall_clock,
+            on_heartbeat=on_heartbeat,
+            caught_up=self.membership.caught_up,
+            config=HeartbeatConfig(interval=self.interval),
+            lock=self.lock,
+        )
+        await nursery.start(self._run_components)
+
+    async def _run_components(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self.heartbeat is not None
+        with self._scope:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.trigger.run)
+                await nursery.start(self._heartbeats)
+                task_status.started()
+
+    async def _heartbeats(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The heartbeat loop; after each round, remember who is online (for removal)."""
+        heartbeat = self.heartbeat
+        assert heartbeat is not None
+        task_status.started()
+        next_start = trio.current_time()
+        while True:
+            try:
+                async with self.round_lock:
+                    result = await heartbeat.run_round()
+                heartbeat.last_round = result
+                if not result.skipped:
+                    alive = {self._state.name, *result.answered, *result.not_contacted}
+                    self._online = {node_id_for(n) for n in alive}
+            except MicrotrioError as exc:
+                logger.warning("%s: heartbeat round failed: %s", self._state.name, exc,
+                               exc_info=True)
+            next_start = max(next_start + heartbeat.config.interval, trio.current_time())
+            await trio.sleep_until(next_start)
+
+    def is_leader(self) -> bool:
+        return self.replication.leader().id == node_id_for(self._state.name)
+
+    def leader_address(self) -> str | None:
+        return self.replication.leader().address
+
+    async def wait_leader_address(self) -> str:
+        info = await self.replication.wait_leader()
+        if info.address is None:
+            raise NoLeaderError("the Raft leader's address is not known")
+        return info.address
+
+    # -- stop ----------------------------------------------------------------------------
+
+    async def hand_over(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
+        """Before a graceful stop: if this member leads, hand leadership to another voter."""
+        try:
+            await hand_over_leadership(
+                self.membership, node_id_for(self._state.name), timeout=timeout
+            )
+        except MicrotrioError as exc:  # never blocks the shutdown
+            logger.warning("%s: no hand-over: %s", self._state.name, exc)
+
+    async def aclose(self, *, hand_over: bool) -> None:
+        """Stop the components and the replication (bounded by the caller)."""
+        if hand_over:
+            await self.hand_over()
+        self._scope.cancel()
+        await self.replication.aclose()
+
