@@ -58,7 +58,7 @@ from ._driver import DriverConfig, RaftDriver, StateMachine
 from ._faults import Faults
 from ._storage import AsyncLogStore, LogStore
 from ._transport import Transport, TransportConfig
-from ._wire import WIRE_CODEC, ForwardStatus, Wire
+from ._wire import WIRE_CODEC, ForwardResult, ForwardStatus, Wire
 
 __all__ = [
     "CommitterConfig",
@@ -146,21 +146,45 @@ class RaftCommitter:
                 # nowhere to send it: surely not proposed; wait for the address or a leader
                 logger.debug("leader %d has no known address yet", leader)
             elif leader:
-                result = None
-                with trio.move_on_after(self.config.forward_timeout):
-                    try:
-                        result = await driver.forward(leader, payload)
-                    except UnavailableError as exc:
-                        raise OutcomeUnknownError(f"forwarded write interrupted: {exc}") from exc
+                result = await self._forward(leader, payload)
+                if isinstance(result, UnavailableError):
+                    raise OutcomeUnknownError(f"forwarded write interrupted: {result}") from result
                 if result is None:
                     raise OutcomeUnknownError(
-                        f"leader {leader} did not answer a forwarded write within "
-                        f"{self.config.forward_timeout} s"
+                        f"leader {leader} did not answer a forwarded write (it stopped leading "
+                        f"here, or {self.config.forward_timeout} s passed)"
                     )
                 if result.status == ForwardStatus.OK:
                     return result.index, result.term
                 logger.debug("leader %d refused a forwarded write (%d)", leader, result.status)
             await self._pause_until(deadline)
+
+    async def _forward(
+        self, leader: int, payload: bytes
+    ) -> ForwardResult | UnavailableError | None:
+        """The leader's answer to a forwarded write; None once this member no longer sees
+        ``leader`` as the leader (a crashed leader is noticed at the election timeout, not
+        after the whole ``forward_timeout``) or when ``forward_timeout`` passes first."""
+        driver = self._driver
+        outcome: list[ForwardResult | UnavailableError] = []
+        with trio.move_on_after(self.config.forward_timeout):
+            async with trio.open_nursery() as nursery:
+
+                async def ask() -> None:
+                    try:
+                        outcome.append(await driver.forward(leader, payload))
+                    except UnavailableError as exc:
+                        outcome.append(exc)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(ask)
+                try:
+                    while driver.leader_id == leader:
+                        await driver.wait_changed()
+                except UnavailableError as exc:
+                    outcome.append(exc)
+                nursery.cancel_scope.cancel()
+        return outcome[0] if outcome else None
 
     async def _pause_until(self, deadline: float) -> None:
         """Wait for a leadership change (or a tick); NoLeaderError past ``deadline``."""

@@ -1,0 +1,148 @@
+"""Profile the Raft leader of the benchmark cluster under load.
+
+    python bench/profile_leader.py --mode write -c 16 -t 10 [--top 25] [--out DIR]
+
+Starts ``bench/microtrio_cluster.sh`` (member1 is made the leader: ``--prefer-leader``),
+drives it with the shared load client (``/work/shared/bench/load.py``, http-kv adapter,
+mutual TLS, every request to the leader) and samples the leader process with py-spy
+(``pip install py-spy``; all threads, wall-clock including idle with ``--idle``) for the
+measured window. Prints the load client's result and the hottest frames: by own time and
+by inclusive time (a function counted once per sample however deep it recurses). The raw
+collapsed stacks stay in ``--out`` for flame graphs.
+
+With ``--cprofile`` the members run under cProfile instead (event-loop thread only, exact
+call counts) and the leader's statistics are printed sorted by own time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+LOAD = Path(os.environ.get("LOAD_PY", "/work/shared/bench/load.py"))
+
+
+def _leads(url: str, ctx: ssl.SSLContext) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/bench/leader", context=ctx, timeout=2) as reply:
+            return bool(reply.status == 200)
+    except OSError:
+        return False
+
+
+def _start(
+    args: argparse.Namespace, certs: Path, data: Path
+) -> tuple[subprocess.Popen[bytes], int]:
+    env = dict(os.environ, CERTS=str(certs), DATA=str(data), BASE_PORT=str(args.base_port))
+    env["MEMBER_ARGS"] = env.get("MEMBER_ARGS", "") + " --prefer-leader member1"
+    if args.cprofile:
+        env["PROFILE_DIR"] = str(args.out)
+    cluster = subprocess.Popen(
+        ["bash", str(HERE / "microtrio_cluster.sh")], env=env, stderr=subprocess.PIPE
+    )
+    assert cluster.stderr is not None
+    line = cluster.stderr.readline().decode()
+    pids = [int(p) for p in line.split(":", 1)[1].split("(")[0].split()]
+    ctx = ssl.create_default_context(cafile=str(certs / "cluster.crt"))
+    ctx.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
+    url = f"https://127.0.0.1:{args.base_port + 1}"
+    deadline = time.monotonic() + 60
+    while not _leads(url, ctx):
+        if time.monotonic() > deadline or cluster.poll() is not None:
+            cluster.send_signal(signal.SIGTERM)
+            sys.exit("the cluster did not come up with member1 leading")
+        time.sleep(0.2)
+    return cluster, pids[0]
+
+
+def _summary(raw: Path, top: int) -> str:
+    own: collections.Counter[str] = collections.Counter()
+    incl: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_s)
+        total += count
+        frames = [f.split(" (")[0] + " (" + f.split(" (")[-1] for f in stack.split(";")]
+        own[frames[-1]] += count
+        for frame in set(frames):
+            incl[frame] += count
+    out = [f"{total} samples"]
+    for title, counter in (("own time", own), ("inclusive time", incl)):
+        out.append(f"\n-- top {top} by {title} (% of samples) --")
+        for frame, count in counter.most_common(top):
+            out.append(f"{100 * count / max(total, 1):6.1f}%  {frame[:150]}")
+    return "\n".join(out)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mode", default="write", choices=["write", "read", "mixed"])
+    p.add_argument("-c", "--concurrency", type=int, default=16)
+    p.add_argument("-t", "--duration", type=float, default=10.0)
+    p.add_argument("--top", type=int, default=25)
+    p.add_argument("--base-port", type=int, default=24650)
+    p.add_argument("--out", type=Path, default=None, help="directory for the raw profile")
+    p.add_argument("--idle", action="store_true", help="py-spy: count idle (waiting) samples")
+    p.add_argument("--cprofile", action="store_true", help="cProfile instead of py-spy")
+    args = p.parse_args()
+    args.out = args.out or Path(tempfile.mkdtemp(prefix="microtrio-profile."))
+    args.out.mkdir(parents=True, exist_ok=True)
+    certs = Path(os.environ.get("CERTS", "/tmp/microtrio-bench-pki"))
+    data = Path(tempfile.mkdtemp(prefix="microtrio-profile-data."))
+    cluster, leader_pid = _start(args, certs, data)
+    raw = args.out / "leader.collapsed"
+    spy = None
+    try:
+        tls = ["--cacert", str(certs / "cluster.crt"), "--cert", str(certs / "client.crt")]
+        tls += ["--key", str(certs / "client.key")]
+        load = subprocess.Popen(
+            [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",
+             "/1.0/kv/{key}", "--urls", f"https://127.0.0.1:{args.base_port + 1}",
+             "--mode", args.mode, "-c", str(args.concurrency), "-t", str(args.duration),
+             "--warmup", "1", "--label", "profile", *tls],
+            stdout=subprocess.PIPE,
+        )  # fmt: skip
+        if not args.cprofile:
+            time.sleep(1.5)  # prefill and warm-up (py-spy samples the measured window)
+            cmd = ["py-spy", "record", "-p", str(leader_pid), "-d", str(int(args.duration) - 1)]
+            cmd += ["-f", "raw", "-o", str(raw), "--threads", "--nonblocking", "-r", "200"]
+            if args.idle:
+                cmd.append("--idle")
+            spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        result, _ = load.communicate(timeout=args.duration + 180)
+        if spy is not None:
+            spy.wait(timeout=60)
+    finally:
+        cluster.send_signal(signal.SIGTERM)
+        cluster.wait(timeout=60)
+        shutil.rmtree(data, ignore_errors=True)
+    report = json.loads(result)
+    keys = ("mode", "concurrency", "ops_per_s", "p50_ms", "p99_ms", "errors", "servers_cpu_pct")
+    print(json.dumps({k: report.get(k) for k in keys}))
+    if args.cprofile:
+        import pstats
+
+        stats = pstats.Stats(str(args.out / "member1.prof"))
+        stats.sort_stats("tottime").print_stats(args.top)
+    else:
+        print(_summary(raw, args.top))
+        print(f"raw stacks: {raw}")
+
+
+if __name__ == "__main__":
+    main()
