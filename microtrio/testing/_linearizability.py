@@ -29,6 +29,7 @@ provided, and any object with the :class:`Model` shape can be plugged in.
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Sequence
@@ -291,13 +292,18 @@ def _check_one(
         if o.ret is not None:
             required |= 1 << i
 
-    seen: set[tuple[int, Hashable]] = set()
+    by_ret = sorted(range(n), key=lambda i: rets[i])
+    # (linearized known-outcome operations, state) -> the sets of unknown-outcome operations
+    # it was reached with. Having used more unknown operations only removes options (they
+    # return at infinity and never bound the horizon), so a visit is skipped when an earlier
+    # visit had used a subset of them: it dominates.
+    seen: dict[tuple[int, Hashable], list[int]] = {}
     best_mask = 0
     best_state: Hashable = model.init()
     steps = 0
     # Explicit stack of (mask, state); each frame explores its successors when popped.
     stack: list[tuple[int, Hashable]] = [(0, model.init())]
-    seen.add((0, model.init()))
+    seen[(0, model.init())] = [0]
     while stack:
         mask, state = stack.pop()
         steps += 1
@@ -309,20 +315,42 @@ def _check_one(
             return LinearizabilityResult(Verdict.OK, "", key, steps)
         if mask.bit_count() > best_mask.bit_count():
             best_mask, best_state = mask, state
-        # The earliest return among pending operations bounds which calls may go next.
-        horizon = min((rets[i] for i in range(n) if not mask >> i & 1), default=_INF)
-        # Push in reverse so that the earliest-called candidate is explored first.
-        for i in range(n - 1, -1, -1):
-            if mask >> i & 1 or calls[i] > horizon:
-                continue
-            for nxt in model.step(state, ops[i]):
-                item = (mask | 1 << i, nxt)
-                if item not in seen:
-                    seen.add(item)
-                    stack.append(item)
+        # The earliest return among pending operations bounds which calls may go next;
+        # candidates are then a range of the call-ordered operations.
+        horizon = _INF
+        for i in by_ret:
+            if not mask >> i & 1:
+                horizon = rets[i]
+                break
+        lo = (~mask & (mask + 1)).bit_length() - 1  # lowest operation not linearized
+        hi = bisect.bisect_right(calls, horizon)
+        # The stack pops last-pushed first: push unknown-outcome candidates first so that
+        # they are explored last (paths using fewer of them then dominate, see _first_visit),
+        # and known ones in reverse so that the earliest-called is explored first.
+        for want_known in (False, True):
+            for i in range(hi - 1, lo - 1, -1):
+                if mask >> i & 1 or bool(required >> i & 1) is not want_known:
+                    continue
+                for nxt in model.step(state, ops[i]):
+                    item = (mask | 1 << i, nxt)
+                    if _first_visit(seen, item[0], required, nxt):
+                        stack.append(item)
     return LinearizabilityResult(
         Verdict.ILLEGAL, _explain(ops, model, key, best_mask, best_state), key, steps
     )
+
+
+def _first_visit(
+    seen: dict[tuple[int, Hashable], list[int]], mask: int, required: int, state: Hashable
+) -> bool:
+    """Record a search node; False if an equal or dominating one was seen before."""
+    unknown = mask & ~required
+    visits = seen.setdefault((mask & required, state), [])
+    for used in visits:
+        if used & ~unknown == 0:
+            return False
+    visits.append(unknown)
+    return True
 
 
 def _describe(op: Operation) -> str:

@@ -357,9 +357,12 @@ class Schedule:
             return
         conf = leader.raft.status().conf
         voters, standbys = sorted(conf.voters), sorted(conf.standbys)
+        spares = sorted(conf.spares)
         options = ["add"] if len(conf.members()) < p.size + 2 else []
         if standbys:
-            options.append("promote")
+            options += ["promote", "promote", "to-spare", "remove-standby"]
+        if spares:
+            options.append("from-spare")
         if len(voters) > max(2, p.size - 2):
             options += ["remove", "demote"]
         if not options:
@@ -371,6 +374,12 @@ class Schedule:
             node_id, role = rng.choice(standbys), Role.VOTER
         elif kind == "demote":
             node_id, role = rng.choice(voters), Role.STANDBY
+        elif kind == "to-spare":
+            node_id, role = rng.choice(standbys), Role.SPARE
+        elif kind == "from-spare":
+            node_id, role = rng.choice(spares), Role.STANDBY
+        elif kind == "remove-standby":
+            node_id, role = rng.choice(standbys), None
         else:
             node_id, role = rng.choice(voters), None
         new = conf.with_role(node_id, role)
