@@ -56,7 +56,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def run_or_explain(seed: int, params: SimParams | None = None) -> None:
     try:
-        run_seed(seed, params)
+        result = run_seed(seed, params)
+        assert not result.unchecked_keys, f"checker budget exhausted on {result.unchecked_keys}"
     except AssertionError as exc:
         # Re-run to collect the event trail (the run is deterministic).
         trail = "\n".join(event_trail(seed, params)[-25:])

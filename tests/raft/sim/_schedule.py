@@ -89,6 +89,8 @@ class SimResult:
     unknown: int = 0
     events: list[str] = field(default_factory=list)
     linearizability_steps: int = 0
+    #: Keys whose history the checker could not decide within its step budget.
+    unchecked_keys: list[str] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -472,6 +474,8 @@ class Schedule:
         for ops, model in ((regs, RegisterModel()), (lists, ListModel())):
             res = check_linearizability(ops, model, max_steps=200_000)
             self.result.linearizability_steps += res.steps
+            if res.verdict is Verdict.UNKNOWN:
+                self.result.unchecked_keys.append(str(res.key))
             if res.verdict is Verdict.ILLEGAL:
                 raise HistoryViolation(res.explanation)
         # Every acknowledged append is in the final list of every key.
