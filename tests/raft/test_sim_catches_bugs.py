@@ -145,14 +145,14 @@ CASES = [
     # (variant, profile, seeds tried at most, violations it may cause)
     pytest.param(AlwaysGrantVote, SimParams(), 100, SAFETY, id="vote-any-log"),
     pytest.param(CommitWithoutQuorum, SimParams(), 100, SAFETY, id="minority-commit"),
-    pytest.param(ReadWithoutQuorum, SimParams(), 300, (HistoryViolation,), id="stale-read"),
+    pytest.param(ReadWithoutQuorum, SimParams(), 600, (HistoryViolation,), id="stale-read"),
     # Rule-level checks catch these at once...
     pytest.param(CommitOldTermByCounting, SimParams(), 100, SAFETY, id="figure-8-rule"),
     pytest.param(AckBeforePersist, SimParams(), 20, SAFETY, id="ack-early-rule"),
     pytest.param(VoteNotPersisted, SimParams(), 20, SAFETY, id="vote-lost-rule"),
     # ... and without them the damage itself is seen (lost committed entries, two leaders).
-    pytest.param(AckBeforePersist, CRASHY, 100, SAFETY, id="ack-early-effect"),
-    pytest.param(VoteNotPersisted, CHAOS, 300, SAFETY, id="vote-lost-effect"),
+    pytest.param(AckBeforePersist, CRASHY, 600, SAFETY, id="ack-early-effect"),
+    pytest.param(VoteNotPersisted, CHAOS, 600, SAFETY, id="vote-lost-effect"),
 ]
 
 

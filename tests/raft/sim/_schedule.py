@@ -136,6 +136,7 @@ class Schedule:
             heartbeat_tick=p.heartbeat_tick,
             max_msg_entries=self.rng.choice(p.msg_entries),
             max_inflight_msgs=self.rng.choice(INFLIGHT),
+            max_apply_entries=self.rng.choice((0, 0, 2)),
             snapshot_chunk_size=p.snapshot_chunk_size,
             snapshot_trailing=p.snapshot_trailing,
             applied=applied,
