@@ -33,3 +33,12 @@ def raft_campaign(session: nox.Session) -> None:
     """A long seeded Raft simulation campaign: nox -s raft_campaign -- --raft-seeds 100000."""
     session.install("-e", ".[test]")
     session.run("python", "-m", "pytest", "tests/raft", "-q", *session.posargs)
+
+
+@nox.session
+def jepsen(session: nox.Session) -> None:
+    """A long fault-injection campaign of real member processes (docs/testing.md):
+    nox -s jepsen -- --minutes 30 --members 3,5 --run-duration 60 --seed 1 --results DIR
+    (every option: python bench/jepsen.py --help)."""
+    session.install("-e", ".[test]")
+    session.run("python", "bench/jepsen.py", *session.posargs)
