@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from ._api._limits import DEFAULT_LIMITS as DEFAULT_LIMITS
+from ._api._limits import Limits as Limits
+from ._api._openapi import responds_with as responds_with
 from ._api._resources import (
     Endpoint as Endpoint,
 )
@@ -64,6 +67,7 @@ from ._errors import (
 from ._errors import (
     OutcomeUnknownError as OutcomeUnknownError,
 )
+from ._errors import PayloadTooLargeError as PayloadTooLargeError
 from ._errors import (
     ProtocolError as ProtocolError,
 )
@@ -76,6 +80,7 @@ from ._errors import (
 from ._errors import (
     TimeoutError_ as TimeoutError_,
 )
+from ._errors import TooManyAttemptsError as TooManyAttemptsError
 from ._errors import (
     UnavailableError as UnavailableError,
 )
@@ -90,6 +95,11 @@ from ._state import ServerConfig as ServerConfig
 __version__ = "0.1.0"
 
 __all__ = [
+    "DEFAULT_LIMITS",
+    "Limits",
+    "PayloadTooLargeError",
+    "TooManyAttemptsError",
+    "responds_with",
     "App",
     "BadRequestError",
     "Client",

@@ -13,9 +13,11 @@ at the seam where they occur (``raise X(...) from exc``) and never leak upward.
     ├── NotFoundError                   (404)  no such member, token, endpoint
     ├── ConflictError                   (409)  unique constraint, already exists
     ├── NotImplementedMethodError       (501)  method has no handler
+    ├── PayloadTooLargeError            (413)  a request body over the listener's limit
     ├── UnavailableError                (503)  not ready, shutting down, DB not open
     │   ├── DatabaseNotOpenError        (503)  message is the database status text
-    │   └── NoLeaderError               (503)  no Raft leader known right now
+    │   ├── NoLeaderError               (503)  no Raft leader known right now
+    │   └── TooManyAttemptsError        (429)  too many failed join admissions from one address
     ├── TimeoutError_                   (504)  an operation ran out of time (outcome known: not done)
     ├── OutcomeUnknownError             (503)  a write may or may not have committed
     ├── StateError                      (500)  the state directory is unusable / corrupt
@@ -41,10 +43,12 @@ __all__ = [
     "NotFoundError",
     "NotImplementedMethodError",
     "OutcomeUnknownError",
+    "PayloadTooLargeError",
     "ProtocolError",
     "RemoteError",
     "StateError",
     "TimeoutError_",
+    "TooManyAttemptsError",
     "UnavailableError",
     "ValidationError",
 ]
@@ -90,6 +94,18 @@ class DatabaseNotOpenError(UnavailableError):
 
 class NoLeaderError(UnavailableError):
     status = 503
+
+
+class TooManyAttemptsError(UnavailableError):
+    """Too many failed join admissions from one address: try again later."""
+
+    status = 429
+
+
+class PayloadTooLargeError(MicrotrioError):
+    """A request body over the listener's ``Limits.max_body_size``."""
+
+    status = 413
 
 
 class TimeoutError_(MicrotrioError):  # noqa: N801 - avoid shadowing the builtin

@@ -32,7 +32,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Final, TypeVar, final
 
-from .._errors import MicrotrioError, ValidationError
+from .._errors import PayloadTooLargeError, ValidationError
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -49,12 +49,6 @@ MIB: Final = 1024 * KIB
 FRAME_OVERHEAD: Final = 64 * KIB
 
 _C = TypeVar("_C")
-
-
-class PayloadTooLargeError(MicrotrioError):
-    """A request body over ``Limits.max_body_size`` (HTTP 413)."""
-
-    status = 413
 
 
 @final

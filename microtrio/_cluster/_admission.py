@@ -46,6 +46,7 @@ from .._errors import (
     NotFoundError,
     RemoteError,
     TimeoutError_,
+    TooManyAttemptsError,
     UnavailableError,
     ValidationError,
 )
@@ -81,12 +82,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("microtrio.cluster")
-
-
-class TooManyAttemptsError(UnavailableError):
-    """Too many failed join admissions from one address: try again later."""
-
-    status = 429
 
 
 def _str(data: Mapping[str, Any], key: str, *, default: str | None = None) -> str:
