@@ -21,14 +21,16 @@ the statistics to FILE on SIGTERM/SIGINT.
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
 import signal
 import sys
 from pathlib import Path
 from typing import Any
 
+import apsw
 import trio
-from quart import Response, request
+from quart import Request, Response, request
 from quart_trio import QuartTrio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,8 +72,29 @@ def _envelope(exc: MicrotrioError) -> Response:
     return Response(body, status=exc.status, content_type="application/json")
 
 
-def build_app(name: str, replication: RaftReplication, trusted: set[bytes]) -> tuple[Any, Any]:
+async def _put_unique(state: _KvState, req: Request, serial: int) -> None:
+    """``kv_put`` with the request's serial number appended to the value: the shared load
+    client sends one fixed value per run, and a write that changes nothing commits nothing
+    in microtrio, while etcd and dqlite replicate every PUT. Same SQL as the example."""
+    key = str((req.view_args or {}).get("key", ""))
+    body = await req.get_data(as_text=False)
+    value = (body if isinstance(body, bytes) else body.encode()) + serial.to_bytes(8, "little")
+
+    def put(conn: apsw.Connection) -> None:
+        conn.execute(
+            "INSERT INTO kv (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    await state.database.transaction(put)
+
+
+def build_app(
+    name: str, replication: RaftReplication, trusted: set[bytes], *, unique: bool = False
+) -> tuple[Any, Any]:
     app = QuartTrio(name)
+    serials = itertools.count(1)
     add_raft_route(app, replication.transport)
     holder: dict[str, _KvState] = {}
 
@@ -81,7 +104,10 @@ def build_app(name: str, replication: RaftReplication, trusted: set[bytes]) -> t
         state = holder["state"]
         try:
             if request.method == "PUT":
-                await kv_put(state, request)  # type: ignore[arg-type]
+                if unique:
+                    await _put_unique(state, request, next(serials))
+                else:
+                    await kv_put(state, request)  # type: ignore[arg-type]
                 return Response('{"type":"sync","status":"Success","status_code":200}')
             if request.method == "GET":
                 result: Response = await kv_get(state, request)  # type: ignore[arg-type]
@@ -116,9 +142,9 @@ async def keep_leading(replication: RaftReplication, preferred: int) -> None:
         await driver.wait_changed()
 
 
-async def main(
-    pki: Path, root: Path, name: str, addresses: list[str], prefer: str | None, lease: bool
-) -> None:
+async def main(args: argparse.Namespace) -> None:
+    pki, root, name = args.pki, args.root, args.name
+    addresses: list[str] = args.addresses.split(",")
     cluster = load_cert_key_pair(pki / "cluster.crt", pki / "cluster.key")
     me = load_cert_key_pair(pki / f"{name}.crt", pki / f"{name}.key")
     trusted = {load_cert_key_pair(pki / f"{n}.crt", pki / f"{n}.key").der for n in NAMES}
@@ -133,13 +159,13 @@ async def main(
         ssl_context=client_ssl_context(me, cluster.cert),
         is_trusted=trusted.__contains__,
         bootstrap=ids,
-        driver_config=DriverConfig(lease_read=lease),
+        driver_config=DriverConfig(lease_read=args.lease_read),
         transport_config=TransportConfig(server_hostname=pinned_server_name(cluster.cert)),
     )
     for node_id, peer in zip(ids, addresses, strict=True):
         if peer != address:
             replication.set_address(node_id, peer)
-    app, holder = build_app(name, replication, trusted)
+    app, holder = build_app(name, replication, trusted, unique=args.unique_values)
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(
             lambda task_status: serve_tcp(
@@ -157,8 +183,8 @@ async def main(
         await nursery.start(replication.run)
         await database.open(bootstrap=True)
         holder["state"] = _KvState(database)
-        if prefer is not None:
-            nursery.start_soon(keep_leading, replication, node_id_for(prefer))
+        if args.prefer_leader is not None:
+            nursery.start_soon(keep_leading, replication, node_id_for(args.prefer_leader))
         logger.warning("%s: serving the kv service on https://%s", name, bound)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
@@ -177,6 +203,11 @@ def _parse() -> argparse.Namespace:
     p.add_argument(
         "--lease-read", action="store_true", help="ReadIndex from the leader's lease (not default)"
     )
+    p.add_argument(
+        "--unique-values",
+        action="store_true",
+        help="append a serial number to every PUT's value (every PUT changes the row)",
+    )
     p.add_argument("--profile", type=Path, help="write cProfile statistics here on exit")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args()
@@ -188,23 +219,15 @@ if __name__ == "__main__":
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    run = (
-        args.pki,
-        args.root,
-        args.name,
-        args.addresses.split(","),
-        args.prefer_leader,
-        args.lease_read,
-    )
     if args.profile is None:
-        trio.run(main, *run)
+        trio.run(main, args)
     else:
         import cProfile
 
         profiler = cProfile.Profile()
         profiler.enable()
         try:
-            trio.run(main, *run)
+            trio.run(main, args)
         finally:
             profiler.disable()
             profiler.dump_stats(str(args.profile))
