@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import logging
 import signal
 import sys
@@ -123,7 +124,15 @@ def build_app(
         status = 200 if driver.running and driver.is_leader else 503
         return Response(str(driver.leader_id), status=status)
 
+    async def stats() -> Any:
+        """Group commit as the leader sees it: transactions per committed batch."""
+        db = holder["state"].database.statistics()
+        store = replication.driver.applied_index
+        body = {"commits": db.commits, "transactions": db.transactions, "applied": store}
+        return Response(json.dumps(body), content_type="application/json")
+
     app.add_url_rule("/1.0/kv/<key>", "kv", kv, methods=["GET", "PUT", "DELETE"])
+    app.add_url_rule("/bench/stats", "stats", stats, methods=["GET"])
     app.add_url_rule("/bench/leader", "leader", leads, methods=["GET"])
     return app, holder
 
