@@ -28,6 +28,7 @@ from typing import Any, final
 
 import trio
 
+from .._cluster._roles import RoleTargets
 from .._daemon import DaemonArgs
 from .._errors import (
     MicrotrioError,
@@ -142,21 +143,25 @@ class TestCluster:
         return await source.app.cluster_members()
 
     async def wait_formed(self, *, timeout: float = 60.0) -> None:  # noqa: ASYNC109
-        """Wait until every running member is listed with a settled role (not ``PENDING``)
+        """Wait until every running member is listed, the roles reached the leader's targets
+        (for 3 members: three voters; see :class:`~microtrio._cluster._roles.RoleTargets`),
         and the running members agree on a leader."""
         names = {m.name for m in self.running()}
-        with _deadline(timeout, "the cluster to form"):
+        targets = RoleTargets()
+        voters, standbys = targets.voters_for(len(names)), targets.standbys_for(len(names))
+        with _deadline(timeout, f"{voters} voters and {standbys} stand-bys"):
             while True:
                 try:
                     listed = await self.members_view()
                 except MicrotrioError:
                     listed = []
-                settled = {
-                    str(m.get("name"))
-                    for m in listed
-                    if str(m.get("role", "")).upper() not in ("", "PENDING")
-                }
-                if names <= settled:
+                roles = {str(m.get("name")): str(m.get("role", "")).lower() for m in listed}
+                counts = list(roles.values())
+                if (
+                    names <= set(roles)
+                    and counts.count("voter") == voters
+                    and counts.count("stand-by") == standbys
+                ):
                     break
                 await trio.sleep(_POLL * 5)
             await self.wait_for_leader(timeout=timeout)
