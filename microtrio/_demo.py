@@ -38,6 +38,7 @@ from . import __version__
 from ._api._resources import Endpoint, EndpointAction, Resources, Server
 from ._app import App
 from ._client import Client
+from ._cluster._roles import RoleTargets
 from ._daemon import DaemonArgs
 from ._db import SchemaUpdate
 from ._errors import BadRequestError, MicrotrioError, NotFoundError
@@ -233,12 +234,18 @@ async def _form(out: _Output, members: list[_Member], timeout: float) -> None:  
         member.joined = True
         out.line(f"      {member.name} joined {took()}")
     joined = [m for m in members if m.joined]
-    out.line(f"[4/4] waiting for the roles of {len(joined)} members to settle ...")
+    targets = RoleTargets()
+    voters, standbys = targets.voters_for(len(joined)), targets.standbys_for(len(joined))
+    out.line(f"[4/4] waiting for {voters} voters and {standbys} stand-bys (heartbeats) ...")
+    shown = ""
     with trio.move_on_after(timeout):
         while True:
-            view = await first.app.cluster_members()
-            pending = [m["name"] for m in view if str(m.get("role", "")).upper() == "PENDING"]
-            if len(view) >= len(joined) and not pending:
+            roles = [str(m.get("role", "")).lower() for m in await first.app.cluster_members()]
+            now = ", ".join(f"{roles.count(r)} {r}" for r in sorted(set(roles)))
+            if now != shown:
+                out.line(f"      roles: {now} {took()}")
+                shown = now
+            if roles.count("voter") == voters and roles.count("stand-by") == standbys:
                 break
             await trio.sleep(0.2)
     out.line(f"      formed: {len(joined)} members {took()}")
