@@ -18,7 +18,7 @@ import os
 import pytest
 from sim import SimParams, event_trail, params_for_seed, run_seed
 
-DEFAULT_SEEDS = 2100
+DEFAULT_SEEDS = 2010
 CHUNK = 50
 #: Share of the seeds per cluster size (smaller clusters are cheaper and find most bugs).
 SHARES = {3: 0.55, 5: 0.3, 7: 0.15}
