@@ -130,12 +130,20 @@ class TestCluster:
         logger.info("%s: joined at %s", name, member.address)
         return member
 
-    async def remove_member(self, member: TestMember, *, force: bool = False) -> None:
-        """``DELETE /core/1.0/cluster/{name}`` through another running member."""
+    async def remove_member(
+        self, member: TestMember, *, force: bool = False, stop: bool = True
+    ) -> None:
+        """``DELETE /core/1.0/cluster/{name}`` through another running member; the member
+        leaves :attr:`members` and (``stop``) is stopped once it has reset itself."""
         others = [m for m in self.running() if m is not member]
         via = others[0] if others else member
+        resets = member.daemon.reset_count if member.running else 0
         async with via.local_client() as client:
             await client.remove_member(member.name, force=force)
+        self.members.remove(member)
+        if stop and member.running:
+            await member.daemon.wait_reset(resets + 1)
+            await member.kill()
 
     async def members_view(self, member: TestMember | None = None) -> list[dict[str, Any]]:
         """``GET /core/1.0/cluster`` as seen by ``member`` (default: the first running)."""

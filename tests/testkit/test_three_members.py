@@ -85,3 +85,23 @@ async def test_pause_resume_and_partition(cluster3: TestCluster) -> None:
         await cluster3.wait_replicated()
         seen = await cluster3.read_all("SELECT count(*) FROM t")
         assert seen == {m.name: [(2,)] for m in cluster3}
+
+
+async def test_add_and_remove_members(cluster3: TestCluster) -> None:
+    with trio.fail_after(CEILING):
+        fourth = await cluster3.add_member("member4")
+        assert fourth.address and fourth is cluster3["member4"]
+        await cluster3.wait_formed()  # 4 members: 3 voters and a stand-by
+        roles = sorted(m["role"] for m in await cluster3.members_view())
+        assert roles == ["stand-by", "voter", "voter", "voter"]
+        await execute(cluster3[0], "CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        await cluster3.wait_replicated()
+        assert await fourth.read("SELECT count(*) FROM t") == [(0,)]
+
+        second = cluster3["member2"]
+        await cluster3.remove_member(second)
+        assert second not in cluster3.members and not second.running
+        assert not (second.state_dir / "cluster.crt").exists()  # it wiped its state
+        names = sorted(m["name"] for m in await cluster3.members_view())
+        assert names == ["member1", "member3", "member4"]
+        await cluster3.wait_formed()
