@@ -39,6 +39,7 @@ def tutorial_script(root: Path) -> str:
     return PRELUDE + block + "\n"
 
 
+@pytest.mark.slow
 async def test_the_three_member_tutorial_runs_as_written(tmp_path: Path) -> None:
     with trio.fail_after(CEILING):
         remove = await trio.run_process(
