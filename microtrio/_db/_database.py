@@ -440,7 +440,11 @@ class Database:
         for attempt in range(_MAX_ATTEMPTS):
             if attempt:
                 # refused as stale: run again on a state that includes what beat us
-                await committer.read_barrier()
+                try:
+                    await committer.read_barrier()
+                except MicrotrioError as exc:  # no leader now: nothing of the batch committed
+                    outcomes = [TxnOutcome(error=exc)] * len(batch)
+                    break
             try:
                 outcomes, write = await applier.run_sync(partial(execute_batch, conn, fns))
             except apsw.Error as exc:
