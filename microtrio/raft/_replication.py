@@ -271,6 +271,8 @@ class Replication:
 
     def _handle_append(self, m: MsgApp) -> None:
         log = self._log
+        if not _entries_follow(m):
+            return  # malformed (a peer broke the protocol): ignored, as if lost
         if m.prev_index < log.committed:
             self._msgs.append(MsgAppResp(self.id, m.src, self.term, log.committed))
             return
@@ -307,3 +309,14 @@ class Replication:
             self._read_states.append(ReadState(index, ctx))
         else:
             self._msgs.append(MsgReadIndexResp(self.id, requester, 0, index, ctx))
+
+
+def _entries_follow(m: MsgApp) -> bool:
+    """An append's entries must continue ``prev_index`` one by one, with terms that never
+    decrease, never exceed the message's term and never precede ``prev_term``."""
+    expected, last_term = m.prev_index + 1, m.prev_term
+    for e in m.entries:
+        if e.index != expected or e.term < last_term or e.term > m.term:
+            return False
+        expected, last_term = expected + 1, e.term
+    return True
