@@ -63,8 +63,10 @@ logger = logging.getLogger("microtrio.db")
 
 T = TypeVar("T")
 
-#: How often a batch refused as stale (see :mod:`._apply`) is re-executed.
-_MAX_ATTEMPTS = 5
+#: How often a batch refused as stale (see :mod:`._apply`) is re-executed. Each retry runs
+#: after a read barrier, on a state that includes what beat it; only a member whose writes
+#: keep racing a busier writer on the same database needs more than a few.
+_MAX_ATTEMPTS = 64
 #: How long a member waiting for others to upgrade sleeps between checks (reference 6.4).
 UPGRADE_RETRY_SECONDS = 30.0
 
