@@ -23,6 +23,7 @@ import yaml
 from . import __version__
 from ._app import App
 from ._certs import fingerprint
+from ._cli_cluster import add_cluster_commands
 from ._daemon import DaemonArgs
 from ._errors import MicrotrioError
 
@@ -264,6 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = cluster.add_subparsers(dest="cluster_command", required=True, metavar="COMMAND")
     p = command("list", _cmd_cluster_list, "list the cluster members", csub)
     p.add_argument("-f", "--format", choices=FORMATS, default="table")
+    add_cluster_commands(csub, command)
 
     p = command("sql", _cmd_sql, "run SQL on the cluster database")
     p.add_argument("query", help="SQL text, '-' to read stdin, '.dump' or '.schema'")

@@ -10,11 +10,12 @@ additional servers on ``PUT /core/1.0/daemon/servers``).
 
 * Uninitialised: the control socket (and, if configured, the pre-init listener) serve; the
   database status is "not yet initialized".
-* ``POST /core/control`` with ``bootstrap`` runs :meth:`Daemon.initialise`: daemon.yaml,
-  PreInit, certificates, the core TLS listener (port 0 allowed: the bound port is recorded),
-  the database (built in ONE place, :meth:`_new_database`, so Raft replication swaps in there),
-  the member's row, ``database/info.yaml``, additional servers, PostBootstrap. A failure after
-  PreInit rolls back: PreRemove(force) and an in-process reset to a fresh daemon.
+* ``POST /core/control`` runs :meth:`Daemon.initialise`: bootstrap or join
+  (:func:`~._join.initialise_member`; the daemon is its :class:`~._join.InitHost`). A failure
+  after PreInit rolls back: PreRemove(force) and an in-process reset to a fresh daemon.
+* The database is built in ONE place (:meth:`open_database`): replicated through Raft by the
+  member's :class:`~._membership.MemberCluster`, which also runs admission, removal,
+  heartbeats and roles. The core listener carries the Raft websocket route.
 * An initialised member restarts with its state: same listeners, database opened again.
 * Stop (signal handled by the CLI, ``POST /core/control/shutdown``, or :meth:`shutdown`):
   new requests get 503, the database closes, listeners drain under ``drain_timeout``, then the
@@ -31,9 +32,9 @@ from functools import partial
 from typing import Any, final
 
 import trio
-import yaml
 
 from ._api._args import DaemonArgs
+from ._api._cluster_routes import cluster_resources
 from ._api._control import control_resources
 from ._api._group import ListenerGroup, Running, Serve
 from ._api._internal import fan_out, internal_resources
@@ -46,27 +47,26 @@ from ._api._state import ClusterMemberLocal, ControlRequest, State
 from ._certs import (
     CertKeyPair,
     SSLContextHolder,
-    cert_pem,
     ensure_server_cert,
     generate_cert_key_pair,
     load_cert_key_pair,
     validate_pair,
     write_cert_key_pair,
 )
-from ._cluster import _members as members
-from ._cluster._truststore import TrustedMember, Truststore
-from ._db import Database, DatabaseStatus, ExtensionRegistry, LocalCommitter
+from ._cluster._recovery import import_recovery_tarball
+from ._cluster._truststore import Truststore
+from ._db import Database, DatabaseStatus, ExtensionRegistry
 from ._errors import (
     BadRequestError,
-    MicrotrioError,
     NotFoundError,
-    NotImplementedMethodError,
-    StateError,
     ValidationError,
 )
 from ._hooks import HookRunner, HookType
+from ._join import initialise_member
+from ._membership import MemberCluster, RaftRouteProxy
 from ._metrics import MetricsRegistry
-from ._state import DaemonConfig, ServerConfig, StateDir, atomic_write
+from ._replication import add_raft_route
+from ._state import DaemonConfig, ServerConfig, StateDir
 
 __all__ = ["Daemon", "DaemonArgs"]
 
@@ -97,6 +97,9 @@ class Daemon:
             wall_clock=args.wall_clock,
         )
         self._db: Database | None = None
+        self._cluster: MemberCluster | None = None
+        self._raft_route = RaftRouteProxy()
+        self._reset_lock = trio.Lock()
         self._db_closed = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._listeners = ListenerGroup(drain_timeout=args.drain_timeout)
@@ -152,8 +155,8 @@ class Daemon:
         self.state._shutting_down = True
         self._stopping = True
         logger.info("%s: stopping", self.state.name)
-        with trio.move_on_after(self._args.drain_timeout) as scope:
-            await self._close_database()
+        with trio.move_on_after(2 * self._args.drain_timeout) as scope:
+            await self._close_database(hand_over=True)
         if scope.cancelled_caught:
             logger.warning("%s: database did not close in time", self.state.name)
         await self._listeners.stop_all()
@@ -169,32 +172,58 @@ class Daemon:
 
     # -- database (built in ONE place) ---------------------------------------------------
 
-    def _new_database(self) -> Database:
-        """The member's database. Replication swaps its committer here (one change)."""
-        return Database(
+    async def open_database(self, *, bootstrap: bool, joining: bool = False) -> Database:
+        """The member's database, replicated through Raft (built here only): the founding
+        member bootstraps Raft; a joiner first catches up with the leader; a restarted
+        member waits for a leader before it opens (it needs a quorum to write)."""
+        assert self._nursery is not None
+        args = self._args
+        cluster = await MemberCluster.open(
+            state=self.state,
+            state_dir=self._dir,
+            truststore=self._truststore,
+            hooks=self._hooks,
+            bootstrap=bootstrap,
+            interval=args.heartbeat,
+            wall_clock=args.wall_clock,
+        )
+        db = Database(
             self._dir.database_dir / "db.bin",
             extensions=self._extensions,
-            schema_updates=self._args.schema_updates,
+            schema_updates=args.schema_updates,
             patch_path=self._dir.patch_global_sql,
-            committer_factory=instrument_committer(self.metrics, LocalCommitter),
+            committer_factory=instrument_committer(self.metrics, cluster.committer_factory),
+            member=self.state.name,
         )
-
-    async def _open_database(self, *, bootstrap: bool) -> Database:
-        assert self._nursery is not None
-        db = self._new_database()
-        self._db = db
+        self._db, self._cluster = db, cluster
         self._db_closed = trio.Event()
         await self._nursery.start(db.run)
+        await self._nursery.start(cluster.run_replication, db)
+        self._raft_route.attach(cluster.replication.transport)
+        if joining:
+            await cluster.catch_up()
+        elif not bootstrap:
+            await cluster.wait_for_leader()
         await db.open(bootstrap=bootstrap, member_name=self.state.name)
         self.state._database = db
+        await cluster.start_components(db, nursery=self._nursery, extensions=self._extensions.names)
         return db
 
-    async def _close_database(self) -> None:
+    async def _close_database(self, *, hand_over: bool = False) -> None:
+        """Hand leadership over (graceful stop), stop the replication, then close the
+        database: the driver must not apply entries to a closed database."""
         db, self._db = self._db, None
+        cluster, self._cluster = self._cluster, None
         try:
-            if db is not None:
-                await db.close()
+            if cluster is not None and hand_over:
+                await cluster.hand_over()
         finally:
+            self._raft_route.attach(None)
+            with trio.CancelScope(shield=True), trio.move_on_after(self._args.drain_timeout):
+                if cluster is not None:
+                    await cluster.aclose(hand_over=False)
+                if db is not None:
+                    await db.close()
             self.state._database = None
             self._db_closed.set()
 
@@ -244,7 +273,8 @@ class Daemon:
         return found
 
     async def _serve_unix(self, running: Running, **kwargs: Any) -> None:
-        core = [control_resources(), internal_resources(), public_resources()]
+        core = [*self._cluster_routes(), control_resources(), internal_resources()]
+        core.append(public_resources())
         early = self._app_resources(unix=True, pre_init=True)
         late = self._app_resources(unix=True, pre_init=False)
         app = build_app(self._context(ListenerKind.UNIX, core + early, after_init=late))
@@ -271,6 +301,8 @@ class Daemon:
     ) -> None:
         # The Host check compares with the bound address (known once bound: port 0 works).
         app = build_app(self._context(kind, resources, running))
+        if kind is ListenerKind.CORE:
+            add_raft_route(app, self._raft_route)  # type: ignore[arg-type]  # a proxy
         await serve_tcp(
             app,
             address,
@@ -281,12 +313,17 @@ class Daemon:
             **kwargs,
         )
 
-    async def _start_core_listener(self, address: str) -> str:
-        pair = await trio.to_thread.run_sync(
-            load_cert_key_pair, self._dir.cluster_crt, self._dir.cluster_key
-        )
+    def _cluster_routes(self) -> list[Resources]:
+        return cluster_resources(lambda: self._cluster)
+
+    async def start_core_listener(self, address: str) -> str:
+        """The core listener (a joiner starts it with server.crt until it is admitted)."""
+        crt, key = self._dir.cluster_crt, self._dir.cluster_key
+        if not crt.exists():
+            crt, key = self._dir.server_crt, self._dir.server_key
+        pair = await trio.to_thread.run_sync(load_cert_key_pair, crt, key)
         holder = await trio.to_thread.run_sync(SSLContextHolder, pair)
-        resources = [internal_resources(), public_resources()]
+        resources = [*self._cluster_routes(), internal_resources(), public_resources()]
         resources += self._app_resources(unix=False)
         return await self._start_listener(
             "core",
@@ -349,14 +386,28 @@ class Daemon:
     # -- start of an initialised member --------------------------------------------------
 
     async def _start_member(self) -> None:
-        self.state._address = await self._start_core_listener(self.state.address)
-        await self._open_database(bootstrap=False)
+        now = self._args.wall_clock()
+        own = await trio.to_thread.run_sync(
+            partial(
+                import_recovery_tarball,
+                self._dir,
+                self._truststore,
+                own_name=self.state.name,
+                now=now,
+            )
+        )
+        if own is not None:  # recovery may have changed this member's address
+            config = await trio.to_thread.run_sync(self._dir.load_daemon_config)
+            if config is not None:
+                self.set_identity(config.name, config.address, config)
+        self.state._address = await self.start_core_listener(self.state.address)
+        await self.open_database(bootstrap=False)
         await self._start_extra_listeners(pre_init_only=False)
 
     # -- MemberControl: init, reset ------------------------------------------------------
 
     async def initialise(self, request: ControlRequest) -> None:
-        """Bootstrap (join: not yet). The work runs as a task of the daemon, not of the
+        """Bootstrap or join (``_join.py``). The work runs as a task of the daemon, not of the
         request, so a caller that disconnects cannot leave a half-initialised member."""
         assert self._nursery is not None
         if self._initialising:
@@ -364,17 +415,13 @@ class Daemon:
         status = self.database_status()
         if status is not DatabaseStatus.NOT_INITIALIZED:
             raise BadRequestError(f"Unable to initialize cluster: {status}")
-        if not request.bootstrap:
-            raise NotImplementedMethodError(
-                "Joining an existing cluster is not supported by this member yet"
-            )
         self._initialising = True
         done = trio.Event()
         failure: list[Exception] = []
 
         async def bootstrap() -> None:
             try:
-                await self._bootstrap(request)
+                await initialise_member(self, request)
             except Exception as exc:  # handed to the caller below
                 failure.append(exc)
             finally:
@@ -386,87 +433,18 @@ class Daemon:
         if failure:
             raise failure[0]
 
-    async def _bootstrap(self, request: ControlRequest) -> None:
-        servers = {
-            name: ServerConfig(srv.address)
-            for name, srv in self._args.servers.items()
-            if not srv.core_api
-        }
-        config = DaemonConfig(request.name, request.address, servers)
-        await trio.to_thread.run_sync(self._dir.save_daemon_config, config)
-        previous = (self.state._name, self.state._address, self.state._config)
-        self.state._name, self.state._address, self.state._config = (
-            request.name,
-            request.address,
-            config,
-        )
-        try:
-            await self._hooks.run(HookType.PRE_INIT, self.state, True, dict(request.config))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_unlink, self._dir.daemon_yaml)
-            self.state._name, self.state._address, self.state._config = previous
-            raise
-        try:
-            await self._bootstrap_steps(request)
-        except Exception as exc:
-            logger.warning("%s: bootstrap failed, rolling back: %s", request.name, exc)
-            with trio.CancelScope(shield=True), trio.move_on_after(60):
-                await self._rollback()
-            raise
-        logger.info("%s: bootstrapped at %s", self.state.name, self.state.address)
-
-    async def _bootstrap_steps(self, request: ControlRequest) -> None:
-        name = request.name
-        server = await trio.to_thread.run_sync(ensure_server_cert, self._dir, name)
-        if not self._dir.cluster_crt.exists():
-            cluster = await trio.to_thread.run_sync(partial(generate_cert_key_pair, name))
-            await trio.to_thread.run_sync(
-                write_cert_key_pair, self._dir.cluster_crt, self._dir.cluster_key, cluster
-            )
-        await self._listeners.stop("pre-init")
-        address = await self._start_core_listener(request.address)
-        if address != request.address:
-            self.state._address = address
-            config = DaemonConfig(
-                name, address, self.state._config.servers if self.state._config else {}
-            )
-            self.state._config = config
-            await trio.to_thread.run_sync(self._dir.save_daemon_config, config)
-        own = TrustedMember(name=name, address=address, certificate=cert_pem(server.cert))
-        await trio.to_thread.run_sync(self._truststore.add, own)
-        db = await self._open_database(bootstrap=True)
-        internal, external, _ = db.schema_versions()
-
-        def insert(conn: Any) -> None:
-            members.insert_member(
-                conn,
-                name=name,
-                address=address,
-                certificate=own.certificate,
-                schema_internal=internal,
-                schema_external=external,
-                extensions=self._extensions.names,
-                role="voter",
-            )
-
-        await db.transaction(insert)
-        info = yaml.safe_dump({"ID": 1, "Address": address, "Role": 0}, sort_keys=False)
-        await trio.to_thread.run_sync(atomic_write, self._dir.database_info, info, 0o644)
-        await self._start_extra_listeners(pre_init_only=False)
-        await self._hooks.run(HookType.POST_BOOTSTRAP, self.state, dict(request.config))
-
-    async def _rollback(self) -> None:
-        try:
-            await self._hooks.run(HookType.PRE_REMOVE, self.state, True)
-        except MicrotrioError as exc:
-            logger.warning("%s: PreRemove during rollback failed: %s", self.state.name, exc)
-        await self._reset_member()
-
     async def reset(self, *, force: bool) -> None:
         """Answer first, then wipe the state and come back uninitialised (in-process)."""
         assert self._nursery is not None
-        self._nursery.start_soon(self._reset_member)
+        self._nursery.start_soon(self.reset_member)
+
+    async def reset_member(self) -> None:
+        """Wipe the state and come back uninitialised; a second reset waits for the first
+        and then does nothing."""
+        async with self._reset_lock:
+            if self.state._config is None and self._db is None:
+                return
+            await self._reset_member()
 
     async def _reset_member(self) -> None:
         self.state._ready = False
@@ -491,6 +469,51 @@ class Daemon:
         """Wait until at least ``count`` in-process resets have completed."""
         while self.reset_count < count:
             await self._reset_changed.wait()
+
+    # -- InitHost (``_join.py``) ---------------------------------------------------------
+
+    @property
+    def state_dir(self) -> StateDir:
+        return self._dir
+
+    @property
+    def truststore(self) -> Truststore:
+        return self._truststore
+
+    @property
+    def hooks(self) -> HookRunner:
+        return self._hooks
+
+    @property
+    def cluster(self) -> MemberCluster | None:
+        """The member's cluster membership while its database is open."""
+        return self._cluster
+
+    @property
+    def extension_names(self) -> list[str]:
+        return self._extensions.names
+
+    @property
+    def external_schema_version(self) -> int:
+        return len(self._args.schema_updates)
+
+    def set_identity(self, name: str, address: str, config: DaemonConfig | None) -> None:
+        self.state._name, self.state._address, self.state._config = name, address, config
+
+    def extra_server_configs(self) -> dict[str, ServerConfig]:
+        servers = self._args.servers.items()
+        return {name: ServerConfig(srv.address) for name, srv in servers if not srv.core_api}
+
+    async def stop_listener(self, key: str) -> None:
+        await self._listeners.stop(key)
+
+    async def swap_core_certificate(self, pair: CertKeyPair) -> None:
+        running = self._listeners.get("core")
+        if running is not None and running.holder is not None:
+            await trio.to_thread.run_sync(running.holder.swap, pair)
+
+    async def start_extra_listeners(self) -> None:
+        await self._start_extra_listeners(pre_init_only=False)
 
     # -- MemberControl: certificates, servers, truststore --------------------------------
 
@@ -575,12 +598,3 @@ class Daemon:
     def listener_addresses(self) -> dict[str, str]:
         """Bound address of every running listener, by key (``unix``, ``core``, ...)."""
         return self._listeners.addresses
-
-
-def _unlink(path: os.PathLike[str]) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as exc:
-        raise StateError(f"Cannot remove {path}: {exc}") from exc

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, final
 
 import trio
 
+from ._api._state import RoleStatus
 from ._certs import CertKeyPair, load_cert_key_pair
 from ._client import Client
 from ._cluster._admission import Admission, KeyPairEntry
@@ -46,8 +47,8 @@ from ._cluster._heartbeat import (
     RoleTransition,
     raft_addresses,
 )
-from ._cluster._roles import Removal, ReplicationMembership, hand_over_leadership
-from ._cluster._upgrade import SchemaUpdateTrigger
+from ._cluster._roles import Removal, ReplicationMembership
+from ._cluster._upgrade import SchemaUpdateTrigger, notify_members
 from ._errors import MicrotrioError, NoLeaderError, UnavailableError
 from ._hooks import HookType
 from ._replication import (
@@ -58,6 +59,7 @@ from ._replication import (
     node_id_for,
     open_member_replication,
 )
+from .raft import Role
 
 if TYPE_CHECKING:
     from ._api._state import State
@@ -136,6 +138,26 @@ class RaftRouteProxy:
         await self._transport.handle_inbound(inbound, certificates)
 
 
+def additional_key_pairs(state_dir: StateDir) -> dict[str, KeyPairEntry]:
+    """Every ``certificates/<name>.crt`` key pair (a joiner gets them all, reference 7.4)."""
+    found: dict[str, KeyPairEntry] = {}
+    directory = state_dir.certificates_dir
+    if not directory.is_dir():
+        return found
+    for crt in sorted(directory.glob("*.crt")):
+        name = crt.stem
+        _, key, ca = state_dir.certificate_files(name)
+        try:
+            found[name] = KeyPairEntry(
+                cert=crt.read_text(encoding="ascii"),
+                key=key.read_text(encoding="ascii"),
+                ca=ca.read_text(encoding="ascii") if ca.exists() else "",
+            )
+        except (OSError, UnicodeDecodeError) as exc:
+            logger.warning("cannot read the key pair of %s: %s", name, exc)
+    return found
+
+
 def _is_trusted(truststore: Truststore) -> Callable[[bytes], bool]:
     return lambda der: truststore.by_certificate(der) is not None
 
@@ -175,7 +197,6 @@ class MemberCluster:
         self.trigger = SchemaUpdateTrigger(name=state.name)
         self._online: set[int] | None = None
         self._scope = trio.CancelScope()
-        self._db: Database | None = None
 
     @classmethod
     async def open(
@@ -233,7 +254,6 @@ class MemberCluster:
         self, db: Database, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Run the replication (after ``db.run``); peers' addresses follow the member table."""
-        self._db = db
 
         async def addresses() -> Mapping[int, str]:
             return await db.read(raft_addresses, stale=True)
@@ -285,7 +305,8 @@ class MemberCluster:
 
         async def credentials() -> tuple[str, str, Mapping[str, KeyPairEntry]]:
             pair = self._cluster_pair
-            return pair.cert.decode(), pair.key.decode(), {}
+            extra = await trio.to_thread.run_sync(additional_key_pairs, state.state_dir)
+            return pair.cert.decode(), pair.key.decode(), extra
 
         self.admission = Admission(
             own_name=state.name,
@@ -314,8 +335,6 @@ class MemberCluster:
         )
 
         async def on_heartbeat(changes: Mapping[str, RoleTransition]) -> None:
-            from ._api._state import RoleStatus
-
             statuses = {n: RoleStatus(c.old, c.new) for n, c in changes.items()}
             await self._hooks.run(HookType.ON_HEARTBEAT, state, statuses)
 
@@ -332,16 +351,24 @@ class MemberCluster:
             config=HeartbeatConfig(interval=self.interval),
             lock=self.lock,
         )
-        await nursery.start(self._run_components)
+        others = [m.address for m in self._truststore.members() if m.name != state.name]
+        await nursery.start(self._run_components, others, factory)
 
     async def _run_components(
-        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+        self,
+        others: list[str],
+        factory: Callable[[str], MemberClient],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        assert self.heartbeat is not None
+        """Heartbeats and the schema-update trigger; and once, ``PATCH
+        /core/internal/database`` to every other member so that members waiting for an
+        upgrade check again (reference 7.1, step 6)."""
         with self._scope:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.trigger.run)
                 await nursery.start(self._heartbeats)
+                nursery.start_soon(notify_members, others, factory)
                 task_status.started()
 
     async def _heartbeats(
@@ -380,12 +407,27 @@ class MemberCluster:
 
     # -- stop ----------------------------------------------------------------------------
 
-    async def hand_over(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Before a graceful stop: if this member leads, hand leadership to another voter."""
+    async def hand_over(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+        """Before a graceful stop: if this member leads, hand leadership to the most
+        up-to-date voter heard from within an election timeout (none: nothing to do, so
+        the last member of a stopping cluster does not wait for a dead one)."""
+        own = node_id_for(self._state.name)
+        if self.membership.leader() != own:
+            return
         try:
-            await hand_over_leadership(
-                self.membership, node_id_for(self._state.name), timeout=timeout
-            )
+            status = await self.replication.status()
+            conf = status.conf.as_dict()
+            active = sorted((p.match, node) for node, p in status.progress.items()
+                            if node != own and p.recent_active and conf.get(node) is Role.VOTER)
+            if not active:
+                logger.info("%s: no active voter to hand leadership to", self._state.name)
+                return
+            with trio.move_on_after(timeout):
+                new = await self.membership.transfer_leadership(active[-1][1])
+                logger.info("%s: leadership handed over to %d before shutdown",
+                            self._state.name, new)
+                return
+            logger.warning("%s: leadership hand-over timed out", self._state.name)
         except MicrotrioError as exc:  # never blocks the shutdown
             logger.warning("%s: no hand-over: %s", self._state.name, exc)
 

@@ -49,6 +49,8 @@ logger = logging.getLogger("microtrio.api")
 #: Forwarded cluster operations (removal runs hooks on several members) get this long.
 FORWARD_TIMEOUT = 120.0
 
+FORWARDED_HEADER = "X-LXD-forwarded-address"
+
 GetCluster = Callable[[], "MemberCluster | None"]
 
 
@@ -75,21 +77,35 @@ def _admit(get: GetCluster) -> Handler:
     async def handler(state: State, req: Request) -> Any:
         cluster = _cluster(get)
         request = JoinRequest.from_dict(await read_json_object(req))
+        remote = _remote(state, req)
         if not cluster.is_leader():
             leader = await cluster.wait_leader_address()
             if leader != state.address:
                 logger.info("%s: forwarding the admission of %s to %s", state.name,
                             request.name, leader)
-                return await _forward(state, leader, "POST", "/core/internal/cluster",
-                                      request.to_dict())
+                async with await state.remote_client(leader) as client:
+                    # The leader rate-limits the joiner's address, not ours.
+                    return await client.notifier(remote).query(
+                        "POST", "/core/internal/cluster", request.to_dict(),
+                        timeout=FORWARD_TIMEOUT)
         admission = cluster.admission
         if admission is None:
             raise UnavailableError("Join admission is not running yet")
-        remote = req.remote_addr or "unknown"
         response = await admission.admit(request, remote=remote)
         return response.to_dict()
 
     return handler
+
+
+def _remote(state: State, req: Request) -> str:
+    """The joiner's address for rate limiting: the peer's, or, when a trusted member
+    forwarded the request, the address it names (``X-LXD-forwarded-address``)."""
+    forwarded = req.headers.get(FORWARDED_HEADER, "")
+    if forwarded:
+        scope = cast("MutableMapping[str, Any]", req.scope)
+        if trusted_member_for_scope(scope, state.truststore, now=state.now()) is not None:
+            return forwarded
+    return req.remote_addr or "unknown"
 
 
 def _heartbeat(get: GetCluster) -> Handler:

@@ -1,0 +1,68 @@
+"""Removal through the real daemon: a follower forwards to the leader, the removed member
+resets itself in-process, the leader can remove itself, and a removed name can re-join."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+import microtrio
+
+from ._flows import form_cluster, leader_of, members, wait_roles
+from .conftest import CEILING, Recorder
+
+ONLINE_VOTER = ("voter", "ONLINE")
+
+
+async def test_remove_rejoin_and_remove_the_leader(tmp_path: Path) -> None:
+    recorder = Recorder()
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CEILING):
+            nodes = await form_cluster(nursery, tmp_path, 3, recorder)
+            m1, m2, m3 = nodes
+            await wait_roles(m1.app, [ONLINE_VOTER] * 3)
+            await m1.app.sql("CREATE TABLE kept (v INTEGER)")
+            await m1.app.sql("INSERT INTO kept VALUES (1)")
+
+            # Removal asked on a member that is not the leader: forwarded to the leader.
+            leader = await leader_of(nodes)
+            asker = next(n for n in nodes if n is not leader and n is not m3)
+            async with asker.app.local_client() as client:
+                await client.remove_member("member3")
+            daemon3 = m3.app.daemon
+            assert daemon3 is not None
+            await daemon3.wait_reset(1)
+            assert (await m3.app.status())["ready"] is False
+            assert set(await members(m1.app)) == {"member1", "member2"}
+            assert not (m1.state_dir / "truststore" / "member3.yaml").exists()
+            assert ("pre-remove", (False,)) in recorder.of("member3")
+            for name in ("member1", "member2"):
+                assert ("post-remove", (False,)) in recorder.of(name)
+
+            # Unknown names are refused; the removed member can join again.
+            async with m1.app.local_client() as client:
+                with pytest.raises(microtrio.MicrotrioError, match="member9"):
+                    await client.remove_member("member9")
+            token = await m2.app.new_join_token("member3")
+            await m3.app.join_cluster("member3", "127.0.0.1:0", token)
+            await wait_roles(m2.app, [ONLINE_VOTER] * 3)
+            result = await m3.app.sql("SELECT v FROM kept")
+            assert isinstance(result, dict)
+            assert result["Results"][0]["rows"] == [[1]]
+
+            # The leader removes itself: leadership moves first, then it is removed.
+            leader = await leader_of(nodes)
+            async with leader.app.local_client() as client:
+                await client.remove_member(leader.name)
+            daemon = leader.app.daemon
+            assert daemon is not None
+            await daemon.wait_reset(1 if leader is not m3 else 2)
+            rest = [n for n in nodes if n is not leader]
+            assert set(await members(rest[0].app)) == {n.name for n in rest}
+            await rest[1].app.sql("INSERT INTO kept VALUES (2)")
+            result = await rest[0].app.sql("SELECT count(*) FROM kept")
+            assert isinstance(result, dict)
+            assert result["Results"][0]["rows"] == [[2]]
+        nursery.cancel_scope.cancel()
