@@ -83,10 +83,13 @@ class DatabaseStatistics:
 
 
 class _Request:
-    __slots__ = ("done", "fn", "outcome")
+    __slots__ = ("done", "fenced", "fn", "outcome")
 
-    def __init__(self, fn: Callable[[apsw.Connection], Any]) -> None:
+    def __init__(self, fn: Callable[[apsw.Connection], Any], *, fenced: bool) -> None:
         self.fn = fn
+        #: A client transaction: acknowledged without a commit only on a state at least
+        #: as new as a read index (internal start-up writes are not fenced).
+        self.fenced = fenced
         self.done = trio.Event()
         self.outcome: TxnOutcome | None = None
 
@@ -256,7 +259,7 @@ class Database:
         :class:`~microtrio.BadRequestError`; other exceptions of ``fn`` propagate.
         """
         self._require_online()
-        return await self._submit(fn)
+        return await self._submit(fn, fenced=True)
 
     @overload
     async def read(
@@ -295,7 +298,7 @@ class Database:
             if not isinstance(exc.__cause__, apsw.AuthError):
                 raise
             # e.g. PRAGMA user_version = N: refused on readers, replicated by the writer
-        return await self._submit(lambda conn: run_statements(conn, statements))
+        return await self._submit(lambda conn: run_statements(conn, statements), fenced=True)
 
     async def dump(self, *, schema_only: bool = False) -> str:
         """``GET /core/internal/sql``: SQL text of the database (``.dump`` style)."""
@@ -391,10 +394,10 @@ class Database:
                 return
             request.resolve(TxnOutcome(error=DatabaseNotOpenError(str(self.status))))
 
-    async def _submit(self, fn: Callable[[apsw.Connection], T]) -> T:
+    async def _submit(self, fn: Callable[[apsw.Connection], T], *, fenced: bool = False) -> T:
         if not self._running:
             raise DatabaseNotOpenError(str(self.status))
-        request = _Request(fn)
+        request = _Request(fn, fenced=fenced)
         try:
             await self._send.send(request)
         except trio.ClosedResourceError:
@@ -438,10 +441,15 @@ class Database:
         conn = self._conn
         assert conn is not None
         fns = [r.fn for r in batch]
+        fenced = any(r.fenced for r in batch)
         self._transactions += len(batch)
-        for attempt in range(_MAX_ATTEMPTS):
-            if attempt:
-                # refused as stale: run again on a state that includes what beat us
+        need_barrier = fence_checked = False
+        for _attempt in range(_MAX_ATTEMPTS):
+            if need_barrier:
+                # run again on a state that includes what beat us (refused as stale), or
+                # that is at least as new as a read index (a fenced batch that changed
+                # nothing: its results must not come from a stale local state)
+                need_barrier = False
                 try:
                     await committer.read_barrier()
                 except MicrotrioError as exc:  # no leader now: nothing of the batch committed
@@ -454,6 +462,9 @@ class Database:
                 outcomes = [TxnOutcome(error=exc)] * len(batch)
                 break
             if not write.ops:
+                if fenced and not fence_checked:
+                    need_barrier = fence_checked = True
+                    continue
                 break
             try:
                 index = await committer.commit(encode_batch(write))
@@ -464,6 +475,7 @@ class Database:
             if not applier.was_refused(index):
                 break
             logger.info("%s: batch refused as stale at %d, re-executing", self._member, index)
+            need_barrier = True
         else:
             err = UnavailableError("write batch kept conflicting with concurrent writes")
             outcomes = [o if o.error is not None else TxnOutcome(error=err) for o in outcomes]

@@ -1,7 +1,7 @@
 """A client write that changes nothing must be acknowledged only on a state at least as new
 as a read index: on a member cut off from the leader, "PUT k=A" after an acknowledged
-"PUT k=B" must not be acknowledged as a no-op of its stale state (a linearizability bug,
-shown here; the fix is described in docs/benchmarks.md)."""
+"PUT k=B" must not be acknowledged as a no-op of its stale state (Database._run_batch runs a
+fenced batch that changed nothing once more after the committer's read barrier)."""
 
 from __future__ import annotations
 
@@ -18,12 +18,6 @@ CEILING = 60.0
 UPSERT = "INSERT INTO kv VALUES ('k', ?) ON CONFLICT (k) DO UPDATE SET v = excluded.v"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a no-op client write is acknowledged on the member's local state without a read "
-    "barrier (Database._run_batch); fencing it breaks test_a_write_that_changes_nothing_needs_"
-    "no_quorum, which should use an internal (unfenced) write instead",
-)
 async def test_a_no_op_write_on_a_stale_member_is_not_acknowledged(tmp_path: Path) -> None:
     faults = Faults()
     config = CommitterConfig(leader_wait=1.0, read_attempt=0.2)
