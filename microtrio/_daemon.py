@@ -66,6 +66,7 @@ from ._join import initialise_member
 from ._membership import MemberCluster, RaftRouteProxy
 from ._metrics import MetricsRegistry
 from ._replication import add_raft_route
+from ._replication._metrics import install_raft_metrics
 from ._state import DaemonConfig, ServerConfig, StateDir
 
 __all__ = ["Daemon", "DaemonArgs"]
@@ -113,6 +114,9 @@ class Daemon:
         self.metrics = MetricsRegistry()
         self._request_metrics = install_member_metrics(
             self.metrics, self.state, lambda: self.listener_addresses
+        )
+        install_raft_metrics(
+            self.metrics, lambda: self._cluster.replication if self._cluster else None
         )
 
     # -- lifecycle -----------------------------------------------------------------------

@@ -45,6 +45,10 @@ Names the Raft driver and heartbeats are expected to use (so dashboards stay sta
 ``microtrio_raft_applied_index``, ``microtrio_raft_log_entries``, ``microtrio_raft_log_bytes``,
 ``microtrio_raft_peer_lag_entries{peer}``, ``microtrio_heartbeat_age_seconds{member}``.
 
+Values that need I/O to read (an ``await``: the Raft driver's status, the member rows) come
+from **async collectors**, :meth:`MetricsRegistry.add_async_collector`: the metrics endpoint
+awaits :meth:`MetricsRegistry.refresh` (each bounded by a timeout) before :meth:`render`.
+
 Registering a name twice with the same kind and labels returns the existing instrument;
 anything else is a :class:`~microtrio.ValidationError`. A collector that raises is logged
 and skipped for that scrape (a metrics page must never fail because one source did).
@@ -55,15 +59,18 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, final
+
+import trio
 
 from ._errors import ValidationError
 
 __all__ = [
     "CONTENT_TYPE",
     "DEFAULT_BUCKETS",
+    "AsyncCollector",
     "Counter",
     "Family",
     "Gauge",
@@ -338,6 +345,7 @@ class Histogram(_Metric):
 
 
 Collector = Callable[[], Iterable[Sample]]
+AsyncCollector = Callable[[], Awaitable[Iterable[Sample]]]
 
 
 @final
@@ -348,6 +356,7 @@ class MetricsRegistry:
         self._metrics: dict[str, _Metric] = {}
         self._families: dict[str, Family] = {}
         self._collectors: dict[int, tuple[Collector, tuple[Family, ...]]] = {}
+        self._refreshers: dict[int, tuple[AsyncCollector, list[list[Sample]]]] = {}
         self._next_id = 0
 
     def _claim(self, name: str) -> None:
@@ -411,6 +420,45 @@ class MetricsRegistry:
                     self._families.pop(family.name, None)
 
         return remove
+
+    def add_async_collector(
+        self, collect: AsyncCollector, *, families: Sequence[Family]
+    ) -> Callable[[], None]:
+        """Await ``collect()`` in every :meth:`refresh`; :meth:`render` shows what the last
+        refresh returned. Returns the function that removes it."""
+        cell: list[list[Sample]] = [[]]
+        remove_sync = self.add_collector(lambda: cell[0], families=families)
+        key = self._next_id
+        self._next_id += 1
+        self._refreshers[key] = (collect, cell)
+
+        def remove() -> None:
+            self._refreshers.pop(key, None)
+            remove_sync()
+
+        return remove
+
+    async def refresh(self, timeout: float = 2.0) -> None:  # noqa: ASYNC109
+        """Run every async collector (concurrently, each bounded by ``timeout`` seconds);
+        one that fails or times out publishes no samples for this scrape."""
+
+        async def one(collect: AsyncCollector, cell: list[list[Sample]]) -> None:
+            cell[0] = []
+            samples: list[Sample] | None = None
+            try:
+                with trio.move_on_after(timeout):
+                    samples = list(await collect())
+            except Exception:  # one broken source must not take the whole page down
+                logger.warning("metrics collector %r failed", collect, exc_info=True)
+                return
+            if samples is None:
+                logger.warning("metrics collector %r timed out after %s s", collect, timeout)
+                return
+            cell[0] = samples
+
+        async with trio.open_nursery() as nursery:
+            for collect, cell in list(self._refreshers.values()):
+                nursery.start_soon(one, collect, cell)
 
     def names(self) -> list[str]:
         """Every registered family name (instruments and collectors)."""

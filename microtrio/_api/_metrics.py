@@ -15,6 +15,11 @@ heartbeats add their own families there, see its docstring):
   ``microtrio_db_applied_index``, ``microtrio_db_commits_total``,
   ``microtrio_db_transactions_total``, ``microtrio_db_queued_transactions``;
 * ``microtrio_listener_info{listener,address}`` for every running listener;
+* ``microtrio_heartbeat_age_seconds{member}``: per member row, seconds since its last
+  heartbeat by the injected wall clock (a stale local read at scrape time; members never
+  heartbeated are left out);
+* the Raft families of :mod:`microtrio._replication._metrics` (term, role, commit and applied
+  index, log size, per-peer lag), registered by the daemon;
 * ``microtrio_db_commit_seconds`` (a write batch: replicate and apply) and
   ``microtrio_db_read_barrier_seconds`` (a linearizable read's wait for the read index),
   histograms observed by :func:`instrument_committer` around the database's committer; the
@@ -30,7 +35,9 @@ from typing import TYPE_CHECKING, Any, final
 import trio
 from quart import Request, Response
 
+from .._cluster._members import list_members, parse_time
 from .._db._status import DatabaseStatus
+from .._errors import MicrotrioError
 from .._metrics import CONTENT_TYPE, Family, MetricsRegistry, Sample
 from ._openapi import RoutesGetter, openapi_resources, responds_with
 from ._resources import Endpoint, EndpointAction, Resources
@@ -115,12 +122,41 @@ def _member_samples(state: State, listeners: Callable[[], Mapping[str, str]]) ->
     return out
 
 
+_HEARTBEAT_FAMILIES = (
+    Family(
+        "microtrio_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since a member's last heartbeat (from the member rows)",
+    ),
+)
+
+
+async def _heartbeat_samples(state: State) -> list[Sample]:
+    if state.database_status is not DatabaseStatus.ONLINE:
+        return []
+    try:
+        rows = await state.database.read(list_members, stale=True)
+    except MicrotrioError:  # closed between the check and the read
+        return []
+    now = state.now()
+    out = []
+    for row in rows:
+        last = parse_time(row.heartbeat)
+        if last is not None:
+            age = max(0.0, (now - last).total_seconds())
+            out.append(Sample("microtrio_heartbeat_age_seconds", age, {"member": row.name}))
+    return out
+
+
 def install_member_metrics(
     registry: MetricsRegistry, state: State, listeners: Callable[[], Mapping[str, str]]
 ) -> RequestMetrics:
     """Register the member, database and listener families; return the request metrics
     the router observes into."""
     registry.add_collector(lambda: _member_samples(state, listeners), families=_MEMBER_FAMILIES)
+    registry.add_async_collector(
+        lambda: _heartbeat_samples(state), families=_HEARTBEAT_FAMILIES
+    )
     return RequestMetrics(registry)
 
 
@@ -167,6 +203,7 @@ def metrics_resources(registry: MetricsRegistry) -> Resources:
     @responds_with(CONTENT_TYPE)
     async def metrics(state: State, req: Request) -> Any:
         """This member's metrics in Prometheus text format 0.0.4"""
+        await registry.refresh()
         return Response(registry.render(), status=200, content_type=CONTENT_TYPE)
 
     return Resources(
