@@ -1,0 +1,150 @@
+"""Raft and heartbeat metrics on every member of a 3-member cluster (``GET /core/1.0/metrics``
+over mutual TLS), and member names in the daemon's log lines."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import trio
+
+from microtrio._metrics import CONTENT_TYPE
+from microtrio.testing import TestCluster, open_cluster
+
+CEILING = 120
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
+
+Samples = dict[str, list[tuple[dict[str, str], float]]]
+
+RAFT = (
+    "microtrio_raft_term",
+    "microtrio_raft_role",
+    "microtrio_raft_leader",
+    "microtrio_raft_commit_index",
+    "microtrio_raft_applied_index",
+    "microtrio_raft_log_entries",
+    "microtrio_raft_log_bytes",
+    "microtrio_raft_peer_lag_entries",
+    "microtrio_heartbeat_age_seconds",
+)
+
+
+def parse(text: str) -> Samples:
+    out: Samples = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        assert match, f"not a sample line: {line!r}"
+        labels = dict(_LABEL.findall(match.group(2) or ""))
+        out.setdefault(match.group(1), []).append((labels, float(match.group(3))))
+    return out
+
+
+def one(samples: Samples, name: str, **labels: str) -> float:
+    found = [v for lab, v in samples.get(name, []) if lab == labels]
+    assert len(found) == 1, f"{name}{labels}: {samples.get(name)}"
+    return found[0]
+
+
+async def scrape(cluster: TestCluster) -> dict[str, Samples]:
+    out: dict[str, Samples] = {}
+    for member in cluster.members:
+        async with await member.client() as client:  # mutual TLS, a trusted certificate
+            response = await client._http.get("/core/1.0/metrics")
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"] == CONTENT_TYPE
+        assert "# TYPE microtrio_raft_term gauge" in response.text
+        out[member.name] = parse(response.text)
+    return out
+
+
+def settled(views: Mapping[str, Samples]) -> bool:
+    """Every member publishes every family, agrees on the term and sees every member's
+    heartbeat (a leader change or a first heartbeat round may still be under way)."""
+    if any(name not in v for v in views.values() for name in RAFT if name != RAFT[7]):
+        return False
+    terms = {one(v, "microtrio_raft_term") for v in views.values()}
+    leaders = sum(one(v, "microtrio_raft_leader") for v in views.values())
+    ages = all(len(v["microtrio_heartbeat_age_seconds"]) == len(views) for v in views.values())
+    return len(terms) == 1 and leaders == 1 and ages
+
+
+async def test_raft_and_heartbeat_metrics_on_every_member(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING):
+        async with open_cluster(3, tmp_path=tmp_path, heartbeat_interval=0.2) as cluster:
+            views = await scrape(cluster)
+            while not settled(views):  # polling for convergence, not for ordering
+                await trio.sleep(0.05)
+                views = await scrape(cluster)
+            leader_ids = {str(m.leader_id()) for m in cluster.members}
+
+    names = sorted(views)
+    leaders = [n for n in names if one(views[n], "microtrio_raft_leader") == 1]
+    assert len(leaders) == 1
+    (leader,) = leaders
+    term = one(views[leader], "microtrio_raft_term")
+    assert term >= 1
+    for name, v in views.items():
+        assert one(v, "microtrio_raft_term") == term
+        role = "leader" if name == leader else "follower"
+        assert one(v, "microtrio_raft_role", role=role) == 1
+        assert sum(value for _, value in v["microtrio_raft_role"]) == 1
+        assert len(v["microtrio_raft_role"]) == 4  # every role is listed, one-hot
+        commit = one(v, "microtrio_raft_commit_index")
+        applied = one(v, "microtrio_raft_applied_index")
+        assert 1 <= applied <= commit
+        assert one(v, "microtrio_raft_log_entries") >= 1
+        assert one(v, "microtrio_raft_log_bytes") > 0
+        ages = {lab["member"]: age for lab, age in v["microtrio_heartbeat_age_seconds"]}
+        assert sorted(ages) == names
+        assert all(0 <= age < 60 for age in ages.values()), ages
+        if name != leader:
+            assert "microtrio_raft_peer_lag_entries" not in v or not v[
+                "microtrio_raft_peer_lag_entries"
+            ]
+    # the leader's view of each peer: its Raft node id, lag between 0 and its whole log
+    lags = views[leader]["microtrio_raft_peer_lag_entries"]
+    assert len(lags) == 2, lags
+    assert len(leader_ids) == 1  # everyone agrees on the leader's Raft id; no lag for it
+    assert leader_ids.isdisjoint(lab["peer"] for lab, _ in lags)
+    assert len({lab["peer"] for lab, _ in lags}) == 2
+    last = one(views[leader], "microtrio_raft_commit_index") + 1000
+    assert all(0 <= lag <= last for _, lag in lags)
+
+
+#: Known lines without the member name (reported; fix them in their modules, then shrink
+#: this list): the pure Raft core names its node id only; listener start and certificate
+#: swaps do not know the member; upgrade notifications.
+KNOWN_ANONYMOUS = {
+    ("microtrio.raft", "_membership.py"),
+    ("microtrio.raft", "_node.py"),
+    ("microtrio.api", "_listener.py"),
+    ("microtrio.certs", "_certs.py"),
+    ("microtrio.cluster", "_upgrade.py"),
+}
+
+
+async def test_log_lines_carry_the_member_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every INFO+ line of a ``microtrio.*`` logger during a 3-member run names its member,
+    except the known sites above."""
+    caplog.set_level(logging.INFO, logger="microtrio")
+    with trio.fail_after(CEILING):
+        async with open_cluster(3, tmp_path=tmp_path, heartbeat_interval=0.2) as cluster:
+            names = [m.name for m in cluster.members]
+    records = [r for r in caplog.records if r.name.startswith("microtrio.")]
+    assert len(records) > 20, "too few log lines captured"
+    named = [r for r in records if any(n in r.getMessage() for n in names)]
+    assert {r.name for r in named} >= {"microtrio.replication.driver", "microtrio.cluster"}
+    anonymous = [
+        f"{r.name} {r.filename}:{r.lineno}: {r.getMessage()}"
+        for r in records
+        if r not in named and (r.name, r.filename) not in KNOWN_ANONYMOUS
+    ]
+    assert not anonymous, "log lines without the member name:\n" + "\n".join(anonymous)
