@@ -224,12 +224,13 @@ async def _worker(
     ex: ProcessExecutor,
     recorder: Recorder,
     ids: _Workers,
+    member: str,
     deadline: float,
     pace: float,
 ) -> None:
+    """One client, bound to ``member`` for the whole run as Jepsen's clients are (also
+    across new process ids after unknown outcomes)."""
     process = ids.new()
-    names = list(ex.cluster.members)
-    member = names[process % len(names)]  # bound to a member, as Jepsen's clients are
     while trio.current_time() < deadline:
         inv = workload.next()
         address = ex.cluster[member].address
@@ -335,8 +336,9 @@ async def _run(
         )  # fmt: skip
         ex = ProcessExecutor(cluster, mesh, client)
         try:
-            for name in names:
-                await cluster.start(name)
+            async with trio.open_nursery() as starting:  # founders wait for each other
+                for name in names:
+                    starting.start_soon(cluster.start, name)
             leader = await _wait_formed(ex, _FORM_TIMEOUT)
             for w in workloads:
                 await _retry(30, f"{w.name} setup", w.setup, client, cluster[leader].address)
@@ -368,8 +370,9 @@ async def _drive(
             await nursery.start(run_schedule, schedule, ex, recorder)
         for w in workloads:
             w.t0 = t0
-            for _ in range(w.workers):
-                nursery.start_soon(_worker, w, ex, recorder, ids, deadline, config.pace)
+            for i in range(w.workers):
+                member = names[i % len(names)]
+                nursery.start_soon(_worker, w, ex, recorder, ids, member, deadline, config.pace)
     # every fault is healed and every member running again: the last reads
     for name in names:
         await ex.cluster.resume(name)

@@ -57,7 +57,14 @@ from .._certs import (
     pinned_server_name,
     write_cert_key_pair,
 )
-from .._errors import MicrotrioError, NotFoundError, UnavailableError, ValidationError
+from .._errors import (
+    MicrotrioError,
+    NotFoundError,
+    OutcomeUnknownError,
+    TimeoutError_,
+    UnavailableError,
+    ValidationError,
+)
 
 __all__ = ["CampaignPki", "MemberProcess", "ProcessCluster", "SCHEMA"]
 
@@ -69,7 +76,7 @@ SCHEMA: Final = (
     "CREATE TABLE append (k TEXT NOT NULL, v INTEGER NOT NULL)",
 )
 CLIENT: Final = "client"
-_START_TIMEOUT: Final = 30.0
+_START_TIMEOUT: Final = 60.0
 _STOP_TIMEOUT: Final = 10.0
 
 
@@ -268,7 +275,7 @@ async def member_main(args: argparse.Namespace) -> None:
         )
         await nursery.start(database.run)
         await nursery.start(replication.run)
-        await database.open(bootstrap=True)
+        await _open(database, args.name)
         holder["plugin"] = _Plugin(database, nursery, Path(args.plugin) if args.plugin else None)
         logger.warning("%s: serving on %s", args.name, bound)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -278,6 +285,17 @@ async def member_main(args: argparse.Namespace) -> None:
                     await replication.hand_over()
                 nursery.cancel_scope.cancel()
                 break
+
+
+async def _open(database: Any, name: str) -> None:
+    """Open the database, waiting for the other founders however long they take to start
+    (each attempt gives up after the committer's leader wait; the schema step is idempotent)."""
+    while True:
+        try:
+            await database.open(bootstrap=True)
+            return
+        except (UnavailableError, OutcomeUnknownError, TimeoutError_) as exc:
+            logger.warning("%s: database not open yet: %s (retrying)", name, exc)
 
 
 async def _serve(
@@ -387,6 +405,7 @@ class ProcessCluster:
                 if not chunk:
                     break
                 line += chunk
+        await process.stdout.aclose()  # the member prints nothing else
         try:
             address = str(json.loads(line)["address"])
         except (ValueError, KeyError) as exc:
