@@ -41,9 +41,10 @@ async def test_before_init(state_dir: Path) -> None:
                 error = assert_error(*await call(member, method, path), 503)
                 assert error == "Database is not yet initialized"
             assert not (state_dir / "daemon.yaml").exists()
-            # Joining needs the multi-member flow: refused clearly, nothing written.
+            # A malformed join token is refused before anything is written.
             join = {"name": "member2", "address": "127.0.0.1:1", "join_token": "abc"}
-            assert_error(*await call(member, "POST", "/core/control", json_body=join), 501)
+            error = assert_error(*await call(member, "POST", "/core/control", json_body=join), 400)
+            assert "join token" in error.lower()
             assert not (state_dir / "daemon.yaml").exists()
         nursery.cancel_scope.cancel()
 
