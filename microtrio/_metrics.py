@@ -443,18 +443,16 @@ class MetricsRegistry:
         one that fails or times out publishes no samples for this scrape."""
 
         async def one(collect: AsyncCollector, cell: list[list[Sample]]) -> None:
-            cell[0] = []
             samples: list[Sample] | None = None
             try:
                 with trio.move_on_after(timeout):
                     samples = list(await collect())
             except Exception:  # one broken source must not take the whole page down
                 logger.warning("metrics collector %r failed", collect, exc_info=True)
-                return
-            if samples is None:
-                logger.warning("metrics collector %r timed out after %s s", collect, timeout)
-                return
-            cell[0] = samples
+            else:
+                if samples is None:
+                    logger.warning("metrics collector %r timed out after %s s", collect, timeout)
+            cell[0] = samples if samples is not None else []
 
         async with trio.open_nursery() as nursery:
             for collect, cell in list(self._refreshers.values()):
