@@ -7,7 +7,8 @@ workloads while the nemesis inflicts the chosen faults, checks the history and w
 report (``history.jsonl``, ``verdict.json``, ``latency.png``, ``schedule.txt``, member logs)
 to ``RESULTS/run-<N>m-<seed>``. Seeds: ``--seed`` for the first run, then derived from it
 (all printed, and in ``RESULTS/summary.json``). Replay one run with ``--runs 1 --seed S``
-and the same parameters. The exit status is 1 if any run was invalid, 2 if any was unknown.
+and the same parameters. The exit status is 1 if any run was invalid, 2 if any was unknown,
+3 if all were valid but a member process exited by itself (a crash: see its log).
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ async def main(args: argparse.Namespace) -> int:
     started = time.monotonic()
     summary: list[dict[str, object]] = []
     worst = Validity.VALID
+    crashed = False
     n = 0
     while time.monotonic() - started < args.minutes * 60 and (not args.runs or n < args.runs):
         seed = first if n == 0 and first is not None else seeds.randrange(2**32)
@@ -77,18 +79,21 @@ async def main(args: argparse.Namespace) -> int:
         line = {
             "run": n, "seed": seed, "members": config.members, "validity": result.validity.value,
             "folder": str(result.folder), "operations": verdict["summary"]["operations"],
-            "faults": [f["fault"] for f in verdict["faults"]],
+            "faults": [f["fault"] for f in verdict["faults"]], "crashes": result.crashes,
         }  # fmt: skip
         print(json.dumps(line), flush=True)
         summary.append(line)
+        crashed = crashed or bool(result.crashes)
         if result.validity is Validity.INVALID:
             worst = Validity.INVALID
         elif result.validity is Validity.UNKNOWN and worst is Validity.VALID:
             worst = Validity.UNKNOWN
         (args.results / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
         n += 1
-    print(f"{n} runs in {(time.monotonic() - started) / 60:.1f} min: {worst.value}", flush=True)
-    return {Validity.VALID: 0, Validity.INVALID: 1, Validity.UNKNOWN: 2}[worst]
+    minutes = (time.monotonic() - started) / 60
+    print(f"{n} runs in {minutes:.1f} min: {worst.value}, crashes: {crashed}", flush=True)
+    status = {Validity.VALID: 0, Validity.INVALID: 1, Validity.UNKNOWN: 2}[worst]
+    return 3 if status == 0 and crashed else status
 
 
 if __name__ == "__main__":

@@ -92,6 +92,12 @@ class RunResult:
     history: History = field(repr=False)
 
     @property
+    def crashes(self) -> list[dict[str, Any]]:
+        """Members that exited by themselves during the run (each one's log tells why)."""
+        found = self.history.meta.get("crashes", [])
+        return list(found) if isinstance(found, list) else []
+
+    @property
     def valid(self) -> bool:
         return self.validity is Validity.VALID
 
@@ -374,6 +380,7 @@ async def _drive(
                 member = names[i % len(names)]
                 nursery.start_soon(_worker, w, ex, recorder, ids, member, deadline, config.pace)
     # every fault is healed and every member running again: the last reads
+    ex.cluster.check_crashes()
     for name in names:
         await ex.cluster.resume(name)
         await ex.cluster.start(name)
@@ -382,6 +389,7 @@ async def _drive(
             await _retry(30, f"rejoin {name}", ex.rejoin, name)
     await _wait_formed(ex, _FORM_TIMEOUT)
     await _final_reads(workloads, ex, recorder, ids)
+    recorder.set_meta("crashes", ex.cluster.check_crashes())
     (folder / "members.json").write_text(
         json.dumps({n: m.address for n, m in ex.cluster.members.items()}) + "\n", "utf-8"
     )

@@ -332,6 +332,7 @@ class MemberProcess:
         self.address = "127.0.0.1:0"  # fixed after the first start
         self.process: trio.Process | None = None
         self.paused = False
+        self.signalled = False  # the runner killed or stopped it: an exit is expected
 
     @property
     def running(self) -> bool:
@@ -340,6 +341,20 @@ class MemberProcess:
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+
+async def _wait_stopped(m: MemberProcess, stopped: bool = True) -> None:
+    """Until the kernel shows the process as stopped (or not) (Linux; at most a second)."""
+    stat = Path(f"/proc/{m.pid}/stat")
+    with trio.move_on_after(1.0):
+        while m.running:
+            try:
+                text = await trio.to_thread.run_sync(stat.read_text)
+            except OSError:
+                return
+            if (text.rsplit(")", 1)[1].split()[0] in ("T", "t")) is stopped:
+                return
+            await trio.sleep(0.01)
 
 
 @final
@@ -360,6 +375,7 @@ class ProcessCluster:
         self.root = root
         self.pki = pki
         self.members = {n: MemberProcess(n, root) for n in names}
+        self.crashes: list[dict[str, Any]] = []
         self._nursery = nursery
         self._peer_address = peer_address
         self._plugin = plugin
@@ -385,6 +401,7 @@ class ProcessCluster:
     async def start(self, name: str) -> None:
         """Start the member (again) and wait until it listens."""
         m = self[name]
+        self._note_exit(m)
         if m.running:
             return
         m.state_dir.mkdir(parents=True, exist_ok=True)
@@ -396,7 +413,7 @@ class ProcessCluster:
                     env={**os.environ, "PYTHONUNBUFFERED": "1"},
                 )
             )  # fmt: skip
-        m.process, m.paused = process, False
+        m.process, m.paused, m.signalled = process, False, False
         line = b""
         assert process.stdout is not None
         with trio.move_on_after(_START_TIMEOUT):
@@ -433,6 +450,8 @@ class ProcessCluster:
     async def kill(self, name: str) -> None:
         """``kill -9`` the member's process group and wait for it."""
         m = self[name]
+        self._note_exit(m)
+        m.signalled = True
         self._signal(m, signal.SIGKILL)
         await self._wait_exit(m)
 
@@ -441,6 +460,8 @@ class ProcessCluster:
         m = self[name]
         if m.paused:
             self._signal(m, signal.SIGCONT)
+        self._note_exit(m)
+        m.signalled = True
         self._signal(m, signal.SIGTERM)
         with trio.move_on_after(_STOP_TIMEOUT):
             await self._wait_exit(m)
@@ -450,21 +471,39 @@ class ProcessCluster:
 
     async def pause(self, name: str) -> None:
         m = self[name]
+        self._note_exit(m)
         if not m.running:
             raise UnavailableError(f"{name} is not running")
         self._signal(m, signal.SIGSTOP)
         m.paused = True
+        await _wait_stopped(m)
 
     async def resume(self, name: str) -> None:
         m = self[name]
         self._signal(m, signal.SIGCONT)
         m.paused = False
+        await _wait_stopped(m, stopped=False)
 
     async def aclose(self) -> None:
         """Kill every member (shielded: also on the way out of a cancelled run)."""
         with trio.CancelScope(shield=True), trio.move_on_after(_STOP_TIMEOUT):
             for name in self.members:
                 await self.kill(name)
+
+    def _note_exit(self, m: MemberProcess) -> None:
+        """Record an exit the runner did not cause (a crash), once per process."""
+        p = m.process
+        if p is not None and p.returncode is not None and not m.signalled:
+            m.signalled = True
+            crash = {"member": m.name, "pid": p.pid, "returncode": p.returncode}
+            logger.error("campaign: %s (pid %d) exited by itself: %s", m.name, p.pid, crash)
+            self.crashes.append(crash)
+
+    def check_crashes(self) -> list[dict[str, Any]]:
+        """Every member that exited without being told to so far (see its log)."""
+        for m in self.members.values():
+            self._note_exit(m)
+        return list(self.crashes)
 
     def addresses(self) -> Mapping[str, str]:
         return {n: m.address for n, m in self.members.items()}

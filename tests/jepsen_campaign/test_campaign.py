@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ import trio
 from microtrio.testing._campaign import CampaignConfig, RunResult, run_campaign
 from microtrio.testing._history import NEMESIS, Outcome
 from microtrio.testing._nemesis import ALL_FAULTS, FaultKind
+from microtrio.testing._processes import CampaignPki, ProcessCluster
 from microtrio.testing._report import Validity
 from microtrio.testing._workloads import WORKLOADS
 
@@ -60,6 +62,7 @@ async def test_three_members_every_workload_under_every_nemesis(tmp_path: Path) 
     with trio.fail_after(200):
         result = await run_campaign(config)
     assert result.validity is Validity.VALID, explain(result)
+    assert result.crashes == [], f"members exited by themselves, see {result.folder}"
     assert_complete_report(result)
     assert_every_workload_progressed(result, 20)
     inflicted = faults_inflicted(result)
@@ -78,6 +81,7 @@ async def test_five_members(tmp_path: Path) -> None:
     with trio.fail_after(200):
         result = await run_campaign(config)
     assert result.validity is Validity.VALID, explain(result)
+    assert result.crashes == [], f"members exited by themselves, see {result.folder}"
     assert_every_workload_progressed(result, 10)
     assert len(faults_inflicted(result)) >= 3
 
@@ -112,3 +116,41 @@ async def test_stale_reads_are_caught(tmp_path: Path) -> None:
 
 def test_all_fault_kinds_are_in_the_default_campaign() -> None:
     assert CampaignConfig(results=Path("unused")).faults == ALL_FAULTS
+
+
+def process_state(pid: int) -> str:
+    """The one-letter state in /proc (T: stopped by a signal)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+@pytest.mark.timeout(120)
+async def test_process_manager_signals_and_notices_crashes(tmp_path: Path) -> None:
+    pki = await trio.to_thread.run_sync(CampaignPki.create, tmp_path / "pki", ["member1"])
+    with trio.fail_after(100):
+        async with trio.open_nursery() as nursery:
+            cluster = ProcessCluster(
+                tmp_path, ["member1"], pki, nursery=nursery, peer_address=lambda s, d: ""
+            )
+            try:
+                await cluster.start("member1")
+                m = cluster["member1"]
+                pid = m.pid
+                assert pid is not None and m.running
+                assert m.address.startswith("127.0.0.1:") and not m.address.endswith(":0")
+                await cluster.pause("member1")
+                assert process_state(pid) == "T"
+                await cluster.resume("member1")
+                assert process_state(pid) != "T"
+                await cluster.kill("member1")  # the runner's own kill is no crash
+                assert not m.running and cluster.check_crashes() == []
+                address = m.address
+                await cluster.start("member1")
+                assert m.address == address  # restarted where its peers expect it
+                assert m.pid is not None and m.pid != pid
+                os.kill(m.pid, signal.SIGKILL)  # from outside: a crash
+                assert m.process is not None
+                await m.process.wait()
+                assert [c["member"] for c in cluster.check_crashes()] == ["member1"]
+            finally:
+                await cluster.aclose()
