@@ -15,6 +15,19 @@ from microtrio._metrics import CONTENT_TYPE
 from microtrio.testing import TestCluster, open_cluster
 
 CEILING = 120
+
+#: Stopping the cluster cancels heartbeat requests in flight (every 0.2 s here): trio then
+#: finalises httpx's body generator and their half-open sockets are left to the garbage
+#: collector, as in tests/clusterflow (see its conftest). Every other warning stays an error.
+pytestmark = [
+    pytest.mark.filterwarnings(
+        "ignore:Async generator 'httpx._content.ByteStream.__aiter__':ResourceWarning"
+    ),
+    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
+    pytest.mark.filterwarnings(
+        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
+    ),
+]
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
 
