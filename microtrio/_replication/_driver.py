@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, final
 
@@ -52,6 +52,8 @@ from ..raft import (
     Config,
     ConfState,
     EntryType,
+    Message,
+    MsgApp,
     NotLeaderError,
     PersistedState,
     ProposalDroppedError,
@@ -556,14 +558,17 @@ class RaftDriver:
         return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.OK, index, node.term)
 
     async def _handle_ready(self, node: RaftNode, rd: Ready) -> None:
+        messages: Sequence[Message] = rd.messages
+        if messages and rd.entries and rd.soft_state.role is StateRole.LEADER:
+            messages = self._send_appends_early(messages)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             await self._store.persist(rd.hard_state, rd.entries, rd.snapshot)
         if rd.hard_state is not None:
             self._term, self._commit = rd.hard_state.term, rd.hard_state.commit
         if rd.snapshot is not None:
             await self._install(rd.snapshot.meta.index, rd.snapshot.data)
-        if rd.messages:
-            self._transport.send(rd.messages)
+        if messages:
+            self._transport.send(messages)
         for entry in rd.committed_entries:
             if entry.index <= self._applied:
                 continue
@@ -582,6 +587,22 @@ class RaftDriver:
             self._term = node.term
             self._notify()
         node.advance(rd)
+
+    def _send_appends_early(self, messages: Sequence[Message]) -> Sequence[Message]:
+        """Raft thesis 10.2.1: the leader's appends go out while it writes the same entries
+        to its own disk; return the messages that must wait for that write.
+
+        Safe because this loop steps no message while it persists: the followers' acks, and
+        with them any commit that counts the leader's own copy, are processed only after the
+        write returned. An append is held back only if the commit index it carries is not
+        durable here yet (a sole voter commits its entries at once: non-voters must not
+        apply them before the voter's own copy is on disk)."""
+        durable = self._store.statistics().last_index
+        early = [m for m in messages if isinstance(m, MsgApp) and m.commit <= durable]
+        if not early:
+            return messages
+        self._transport.send(early)
+        return [m for m in messages if not (isinstance(m, MsgApp) and m.commit <= durable)]
 
     async def _install(self, index: int, data: bytes) -> None:
         logger.info("%s: installing the snapshot at %d", self._name, index)
