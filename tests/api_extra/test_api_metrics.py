@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import trio
-from _api_extra_support import CEILING, run_member
+from _member_support import CEILING, run_member
 from test_metrics_registry import check_exposition
 
 import microtrio

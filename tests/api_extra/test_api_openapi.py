@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
-from _api_extra_support import CEILING, run_member
+from _member_support import CEILING, run_member
 
 import microtrio
 from examples.kv import KV_SERVER, SCHEMA_UPDATES

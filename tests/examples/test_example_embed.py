@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import trio
-from _examples_support import REPO
+from _member_support import REPO
 
 import microtrio
 from examples.embed import SCHEMA, run_host

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from _examples_support import CEILING, REPO, run_member
+from _member_support import CEILING, REPO, run_member
 
 from examples.kv import daemon_args
 

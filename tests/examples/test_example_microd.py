@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 import yaml
-from _examples_support import CEILING, REPO, run_member
+from _member_support import CEILING, REPO, run_member
 
 import microtrio
 from examples.microd import API_EXTENSIONS, VERSION, daemon_args

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import trio
-from _examples_support import CEILING, Running
+from _member_support import CEILING, Running
 
 from examples.kv.service import daemon_args
 from microtrio import MicrotrioError

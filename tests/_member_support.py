@@ -1,4 +1,4 @@
-"""Fixtures of the example-application tests: one in-process member of an example app.
+"""Shared test helpers: one in-process member of an example app (or of plain microtrio).
 
 ``run_member(nursery, tmp_path, args)`` starts a member in the test's nursery, bootstraps it
 as ``member1`` on ``127.0.0.1:0`` and returns a :class:`Running` handle with raw HTTP
@@ -20,7 +20,7 @@ import trio
 import microtrio
 from microtrio._certs import client_ssl_context, load_cert_key_pair, pinned_server_name
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `examples` is a top-level package of the checkout
     sys.path.insert(0, str(REPO))
 
