@@ -61,8 +61,6 @@ async def test_the_three_member_tutorial_runs_as_written(tmp_path: Path) -> None
             env={**os.environ, "PYTHONPATH": str(REPO)},
         )
     output = result.stdout.decode() + result.stderr.decode()
-    if result.returncode != 0 and "not supported" in output:
-        pytest.skip(reason="joining is not wired into the daemon yet")
     assert result.returncode == 0, output
     tables = [line for line in result.stdout.decode().splitlines() if line.startswith("|")]
     first_list = [line for line in tables if "voter" in line]

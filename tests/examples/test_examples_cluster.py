@@ -12,7 +12,6 @@ import trio
 from _member_support import CEILING, Running
 
 from examples.kv.service import daemon_args
-from microtrio import MicrotrioError
 from microtrio.testing import TestCluster, TestMember, open_cluster
 
 CLUSTER_CEILING = 4 * CEILING
@@ -43,15 +42,10 @@ async def check_kv(cluster: TestCluster) -> None:
 @pytest.mark.parametrize("size", [1, 3])
 async def test_kv_on_a_test_cluster(tmp_path: Path, size: int) -> None:
     with trio.fail_after(CLUSTER_CEILING):
-        try:
-            async with open_cluster(size, tmp_path=tmp_path, args=daemon_args()) as cluster:
-                await check_kv(cluster)
-                if size > 1:
-                    await kill_the_leader(cluster)
-        except MicrotrioError as exc:
-            if "not supported" not in str(exc):
-                raise
-            pytest.skip(reason=f"joining is not wired into the daemon yet: {exc}")
+        async with open_cluster(size, tmp_path=tmp_path, args=daemon_args()) as cluster:
+            await check_kv(cluster)
+            if size > 1:
+                await kill_the_leader(cluster)
 
 
 async def kill_the_leader(cluster: TestCluster) -> None:

@@ -12,11 +12,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pytest
 import trio
 
 from microtrio import App
-from microtrio._errors import MicrotrioError
 from microtrio._replication import node_id_for
 
 CEILING = 120.0
@@ -94,20 +92,13 @@ async def voters(daemon: Daemon) -> int:
     return sum(1 for m in await daemon.app.cluster_members() if m.get("role") == "voter")
 
 
-async def join_all(daemons: list[Daemon]) -> str:
-    """Bootstrap the first daemon and join the others; the refusal text if joining is not
-    supported by the daemon yet."""
+async def join_all(daemons: list[Daemon]) -> None:
+    """Bootstrap the first daemon and join the others with tokens."""
     first = daemons[0]
     await first.app.new_cluster(first.name, "127.0.0.1:0")
     for daemon in daemons[1:]:
         token = await first.app.new_join_token(daemon.name)
-        try:
-            await daemon.app.join_cluster(daemon.name, "127.0.0.1:0", token)
-        except MicrotrioError as exc:
-            if "not supported" not in str(exc):
-                raise
-            return str(exc)
-    return ""
+        await daemon.app.join_cluster(daemon.name, "127.0.0.1:0", token)
 
 
 async def kill_the_leader_and_check(nursery: trio.Nursery, daemons: list[Daemon]) -> None:
@@ -140,11 +131,8 @@ async def test_three_daemons_survive_kill_9_of_the_leader(tmp_path: Path) -> Non
             try:
                 for daemon in daemons:
                     await daemon.start(nursery)
-                unsupported = await join_all(daemons)
-                if not unsupported:
-                    await kill_the_leader_and_check(nursery, daemons)
+                await join_all(daemons)
+                await kill_the_leader_and_check(nursery, daemons)
             finally:
                 for daemon in daemons:
                     daemon.kill()
-    if unsupported:
-        pytest.skip(reason=f"joining is not wired into the daemon yet: {unsupported}")

@@ -10,7 +10,7 @@ import trio
 from _notes_app import notes_args
 
 from microtrio import NoLeaderError, StateError, ValidationError
-from microtrio.testing import TestCluster, open_cluster
+from microtrio.testing import open_cluster
 
 CEILING = 60.0
 
@@ -76,23 +76,3 @@ async def test_open_cluster_refuses_bad_shapes(
     with pytest.raises(ValidationError):
         async with open_cluster(size, tmp_path=tmp_path, names=names):
             pytest.fail("formed")  # pragma: no cover
-
-
-async def test_faults_need_replication(tmp_path: Path) -> None:
-    """A lone member committing locally has no Raft channel to cut: a clear error."""
-    from microtrio import NotImplementedMethodError
-
-    with trio.fail_after(CEILING):
-        async with open_cluster(1, tmp_path=tmp_path) as cluster:
-            if _replicated(cluster):
-                pytest.skip("the daemon runs Raft replication: covered by test_three_members")
-            with pytest.raises(NotImplementedMethodError):
-                cluster.pause(cluster[0])
-            with pytest.raises(NotImplementedMethodError):
-                cluster.partition([cluster[0]])
-
-
-def _replicated(cluster: TestCluster) -> bool:
-    from microtrio.testing._member import replication_of
-
-    return replication_of(cluster[0].daemon) is not None

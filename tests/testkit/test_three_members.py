@@ -1,9 +1,7 @@
 """Three in-process members joined with tokens: writes through any member are replicated to
 every member's database; killing the leader elects another that keeps taking writes; the
 killed member restarts from its state and catches up; a paused member falls behind and
-catches up on resume; a minority side of a partition cannot elect a leader.
-
-Skips (with the daemon's reason) while joining is not wired into the daemon."""
+catches up on resume; a minority side of a partition cannot elect a leader."""
 
 from __future__ import annotations
 
