@@ -55,6 +55,7 @@ from ._replication import (
     RAFT_PATH,
     CommitterConfig,
     DriverConfig,
+    Faults,
     RaftReplication,
     node_id_for,
     open_member_replication,
@@ -211,6 +212,7 @@ class MemberCluster:
         wall_clock: Callable[[], datetime.datetime],
         driver_config: DriverConfig | None = None,
         committer_config: CommitterConfig | None = None,
+        faults: Faults | None = None,
     ) -> MemberCluster:
         """Build the member's replication (see the module docstring, step 1)."""
         replication = await open_member_replication(
@@ -223,6 +225,7 @@ class MemberCluster:
             bootstrap=bootstrap,
             driver_config=driver_config,
             committer_config=committer_config,
+            faults=faults,
         )
         for member in truststore.members():
             if member.name != state.name and member.address:

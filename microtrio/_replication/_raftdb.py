@@ -485,6 +485,7 @@ async def open_member_replication(
     bootstrap: bool,
     driver_config: DriverConfig | None = None,
     committer_config: CommitterConfig | None = None,
+    faults: Faults | None = None,
 ) -> RaftReplication:
     """A daemon member's replication, its store in ``<database_dir>/raft``: peers are
     dialled presenting the member's server certificate (``server_files``: crt, key) with
@@ -503,4 +504,5 @@ async def open_member_replication(
         driver_config=driver_config,
         committer_config=committer_config,
         transport_config=TransportConfig(server_hostname=pinned_server_name(cluster_cert)),
+        faults=faults,
     )
