@@ -20,6 +20,10 @@ certificate fails the handshake instead of reaching the untrusted endpoints.
 Clients (:func:`client_ssl_context`) present their own pair and pin the expected
 remote certificate: it is the only trust anchor, and the TLS server name is its first
 DNS SAN (:func:`pinned_server_name`), so ``https://<ip>:<port>`` URLs still verify.
+A pin may be a PEM *bundle* of several certificates (during a cluster certificate
+rotation every member pins the old and the new one, see ``_cluster/_rotation.py`` and
+:func:`cluster_pin_bundle`): each is a trust anchor; when their first DNS SANs differ the
+name check is off and the anchors alone decide.
 
 Live reload (reference 7.9): listeners read :attr:`SSLContextHolder.context` once per
 accepted connection, so :meth:`SSLContextHolder.swap` makes new connections use a new
@@ -38,6 +42,7 @@ import ssl
 import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, final
 
 import trio
@@ -61,6 +66,9 @@ __all__ = [
     "cert_der",
     "cert_pem",
     "client_ssl_context",
+    "cluster_pin_bundle",
+    "cluster_pin_files",
+    "load_certificates",
     "dns_names",
     "ensure_server_cert",
     "ensure_server_cert_async",
@@ -122,6 +130,21 @@ def load_certificate(data: bytes | str | x509.Certificate) -> x509.Certificate:
         return x509.load_der_x509_certificate(raw)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise ValidationError(f"Invalid certificate: {exc}") from exc
+
+
+def load_certificates(data: bytes | str) -> list[x509.Certificate]:
+    """Every certificate of a PEM bundle (or the one of a DER blob), in order;
+    ValidationError if there is none or one does not parse."""
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    if b"-----BEGIN" not in raw:
+        return [load_certificate(raw)]
+    try:
+        found = x509.load_pem_x509_certificates(raw)
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        raise ValidationError(f"Invalid certificate: {exc}") from exc
+    if not found:
+        raise ValidationError("Invalid certificate: no certificate found")
+    return found
 
 
 def cert_der(data: bytes | str | x509.Certificate) -> bytes:
@@ -425,17 +448,40 @@ def server_ssl_context(
 
 
 def client_ssl_context(pair: CertKeyPair | None, pinned: bytes | str) -> ssl.SSLContext:
-    """A TLS 1.3 client context presenting ``pair`` whose only trust anchor is ``pinned``.
+    """A TLS 1.3 client context presenting ``pair`` whose only trust anchors are the
+    certificate(s) of ``pinned`` (one certificate, or a PEM bundle).
 
-    Connect with ``server_hostname=pinned_server_name(pinned)``.
+    Connect with ``server_hostname=pinned_server_name(pinned)``. With a bundle whose
+    certificates have different first DNS SANs the name check is off (the pins decide).
     """
+    anchors = load_certificates(pinned)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.load_verify_locations(cadata=cert_pem(pinned))
+    context.load_verify_locations(cadata="".join(cert_pem(cert) for cert in anchors))
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if len({tuple(dns_names(cert)[:1]) for cert in anchors}) > 1:
+        context.check_hostname = False
     if pair is not None:
         _load_chain(context, pair)
     return context
+
+
+def cluster_pin_files(state: StateDir) -> tuple[Path, Path]:
+    """``(cluster.next.crt, cluster.prev.crt)``: the certificates pinned beside
+    ``cluster.crt`` while a rotation is under way (``_cluster/_rotation.py``)."""
+    return state.path / "cluster.next.crt", state.path / "cluster.prev.crt"
+
+
+def cluster_pin_bundle(state: StateDir) -> bytes:
+    """What a member pins when it dials another one (blocking): ``cluster.crt``, plus
+    the incoming and outgoing certificates while a rotation is under way."""
+    bundle = state.cluster_crt.read_bytes()
+    for extra in cluster_pin_files(state):
+        try:
+            bundle += b"\n" + extra.read_bytes()
+        except FileNotFoundError:
+            continue
+    return bundle
 
 
 async def open_tls_stream(

@@ -237,10 +237,11 @@ class State:
         return clients
 
     async def remote_client(self, address: str) -> Client:
-        """A mutual-TLS client to another member: presents ``server.crt``, pins ``cluster.crt``."""
+        """A mutual-TLS client to another member: presents ``server.crt``, pins ``cluster.crt``
+        (and, while a cluster certificate rotation is under way, the other certificate)."""
         import trio
 
-        from .._certs import load_cert_key_pair
+        from .._certs import cluster_pin_bundle, load_cert_key_pair
         from .._client import Client
 
         if not self._address:
@@ -248,7 +249,7 @@ class State:
 
         def build() -> Client:
             pair = load_cert_key_pair(self._state_dir.server_crt, self._state_dir.server_key)
-            pinned = self._state_dir.cluster_crt.read_bytes()
+            pinned = cluster_pin_bundle(self._state_dir)
             return Client.tls(address, cert=pair, pinned=pinned)
 
         return await trio.to_thread.run_sync(build)
