@@ -65,7 +65,7 @@ from ._hooks import HookRunner, HookType
 from ._join import initialise_member
 from ._membership import MemberCluster, RaftRouteProxy
 from ._metrics import MetricsRegistry
-from ._replication import add_raft_route
+from ._replication import DriverConfig, add_raft_route
 from ._replication._metrics import install_raft_metrics
 from ._state import DaemonConfig, ServerConfig, StateDir
 
@@ -190,6 +190,7 @@ class Daemon:
             bootstrap=bootstrap,
             interval=args.heartbeat,
             wall_clock=args.wall_clock,
+            driver_config=DriverConfig(lease_read=args.lease_read),
         )
         db = Database(
             self._dir.database_dir / "db.bin",

@@ -44,6 +44,10 @@ class DaemonArgs:
     wall_clock: Callable[[], datetime.datetime] = _utc_now
     #: Per-listener limits (body, SQL text, connections, in-flight requests, slow clients).
     limits: Limits = DEFAULT_LIMITS
+    #: Linearizable reads from the leader's lease instead of a heartbeat round per read
+    #: (faster; safe only while the members' clocks run at about the same rate: see
+    #: docs/howto/performance.md).
+    lease_read: bool = False
 
     @property
     def heartbeat(self) -> float:
