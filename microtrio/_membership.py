@@ -22,6 +22,10 @@ built in three steps by the daemon:
 :meth:`MemberCluster.aclose` hands leadership over (a graceful stop of the leader), stops
 the components, and closes the replication (the daemon closes the database in between).
 
+Cluster certificate rotation (``_cluster/_rotation.py``): :meth:`MemberCluster.refresh_tls`
+reloads ``cluster.crt`` and the pin bundle (old and new certificates during a rotation) and
+hands them to every client the member builds from then on and to the Raft transport.
+
 The Raft websocket route is mounted on the core listener before any replication exists
 (the listener starts first, at init or join); :class:`RaftRouteProxy` is what the route
 sees: it refuses connections until a transport is attached and follows resets.
@@ -37,7 +41,13 @@ from typing import TYPE_CHECKING, Any, final
 import trio
 
 from ._api._state import RoleStatus
-from ._certs import CertKeyPair, load_cert_key_pair
+from ._certs import (
+    CertKeyPair,
+    client_ssl_context,
+    cluster_pin_bundle,
+    load_cert_key_pair,
+    pinned_server_name,
+)
 from ._client import Client
 from ._cluster._admission import Admission, KeyPairEntry
 from ._cluster._heartbeat import (
@@ -99,13 +109,15 @@ class _OwnedClient:
 
 
 def member_client_factory(
-    pair: CertKeyPair, pinned: bytes, own_address: str
+    pair: CertKeyPair, pinned: bytes | Callable[[], bytes], own_address: str
 ) -> Callable[[str], MemberClient]:
     """Mutual-TLS notification clients of other members (this member's ``server.crt``
-    presented, ``cluster.crt`` pinned), as the cluster components need them."""
+    presented, ``cluster.crt`` pinned; ``pinned`` may be a callable giving the current
+    pin bundle, so that clients built after a certificate rotation pin the new one)."""
 
     def factory(address: str) -> MemberClient:
-        return _OwnedClient(Client.tls(address, cert=pair, pinned=pinned), own_address)
+        pins = pinned() if callable(pinned) else pinned
+        return _OwnedClient(Client.tls(address, cert=pair, pinned=pins), own_address)
 
     return factory
 
@@ -176,6 +188,7 @@ class MemberCluster:
         hooks: HookRunner,
         pair: CertKeyPair,
         cluster_pair: CertKeyPair,
+        pins: bytes,
         interval: float,
         wall_clock: Callable[[], datetime.datetime],
     ) -> None:
@@ -186,6 +199,7 @@ class MemberCluster:
         self._hooks = hooks
         self._pair = pair
         self._cluster_pair = cluster_pair
+        self._pins = pins
         self.interval = interval
         self._wall_clock = wall_clock
         self.lock = trio.Lock()
@@ -196,6 +210,8 @@ class MemberCluster:
         self.removal: Removal | None = None
         self.heartbeat: Heartbeat | None = None
         self.trigger = SchemaUpdateTrigger(name=state.name)
+        #: One cluster certificate rotation at a time (``_cluster/_rotation.py``).
+        self.rotation_lock = trio.Lock()
         self._online: set[int] | None = None
         self._scope = trio.CancelScope()
 
@@ -236,16 +252,48 @@ class MemberCluster:
         cluster_pair = await trio.to_thread.run_sync(
             load_cert_key_pair, state_dir.cluster_crt, state_dir.cluster_key
         )
-        return cls(
+        pins = await trio.to_thread.run_sync(cluster_pin_bundle, state_dir)
+        cluster = cls(
             state=state,
             replication=replication,
             truststore=truststore,
             hooks=hooks,
             pair=pair,
             cluster_pair=cluster_pair,
+            pins=pins,
             interval=interval,
             wall_clock=wall_clock,
         )
+        await cluster._pin_transport()  # a rotation may have been under way when it stopped
+        return cluster
+
+    # -- the cluster certificate ---------------------------------------------------------
+
+    @property
+    def cluster_pair(self) -> CertKeyPair:
+        """The cluster key pair this member presents (and hands to joiners)."""
+        return self._cluster_pair
+
+    @property
+    def pins(self) -> bytes:
+        """What this member pins when it dials another: ``cluster.crt``, plus the other
+        certificate while a rotation is under way (a PEM bundle)."""
+        return self._pins
+
+    async def refresh_tls(self) -> None:
+        """Reload ``cluster.crt``/``cluster.key`` and the pins after a rotation step:
+        clients built from now on, and new Raft links, use them."""
+        state_dir = self._state.state_dir
+        self._cluster_pair = await trio.to_thread.run_sync(
+            load_cert_key_pair, state_dir.cluster_crt, state_dir.cluster_key
+        )
+        self._pins = await trio.to_thread.run_sync(cluster_pin_bundle, state_dir)
+        await self._pin_transport()
+
+    async def _pin_transport(self) -> None:
+        context = await trio.to_thread.run_sync(client_ssl_context, self._pair, self._pins)
+        name = pinned_server_name(self._pins) if context.check_hostname else None
+        self.replication.transport.set_client_tls(context, name)
 
     # -- the database's side -------------------------------------------------------------
 
@@ -289,7 +337,7 @@ class MemberCluster:
     # -- the cluster components ----------------------------------------------------------
 
     def client_factory(self) -> Callable[[str], MemberClient]:
-        return member_client_factory(self._pair, self._cluster_pair.cert, self._state.address)
+        return member_client_factory(self._pair, lambda: self._pins, self._state.address)
 
     def online(self) -> Collection[int]:
         """Node ids known alive by the last heartbeat round (all of Raft before one ran)."""

@@ -13,6 +13,11 @@
   members forward to the leader; when the leader removes itself it hands leadership over
   first and the request is forwarded to the new leader.
 
+* ``PUT /core/1.0/cluster/certificates/cluster``: the cluster-wide rotation of
+  ``_cluster/_rotation.py`` (stage, switch, finish on every member through
+  ``POST /core/internal/cluster-certificate``), unless the request is a notification or
+  the member's cluster is not running (then this member only, as for the other names).
+
 The daemon mounts :func:`cluster_resources` before the core resources, so these routes take
 precedence over the single-member ones. ``get_cluster()`` returns the member's current
 :class:`MemberCluster` (None before init or after a reset: 503).
@@ -28,13 +33,21 @@ from urllib.parse import quote
 import trio
 from quart import Request
 
+from .._certs import CertKeyPair
 from .._cluster import _members as members
 from .._cluster._admission import JoinRequest
 from .._cluster._heartbeat import HeartbeatInfo, member_statuses, receive_heartbeat
 from .._cluster._names import validate_name
-from .._errors import MicrotrioError, NotFoundError, UnavailableError
+from .._cluster._rotation import (
+    STEP_TIMEOUT,
+    RotationStep,
+    apply_step,
+    rotate_cluster_certificate,
+)
+from .._errors import BadRequestError, MicrotrioError, NotFoundError, UnavailableError
+from ._internal import is_notification
 from ._listener import trusted_member_for_scope
-from ._public import member_json
+from ._public import cert_name, certificates_put, member_json, read_key_pair
 from ._resources import Endpoint, EndpointAction, Handler, Resources
 from ._router import read_json_object
 from ._state import State
@@ -196,6 +209,65 @@ def _remove(get: GetCluster) -> Handler:
     return handler
 
 
+async def _apply_rotation_step(state: State, cluster: MemberCluster | None,
+                               step: RotationStep) -> None:
+    async def replace(cert: str, key: str) -> None:
+        await state.control.replace_certificate("cluster", cert, key, None)
+
+    async def refresh() -> None:
+        if cluster is not None:
+            await cluster.refresh_tls()
+
+    await apply_step(state.state_dir, step, replace=replace, refresh=refresh)
+
+
+def _certificates(get: GetCluster) -> Handler:
+    async def handler(state: State, req: Request) -> Any:
+        name = cert_name(req)
+        cluster = get()
+        if name != "cluster" or cluster is None or is_notification(req):
+            result = await certificates_put(state, req)
+            if name == "cluster" and cluster is not None:
+                await cluster.refresh_tls()
+            return result
+        cert, key, ca = await read_key_pair(req)
+        pair = CertKeyPair(cert.encode(), key.encode(), ca.encode() if ca else None)
+
+        async def send(address: str, step: RotationStep) -> None:
+            async with await state.remote_client(address) as client:
+                await client.notifier(state.address).query(
+                    "POST", "/core/internal/cluster-certificate", step.to_dict(),
+                    timeout=STEP_TIMEOUT)
+
+        async def apply_local(step: RotationStep) -> None:
+            await _apply_rotation_step(state, cluster, step)
+
+        async with cluster.rotation_lock:
+            rows = await state.database.read(members.list_members)
+            peers = {row.name: row.address for row in rows if row.name != state.name}
+            await rotate_cluster_certificate(pair, peers=peers, send=send,
+                                             apply_local=apply_local, member=state.name)
+        return {}
+
+    return handler
+
+
+def _rotation_step(get: GetCluster) -> Handler:
+    async def handler(state: State, req: Request) -> Any:
+        if not state.address:
+            raise BadRequestError("This member is not initialised")
+        step = RotationStep.from_dict(await read_json_object(req))
+        cluster = get()
+        if cluster is None:
+            await _apply_rotation_step(state, None, step)
+            return {}
+        async with cluster.rotation_lock:
+            await _apply_rotation_step(state, cluster, step)
+        return {}
+
+    return handler
+
+
 def cluster_resources(get_cluster: GetCluster) -> list[Resources]:
     """The clustering endpoints (module docstring), for the control socket and core listener."""
     return [
@@ -206,6 +278,9 @@ def cluster_resources(get_cluster: GetCluster) -> list[Resources]:
                          post=EndpointAction(_admit(get_cluster), allow_untrusted=True)),
                 Endpoint("heartbeat", name="heartbeat",
                          post=EndpointAction(_heartbeat(get_cluster))),
+                Endpoint("cluster-certificate", name="cluster-certificate",
+                         post=EndpointAction(_rotation_step(get_cluster)),
+                         allowed_before_init=True),
             ],
         ),
         Resources(
@@ -214,6 +289,9 @@ def cluster_resources(get_cluster: GetCluster) -> list[Resources]:
                 Endpoint("cluster", name="cluster", get=EndpointAction(_list(get_cluster))),
                 Endpoint("cluster/{name}", name="cluster/member",
                          delete=EndpointAction(_remove(get_cluster))),
+                Endpoint("cluster/certificates/{name}", name="cluster/certificates",
+                         put=EndpointAction(_certificates(get_cluster)),
+                         allowed_before_init=True),
             ],
         ),
     ]

@@ -9,7 +9,7 @@ from quart import Request
 
 from .._client import Client
 from .._cluster import _members as members
-from .._cluster._names import validate_address, validate_name
+from .._cluster._names import format_address, parse_address, validate_name
 from .._db._extensions import encode_extensions
 from .._errors import (
     BadRequestError,
@@ -23,7 +23,14 @@ from ._resources import Endpoint, EndpointAction, Resources
 from ._router import read_json_object
 from ._state import State
 
-__all__ = ["member_json", "public_resources", "status_json"]
+__all__ = [
+    "cert_name",
+    "certificates_put",
+    "member_json",
+    "public_resources",
+    "read_key_pair",
+    "status_json",
+]
 
 ONLINE = "ONLINE"
 UNREACHABLE = "UNREACHABLE"
@@ -107,20 +114,29 @@ async def _cluster_delete(state: State, req: Request) -> Any:
     )
 
 
-def _cert_name(req: Request) -> str:
+def cert_name(req: Request) -> str:
+    """The ``{name}`` of ``/core/1.0/cluster/certificates/{name}`` (400 for a path-like one)."""
     name = str((req.view_args or {}).get("name", ""))
     if not name or "/" in name or "\\" in name or ".." in name:
         raise BadRequestError(f"Invalid certificate name {name!r}")
     return name
 
 
-async def _certificates_put(state: State, req: Request) -> Any:
-    name = _cert_name(req)
+async def read_key_pair(req: Request) -> tuple[str, str, str | None]:
+    """``(cert, key, ca or None)`` of a ``KeyPair`` body (400 when malformed)."""
     body = await read_json_object(req)
     cert, key, ca = body.get("cert"), body.get("key"), body.get("ca", "")
     if not isinstance(cert, str) or not isinstance(key, str) or not isinstance(ca, str | None):
         raise BadRequestError("'cert' and 'key' must be PEM strings")
-    await state.control.replace_certificate(name, cert, key, ca or None)
+    return cert, key, ca or None
+
+
+async def certificates_put(state: State, req: Request) -> Any:
+    """Replace a certificate on this member only (the cluster-wide rotation of the
+    ``cluster`` certificate is in ``_cluster_routes.py``)."""
+    name = cert_name(req)
+    cert, key, ca = await read_key_pair(req)
+    await state.control.replace_certificate(name, cert, key, ca)
     return {}
 
 
@@ -139,13 +155,20 @@ async def _servers_put(state: State, req: Request) -> Any:
             raise BadRequestError(f"Server {name!r}: 'address' must be a string")
         if name not in state.extension_servers:
             raise ValidationError(f"{name!r} is not an additional server of this application")
-        update[name] = validate_address(address) if address else ""
-    used = [a for a in update.values() if a]
+        update[name] = _server_address(address) if address else ""
+    used = [a for a in update.values() if a and not a.endswith(":0")]
     if len(set(used)) != len(used) or state.address in used:
         raise ValidationError("Server addresses must be unique and differ from the core address")
     await state.control.update_servers(update)
     await _notify_config_update(state)
     return {}
+
+
+def _server_address(address: str) -> str:
+    """``ip:port`` of an additional listener; port 0 lets the OS choose (as in
+    ``Server.address``), so such addresses never clash with each other."""
+    host, port = parse_address(address, allow_port_zero=True)
+    return format_address(host, port)
 
 
 async def _notify_config_update(state: State) -> None:
@@ -206,7 +229,7 @@ def public_resources() -> Resources:
             Endpoint(
                 "cluster/certificates/{name}",
                 name="cluster/certificates",
-                put=EndpointAction(_certificates_put),
+                put=EndpointAction(certificates_put),
                 allowed_before_init=True,
             ),
             Endpoint(

@@ -45,6 +45,7 @@ class Recorder:
             pre_remove=record("pre-remove"),
             post_remove=record("post-remove"),
             on_heartbeat=record("on-heartbeat"),
+            on_daemon_config_update=record("on-daemon-config-update"),
         )
 
 
@@ -53,6 +54,8 @@ def _plain(args: tuple[Any, ...]) -> Any:
     for arg in args:
         if isinstance(arg, Mapping):
             out.append({k: getattr(v, "__dict__", None) or _slots(v) for k, v in arg.items()})
+        elif hasattr(arg, "to_dict") and hasattr(arg, "servers"):  # a DaemonConfig
+            out.append(arg.to_dict())
         elif hasattr(arg, "name") and hasattr(arg, "address"):
             out.append(arg.name)
         else:
