@@ -2,9 +2,9 @@
 
     python bench/failover.py [--trials 5] [--base-port 24850]
 
-Each trial starts a fresh 3-member cluster (``bench/microtrio_cluster.sh``: one process per
-member, mutual TLS, the example kv service), waits until one member leads and writes
-succeed, then sends SIGKILL to the leader's process and immediately starts writing
+Each trial starts a fresh 3-member cluster (``bench/microtrio_cluster.sh``: three
+``python -m examples.kv daemon`` processes, bootstrapped and joined with tokens, mutual TLS),
+waits for three voters, a leader and a successful write, then sends SIGKILL to the leader's process and immediately starts writing
 (``PUT /1.0/kv/failover-<n>``) to both survivors from one thread each, a request after the
 other (each with its own deadline). The failover time is from the kill to the first ``200``
 of a request that was sent after the kill. Prints one JSON line per trial and a summary.
@@ -16,32 +16,18 @@ import argparse
 import http.client
 import json
 import os
+import shutil
 import signal
 import ssl
 import statistics
-import subprocess
+import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-
-
-def _context(certs: Path) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(certs / "cluster.crt"))
-    ctx.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
-    return ctx
-
-
-def _leads(port: int, ctx: ssl.SSLContext) -> bool:
-    try:
-        url = f"https://127.0.0.1:{port}/bench/leader"
-        with urllib.request.urlopen(url, context=ctx, timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cluster  # noqa: E402
 
 
 def _put(conn: http.client.HTTPSConnection, key: str) -> int:
@@ -89,23 +75,19 @@ def _first_success(ports: list[int], ctx: ssl.SSLContext, timeout: float) -> flo
     return min(found) if found else None
 
 
-def trial(n: int, args: argparse.Namespace, certs: Path, ctx: ssl.SSLContext) -> dict[str, object]:
+def trial(n: int, args: argparse.Namespace, certs: Path) -> dict[str, object]:
     data = Path(tempfile.mkdtemp(prefix="microtrio-failover."))
-    env = dict(os.environ, CERTS=str(certs), DATA=str(data), BASE_PORT=str(args.base_port))
-    cluster = subprocess.Popen(
-        ["bash", str(HERE / "microtrio_cluster.sh")], env=env, stderr=subprocess.PIPE
-    )
+    cluster, pids = _cluster.start(certs, data, args.base_port)
     try:
-        assert cluster.stderr is not None
-        line = cluster.stderr.readline().decode()
-        pids = [int(p) for p in line.split(":", 1)[1].split("(")[0].split()]
+        ctx = _cluster.context(certs)
         ports = [args.base_port + k for k in (1, 2, 3)]
+        _cluster.wait_voters(ports[0], ctx)
         deadline = time.monotonic() + 60
         leader = None
         while leader is None:
             if time.monotonic() > deadline:
                 raise SystemExit("no leader within 60 s")
-            leader = next((k for k, p in enumerate(ports) if _leads(p, ctx)), None)
+            leader = next((k for k, p in enumerate(ports) if _cluster.leads(p, ctx)), None)
             time.sleep(0.1)
         if _first_success([ports[leader]], ctx, 30) is None:
             raise SystemExit("the cluster does not take writes")
@@ -114,7 +96,7 @@ def trial(n: int, args: argparse.Namespace, certs: Path, ctx: ssl.SSLContext) ->
         killed = time.monotonic()
         os.kill(pids[leader], signal.SIGKILL)
         success = _first_success(survivors, ctx, args.timeout)
-        new_leader = next((p for p in survivors if _leads(p, ctx)), None)
+        new_leader = next((p for p in survivors if _cluster.leads(p, ctx)), None)
         result: dict[str, object] = {
             "trial": n,
             "killed_member": f"member{leader + 1}",
@@ -124,10 +106,9 @@ def trial(n: int, args: argparse.Namespace, certs: Path, ctx: ssl.SSLContext) ->
         print(json.dumps(result), flush=True)
         return result
     finally:
-        cluster.send_signal(signal.SIGTERM)
-        cluster.wait(timeout=60)
+        _cluster.stop(cluster)
         if not os.environ.get("KEEP"):
-            subprocess.run(["rm", "-rf", str(data)], check=False)
+            shutil.rmtree(data, ignore_errors=True)
         else:
             print(f"kept {data}")
 
@@ -139,10 +120,8 @@ def main() -> None:
     p.add_argument("--settle", type=float, default=1.0, help="seconds of steady state first")
     p.add_argument("--timeout", type=float, default=30.0, help="give up a trial after this")
     args = p.parse_args()
-    certs = Path(os.environ.get("CERTS", "/tmp/microtrio-bench-pki"))
-    subprocess.run(["python3", str(HERE / "_pki.py"), str(certs)], check=True)
-    ctx = _context(certs)
-    results = [trial(n, args, certs, ctx) for n in range(1, args.trials + 1)]
+    certs = Path(os.environ.get("CERTS", "/tmp/microtrio-failover-pki"))
+    results = [trial(n, args, certs) for n in range(1, args.trials + 1)]
     times = [float(r["failover_s"]) for r in results if isinstance(r["failover_s"], float)]
     summary = {
         "trials": len(results),

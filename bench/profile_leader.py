@@ -2,7 +2,7 @@
 
     python bench/profile_leader.py --mode write -c 16 -t 10 [--top 25] [--out DIR]
 
-Starts ``bench/microtrio_cluster.sh`` (member1 is made the leader: ``--prefer-leader``),
+Starts ``bench/microtrio_cluster.sh`` (three daemons; member1, the founding member, leads),
 drives it with the shared load client (``/work/shared/bench/load.py``, http-kv adapter,
 mutual TLS, every request to the leader) and samples the leader process with py-spy
 (``pip install py-spy``; all threads, wall-clock including idle with ``--idle``) for the
@@ -21,47 +21,30 @@ import collections
 import json
 import os
 import shutil
-import signal
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _cluster  # noqa: E402
+
 LOAD = Path(os.environ.get("LOAD_PY", "/work/shared/bench/load.py"))
-
-
-def _leads(url: str, ctx: ssl.SSLContext) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/bench/leader", context=ctx, timeout=2) as reply:
-            return bool(reply.status == 200)
-    except OSError:
-        return False
 
 
 def _start(
     args: argparse.Namespace, certs: Path, data: Path
 ) -> tuple[subprocess.Popen[bytes], int]:
-    env = dict(os.environ, CERTS=str(certs), DATA=str(data), BASE_PORT=str(args.base_port))
-    env["MEMBER_ARGS"] = env.get("MEMBER_ARGS", "") + " --prefer-leader member1"
-    if args.cprofile:
-        env["PROFILE_DIR"] = str(args.out)
-    cluster = subprocess.Popen(
-        ["bash", str(HERE / "microtrio_cluster.sh")], env=env, stderr=subprocess.PIPE
-    )
-    assert cluster.stderr is not None
-    line = cluster.stderr.readline().decode()
-    pids = [int(p) for p in line.split(":", 1)[1].split("(")[0].split()]
-    ctx = ssl.create_default_context(cafile=str(certs / "cluster.crt"))
-    ctx.load_cert_chain(str(certs / "client.crt"), str(certs / "client.key"))
-    url = f"https://127.0.0.1:{args.base_port + 1}"
+    env = {"PROFILE_DIR": str(args.out)} if args.cprofile else {}
+    cluster, pids = _cluster.start(certs, data, args.base_port, **env)
+    ctx = _cluster.context(certs)
+    port = args.base_port + 1
+    _cluster.wait_voters(port, ctx)
     deadline = time.monotonic() + 60
-    while not _leads(url, ctx):
+    while not _cluster.leads(port, ctx):
         if time.monotonic() > deadline or cluster.poll() is not None:
-            cluster.send_signal(signal.SIGTERM)
+            _cluster.stop(cluster)
             sys.exit("the cluster did not come up with member1 leading")
         time.sleep(0.2)
     return cluster, pids[0]
@@ -102,7 +85,7 @@ def main() -> None:
     args = p.parse_args()
     args.out = args.out or Path(tempfile.mkdtemp(prefix="microtrio-profile."))
     args.out.mkdir(parents=True, exist_ok=True)
-    certs = Path(os.environ.get("CERTS", "/tmp/microtrio-bench-pki"))
+    certs = Path(os.environ.get("CERTS", "/tmp/microtrio-profile-pki"))
     data = Path(tempfile.mkdtemp(prefix="microtrio-profile-data."))
     cluster, leader_pid = _start(args, certs, data)
     raw = args.out / "leader.collapsed"
@@ -128,8 +111,7 @@ def main() -> None:
         if spy is not None:
             spy.wait(timeout=60)
     finally:
-        cluster.send_signal(signal.SIGTERM)
-        cluster.wait(timeout=60)
+        _cluster.stop(cluster)
         shutil.rmtree(data, ignore_errors=True)
     report = json.loads(result)
     keys = ("mode", "concurrency", "ops_per_s", "p50_ms", "p99_ms", "errors", "servers_cpu_pct")

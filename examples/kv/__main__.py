@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from ..microd.cli import main
-from .service import VERSION, daemon_args
+from .cli import main
 
 if __name__ == "__main__":
-    sys.exit(main(args_factory=daemon_args, prog="python -m examples.kv", version=VERSION))
+    sys.exit(main())

@@ -1,8 +1,10 @@
 """The key-value service: one table, three handlers, one :class:`microtrio.Server`.
 
-Writes go through ``state.database.transaction`` (executed on the leader, grouped into
-batches, replicated); reads through ``state.database.read`` (ReadIndex first unless
-``?stale=1``). Keys are one path segment of at most :data:`MAX_KEY_BYTES` bytes.
+Writes go through ``state.database.transaction`` (grouped into batches, replicated); reads
+through ``state.database.read`` (ReadIndex first unless ``?stale=1``; served from the leader's
+lease when the daemon runs with ``lease_read``). Keys are one path segment of at most
+:data:`MAX_KEY_BYTES` bytes. Every PUT bumps the key's ``revision`` column, so a PUT of the
+value a key already has is still a replicated write.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ SCHEMA_UPDATES = (
     microtrio.SchemaUpdate(
         "CREATE TABLE kv (key TEXT PRIMARY KEY NOT NULL, value BLOB NOT NULL)", name="kv"
     ),
+    # Every PUT bumps the key's revision (as etcd's mod_revision), so every PUT changes its
+    # row and is replicated, even when it stores the value the key already has.
+    microtrio.SchemaUpdate(
+        "ALTER TABLE kv ADD COLUMN revision INTEGER NOT NULL DEFAULT 1", name="kv-revision"
+    ),
 )
 
 
@@ -46,7 +53,7 @@ async def kv_put(state: microtrio.State, req: Request) -> Any:
     def put(conn: apsw.Connection) -> None:
         conn.execute(
             "INSERT INTO kv (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, revision = revision + 1",
             (key, value),
         )
 

@@ -103,13 +103,29 @@ async def test_bench_client_drives_it(tmp_path: Path) -> None:
 
 def test_cli_is_microtrios_with_the_kv_daemon() -> None:
     from examples.kv import service
-    from examples.microd.cli import build_parser
+    from examples.kv.cli import _cmd_daemon, build_parser
 
-    parser = build_parser(args_factory=daemon_args, prog="python -m examples.kv", extended=False)
+    parser = build_parser()
     ns = parser.parse_args(["daemon", "--heartbeat", "2s"])
-    assert ns.func.args == (service.daemon_args,) and ns.heartbeat == 2.0
+    assert ns.func is _cmd_daemon and ns.heartbeat == 2.0 and ns.lease_read is False
+    assert parser.parse_args(["daemon", "--lease-read"]).lease_read is True
     assert callable(parser.parse_args(["init", "kv1", "127.0.0.1:0", "--bootstrap"]).func)
     with pytest.raises(SystemExit):
         parser.parse_args(["extended"])
-    args = service.daemon_args(heartbeat_interval=2.0)
-    assert args.heartbeat == 2.0 and set(args.servers) == {"kv"}
+    args = service.daemon_args(heartbeat_interval=2.0, lease_read=True)
+    assert args.heartbeat == 2.0 and set(args.servers) == {"kv"} and args.lease_read
+
+
+async def test_every_put_is_a_write(tmp_path: Path) -> None:
+    """A PUT of the value a key already has still changes the row (its revision), so it
+    is replicated like any other write."""
+    async with trio.open_nursery() as nursery:
+        member = await run_member(nursery, tmp_path, daemon_args(drain_timeout=2.0))
+        with trio.fail_after(CEILING):
+            for _ in range(3):
+                put = await member.request("PUT", "/1.0/kv/same", via="tls", content=b"v")
+                assert put.status_code == 200, put.text
+            rows = await member.app.sql("SELECT revision FROM kv WHERE key = 'same'")
+            assert isinstance(rows, dict)
+            assert rows["Results"][0]["rows"] == [[3]]
+        nursery.cancel_scope.cancel()
