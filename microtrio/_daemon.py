@@ -529,10 +529,11 @@ class Daemon:
         files: tuple[os.PathLike[str], os.PathLike[str], os.PathLike[str] | None]
         if name == "cluster":
             files = (self._dir.cluster_crt, self._dir.cluster_key, None)
-            keys = ["core"] + [
+            keys = ["core"] + [  # listeners without a certificate of their own
                 n
                 for n, s in self._args.servers.items()
                 if not s.core_api and not s.dedicated_certificate
+                and not self._dir.certificate_files(n)[0].exists()
             ]
         elif name == "server":
             if initialised:
