@@ -41,12 +41,23 @@ AccessHandler = Callable[["State", "Request"], Awaitable[None]]
 @final
 @dataclass(frozen=True, slots=True)
 class EndpointAction:
-    """One HTTP method of an endpoint."""
+    """One HTTP method of an endpoint.
+
+    ``fast=True`` serves the action without the web framework: a bare ASGI dispatcher in
+    front of the listener's Quart app answers it, with the same gates in the same order
+    (trust, body limit, shutdown and init gates, ``access_handler``, ``?target=``
+    forwarding), the same error envelopes and the same responses. The handler then gets a
+    lighter request object: ``method``, ``path``, ``scope``, ``headers``, ``args``,
+    ``view_args``, ``content_length``, ``await get_data(as_text=False)`` and
+    ``await get_json()``, and may return metadata, a Quart ``Response`` with a body, or
+    raise; it must not use Quart's ``request`` global. See ``docs/howto/performance.md``.
+    """
 
     handler: Handler
     access_handler: AccessHandler | None = None
     allow_untrusted: bool = False
     proxy_target: bool = False
+    fast: bool = False
 
 
 @final
