@@ -15,8 +15,10 @@
 
 * ``PUT /core/1.0/cluster/certificates/cluster``: the cluster-wide rotation of
   ``_cluster/_rotation.py`` (stage, switch, finish on every member through
-  ``POST /core/internal/cluster-certificate``), unless the request is a notification or
-  the member's cluster is not running (then this member only, as for the other names).
+  ``POST /core/internal/cluster-certificate``). An additional listener's certificate is
+  replaced here first (so a bad one changes nothing) and then pushed to every other member
+  as a notification. A notification, ``server`` (before init only), or a member whose
+  cluster is not running: this member only.
 
 The daemon mounts :func:`cluster_resources` before the core resources, so these routes take
 precedence over the single-member ones. ``get_cluster()`` returns the member's current
@@ -221,16 +223,43 @@ async def _apply_rotation_step(state: State, cluster: MemberCluster | None,
     await apply_step(state.state_dir, step, replace=replace, refresh=refresh)
 
 
+async def _push_certificate(state: State, name: str, body: dict[str, str]) -> None:
+    """``PUT .../certificates/<name>`` as a notification on every other member (each
+    replaces only its own copy); the first failure is raised once all have answered."""
+    rows = await state.database.read(members.list_members)
+    failures: list[str] = []
+
+    async def one(row: members.MemberRow) -> None:
+        try:
+            async with await state.remote_client(row.address) as client:
+                await client.notifier(state.address).query(
+                    "PUT", f"/core/1.0/cluster/certificates/{quote(name)}", body)
+        except MicrotrioError as exc:
+            failures.append(f"{row.name}: {exc}")
+
+    async with trio.open_nursery() as nursery:
+        for row in rows:
+            if row.name != state.name:
+                nursery.start_soon(one, row)
+    if failures:
+        raise UnavailableError(f"Certificate {name!r} not replaced everywhere: "
+                               + "; ".join(sorted(failures)))
+
+
 def _certificates(get: GetCluster) -> Handler:
     async def handler(state: State, req: Request) -> Any:
         name = cert_name(req)
         cluster = get()
-        if name != "cluster" or cluster is None or is_notification(req):
+        if name == "server" or cluster is None or is_notification(req):
             result = await certificates_put(state, req)
             if name == "cluster" and cluster is not None:
                 await cluster.refresh_tls()
             return result
         cert, key, ca = await read_key_pair(req)
+        if name != "cluster":  # an additional listener's: here first (validated), then the rest
+            await state.control.replace_certificate(name, cert, key, ca)
+            await _push_certificate(state, name, {"cert": cert, "key": key, "ca": ca or ""})
+            return {}
         pair = CertKeyPair(cert.encode(), key.encode(), ca.encode() if ca else None)
 
         async def send(address: str, step: RotationStep) -> None:

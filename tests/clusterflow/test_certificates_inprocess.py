@@ -5,7 +5,9 @@ member. Afterwards: every listener that uses the cluster certificate presents th
 (the dedicated one keeps its own), writes replicate, heartbeats keep everyone ONLINE,
 ``?target=`` forwarding works, a new token carries the new fingerprint and a new member
 joins with it, a client pinning the old certificate is refused, and every member comes back
-after a restart. Bad input is refused with nothing changed on any member. Also
+after a restart. Bad input is refused with nothing changed on any member. An additional
+listener's certificate replaced on one member is live on all of them (and a later rotation
+leaves it alone). Also
 ``PUT /core/1.0/daemon/servers``: the listener moves, the other members run
 ``OnDaemonConfigUpdate``.
 """
@@ -56,6 +58,15 @@ SERVERS = {
         resources=[
             microtrio.Resources(
                 "extra", [microtrio.Endpoint("ping", get=microtrio.EndpointAction(_whoami))]
+            )
+        ],
+    ),
+    # Its own listener; the cluster certificate until one is given to it.
+    "custom": microtrio.Server(
+        address="127.0.0.3:0",
+        resources=[
+            microtrio.Resources(
+                "custom", [microtrio.Endpoint("ping", get=microtrio.EndpointAction(_whoami))]
             )
         ],
     ),
@@ -134,6 +145,15 @@ async def test_cluster_certificate_rotation(tmp_path: Path) -> None:
                 assert _pin_files(node) == []
                 assert await _presented(_listeners(node)["core"]) == old_fp
 
+            # An additional listener's certificate, asked on member1: live on every member.
+            custom = generate_cert_key_pair("custom.example")
+            body = {"cert": custom.cert.decode(), "key": custom.key.decode()}
+            assert await _put_cert(m1, "custom", body) == 200
+            for node in nodes:
+                assert await _presented(_listeners(node)["custom"]) == custom.fingerprint
+                assert (node.state_dir / "certificates" / "custom.crt").read_bytes() == custom.cert
+            assert await _put_cert(m1, "nosuch", body) == 404
+
             # The rotation, asked on member2 over its control socket.
             moment = datetime.datetime.now(datetime.UTC)
             body = {"cert": new.cert.decode(), "key": new.key.decode()}
@@ -146,6 +166,7 @@ async def test_cluster_certificate_rotation(tmp_path: Path) -> None:
                 assert await _presented(listeners["core"]) == new.fingerprint
                 assert await _presented(listeners["extra"]) == new.fingerprint
                 assert await _presented(listeners["own"]) == own_fp[node.name]
+                assert await _presented(listeners["custom"]) == custom.fingerprint
 
             # Writes replicate through Raft; heartbeats keep every member ONLINE.
             for i, node in enumerate(nodes):
@@ -184,7 +205,8 @@ async def test_cluster_certificate_rotation(tmp_path: Path) -> None:
             async with m1.app.local_client() as client:
                 await client.query(
                     "PUT", "/core/1.0/daemon/servers",
-                    {"extra": {"address": "127.0.0.2:0"}, "own": {"address": ""}},
+                    {"extra": {"address": "127.0.0.2:0"}, "own": {"address": ""},
+                     "custom": {"address": "127.0.0.3:0"}},
                 )
             assert "own" not in _listeners(m1)
             after = _listeners(m1)["extra"]
@@ -193,10 +215,8 @@ async def test_cluster_certificate_rotation(tmp_path: Path) -> None:
             updates = [(n, a) for n, h, a in recorder.calls if h == "on-daemon-config-update"]
             assert sorted(n for n, _ in updates) == ["member2", "member3", "member4"]
             assert all(a[0]["name"] == "member1" for _, a in updates)
-            assert all(
-                a[0]["servers"] == {"extra": {"address": "127.0.0.2:0"}, "own": {"address": ""}}
-                for _, a in updates
-            )
+            assert all(a[0]["servers"]["own"] == {"address": ""} for _, a in updates)
+            assert all(a[0]["servers"]["extra"] == {"address": "127.0.0.2:0"} for _, a in updates)
 
             # Every member stopped and started again: all come back with the new certificate.
             for node in nodes:
