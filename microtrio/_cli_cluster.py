@@ -24,7 +24,7 @@ from urllib.parse import quote
 import trio
 
 from ._app import App
-from ._certs import load_cert_key_pair
+from ._certs import cluster_pin_bundle, load_cert_key_pair
 from ._client import Client
 from ._cluster._heartbeat import MemberClient
 from ._cluster._recovery import (
@@ -96,7 +96,7 @@ def _load(state: StateDir) -> tuple[str, Truststore, list[DqliteMember]]:
 
 def _factory(state: StateDir) -> Callable[[str], MemberClient]:
     pair = load_cert_key_pair(state.server_crt, state.server_key)
-    pinned = state.cluster_crt.read_bytes()
+    pinned = cluster_pin_bundle(state)  # both certificates while a rotation is under way
 
     def build(address: str) -> MemberClient:
         return Client.tls(address, cert=pair, pinned=pinned)
