@@ -209,7 +209,10 @@ class MemberCluster:
         self.admission: Admission | None = None
         self.removal: Removal | None = None
         self.heartbeat: Heartbeat | None = None
-        self.trigger = SchemaUpdateTrigger(name=state.name)
+        self.trigger = SchemaUpdateTrigger(
+            name=state.name,
+            child_env={"MICROTRIO_MEMBER": state.name, "STATE_DIR": str(state.state_dir.path)},
+        )
         #: One cluster certificate rotation at a time (``_cluster/_rotation.py``).
         self.rotation_lock = trio.Lock()
         self._online: set[int] | None = None

@@ -178,8 +178,8 @@ async def notify_members(
 ProcessRunner = Callable[[Sequence[str]], Awaitable[int]]
 
 
-async def _run_process(argv: Sequence[str]) -> int:
-    completed = await trio.run_process(list(argv), check=False)
+async def _run_process(argv: Sequence[str], env: Mapping[str, str] | None = None) -> int:
+    completed = await trio.run_process(list(argv), check=False, env=env)
     return completed.returncode
 
 
@@ -188,7 +188,10 @@ class SchemaUpdateTrigger:
     """Runs ``$SCHEMA_UPDATE`` after a random 0-29 s delay when asked (reference 6.6).
 
     ``await nursery.start(trigger.run)``; then :meth:`request` from the heartbeat receiver.
-    ``environ``, ``rng`` and ``runner`` are injected for tests.
+    The executable runs with this process's environment plus ``child_env`` (the daemon
+    adds ``MICROTRIO_MEMBER`` and ``STATE_DIR``, so that one script can serve several
+    members). ``environ``, ``rng`` and ``runner`` are injected for tests; ``max_delay``
+    (seconds) may be lowered by tests.
     """
 
     def __init__(
@@ -197,16 +200,21 @@ class SchemaUpdateTrigger:
         name: str = "",
         environ: Mapping[str, str] | None = None,
         rng: random.Random | None = None,
-        runner: ProcessRunner = _run_process,
+        runner: ProcessRunner | None = None,
         max_delay: int = 29,
+        child_env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self._environ = environ if environ is not None else os.environ
         self._rng = rng if rng is not None else random.Random()
-        self._runner = runner
-        self._max_delay = max_delay
+        self._runner = runner if runner is not None else self._run_default
+        self._child_env = dict(child_env or {})
+        self.max_delay = max_delay
         self._send, self._receive = trio.open_memory_channel[None](1)
         self.runs = 0
+
+    async def _run_default(self, argv: Sequence[str]) -> int:
+        return await _run_process(argv, {**self._environ, **self._child_env})
 
     def request(self) -> None:
         """Ask for an update run (merged with one already pending)."""
@@ -218,7 +226,7 @@ class SchemaUpdateTrigger:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         async for _ in self._receive:
-            delay = self._rng.randint(0, self._max_delay)
+            delay = self._rng.randint(0, self.max_delay)
             command = self._environ.get(SCHEMA_UPDATE_ENV, "")
             if not command:
                 logger.info("%s: the cluster schema is ahead of this member; set %s to "
