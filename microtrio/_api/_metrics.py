@@ -45,6 +45,7 @@ from ._state import State
 
 if TYPE_CHECKING:
     from .._db import Applier, Committer
+    from .._db._committer import RemoteHandler
 
 __all__ = [
     "METRICS_PATH",
@@ -184,6 +185,12 @@ class _InstrumentedCommitter:
         start = trio.current_time()
         await self._inner.read_barrier()
         self._barrier.observe(trio.current_time() - start)
+
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        return await self._inner.execute_remote(request)
+
+    def serve_remote(self, handler: RemoteHandler) -> None:
+        self._inner.serve_remote(handler)
 
 
 def instrument_committer(

@@ -9,14 +9,19 @@ Applier, so that committed entries of every origin are applied in log order.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeAlias, final
 
 import trio
 
 if TYPE_CHECKING:
     from ._apply import Applier
 
-__all__ = ["Committer", "LocalCommitter"]
+__all__ = ["Committer", "LocalCommitter", "RemoteHandler"]
+
+#: The leader's side of a forwarded statement request: runs the encoded request in the
+#: writer's batch and returns (encoded reply, the applied index the caller must wait for).
+RemoteHandler: TypeAlias = Callable[[bytes], Awaitable[tuple[bytes, int]]]
 
 
 class Committer(Protocol):
@@ -35,6 +40,20 @@ class Committer(Protocol):
         """Return once the local applied index covers everything committed before the call."""
         ...
 
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        """On a member that does not lead: send an encoded statement request to the leader
+        and return its encoded reply once this member applied the leader's state at the
+        time of the answer. None: this member leads (or is alone): run it locally.
+
+        Raises :class:`~microtrio.OutcomeUnknownError` when the request may have run but
+        no answer came, :class:`~microtrio.NoLeaderError` when it surely did not run.
+        """
+        ...
+
+    def serve_remote(self, handler: RemoteHandler) -> None:
+        """Run statement requests forwarded by other members with ``handler``."""
+        ...
+
 
 @final
 class LocalCommitter:
@@ -51,4 +70,10 @@ class LocalCommitter:
             return index
 
     async def read_barrier(self) -> None:
+        return None
+
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        return None
+
+    def serve_remote(self, handler: RemoteHandler) -> None:
         return None

@@ -55,6 +55,18 @@ from ._sql import (
     run_statements,
     split_statements,
 )
+from ._statements import (
+    FLAG_TEXT_RESULTS,
+    Params,
+    StatementRequest,
+    decode_reply,
+    decode_request,
+    encode_error_reply,
+    encode_reply,
+    encode_request,
+    normalize_statements,
+    run_request,
+)
 from ._status import DatabaseStatus
 
 __all__ = ["Database", "DatabaseStatistics"]
@@ -298,7 +310,51 @@ class Database:
             if not isinstance(exc.__cause__, apsw.AuthError):
                 raise
             # e.g. PRAGMA user_version = N: refused on readers, replicated by the writer
-        return await self._submit(lambda conn: run_statements(conn, statements), fenced=True)
+        request = StatementRequest([(sql, ()) for sql in statements], FLAG_TEXT_RESULTS)
+        return await self._execute_request(request)
+
+    async def execute(self, sql: str, params: Params = ()) -> SQLResult:
+        """Run one SQL statement with ``params`` as one write transaction (statement API).
+
+        See :meth:`execute_many`; returns the statement's :class:`SQLResult`.
+        """
+        return (await self.execute_many([(sql, params)]))[0]
+
+    async def execute_many(self, statements: Sequence[tuple[str, Params]]) -> list[SQLResult]:
+        """Run ``(sql, params)`` statements, in order, as ONE write transaction on the leader.
+
+        dqlite's model: the statements travel as text and parameters (``None``, ``int``,
+        ``float``, ``str``, ``bytes``; a sequence or a mapping of names) to the leader and run
+        inside its current write batch on the newest state, so they are never refused as
+        stale (unlike :meth:`transaction` on a member that does not lead). Returns once the
+        write is committed and applied on THIS member. A statement with result columns
+        (``SELECT``, ``... RETURNING``) gives a ``select`` result with its rows (blobs stay
+        bytes); others an ``exec`` result with ``rows_affected``; both carry
+        ``last_insert_rowid``. A failing statement rolls the whole call back: SQLite errors
+        become :class:`~microtrio.ConflictError` (unique constraint) or
+        :class:`~microtrio.BadRequestError`; :class:`~microtrio.OutcomeUnknownError` when
+        the leader was lost mid-way (the write may have committed).
+        """
+        self._require_online()
+        return await self._execute_request(StatementRequest(normalize_statements(statements)))
+
+    async def _execute_request(self, request: StatementRequest) -> list[SQLResult]:
+        committer = self._get_committer()
+        reply = await committer.execute_remote(encode_request(request.statements, request.flags))
+        if reply is None:  # this member leads (or is alone): join the local writer's batch
+            return await self._submit(partial(run_request, request=request), fenced=True)
+        return decode_reply(reply)
+
+    async def _serve_remote(self, data: bytes) -> tuple[bytes, int]:
+        """The leader's side of :meth:`execute_many` from another member: run the request
+        in the writer's batch; return the encoded reply and the applied index the caller
+        waits for before it answers (the state that includes this write)."""
+        try:
+            request = decode_request(data)
+            results = await self._submit(partial(run_request, request=request), fenced=True)
+            return encode_reply(results), self._get_applier().applied_index
+        except MicrotrioError as exc:
+            return encode_error_reply(exc), 0
 
     async def dump(self, *, schema_only: bool = False) -> str:
         """``GET /core/internal/sql``: SQL text of the database (``.dump`` style)."""
@@ -372,6 +428,7 @@ class Database:
         self._readers = readers
         self._applier = Applier(conn, self._writer_limiter, member=self._member)
         self._committer = self._committer_factory(self._applier)
+        self._committer.serve_remote(self._serve_remote)
         if not isinstance(self._committer, LocalCommitter):
             # Replicated: the durable Raft log is the source of truth, so a power loss that
             # takes the last applied transactions from the WAL only rolls the applied index

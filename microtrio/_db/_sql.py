@@ -39,6 +39,8 @@ class SQLResult:
     columns: tuple[str, ...] = ()
     rows: tuple[tuple[Any, ...], ...] = ()
     rows_affected: int = 0
+    #: ``conn.last_insert_rowid()`` after the statement (statement API; not on the wire).
+    last_insert_rowid: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """``{type, columns, rows, rows_affected}``; columns/rows are null for ``exec``."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar, final
 
@@ -66,7 +66,15 @@ from ..raft import (
 )
 from ._storage import AsyncLogStore
 from ._transport import Transport
-from ._wire import WIRE_CODEC, ForwardPropose, ForwardResult, ForwardStatus, Wire
+from ._wire import (
+    WIRE_CODEC,
+    ExecuteResult,
+    ForwardExecute,
+    ForwardPropose,
+    ForwardResult,
+    ForwardStatus,
+    Wire,
+)
 
 __all__ = [
     "WIRE_CODEC",
@@ -103,6 +111,8 @@ class DriverConfig:
     inbox_size: int = 1024
     #: Terms of this many recently applied entries are remembered (commit outcomes).
     recent_terms: int = 65536
+    #: Forwarded statement requests the leader runs at once; more are refused (retried).
+    remote_limit: int = 1024
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
@@ -175,6 +185,9 @@ class _Inbound:
 
 _Event = _Request | _Inbound
 
+#: Runs an encoded statement request (the database's writer); returns (reply, index).
+RemoteHandler = Callable[[bytes], Awaitable[tuple[bytes, int]]]
+
 
 @final
 class _ReadBatch:
@@ -244,6 +257,10 @@ class RaftDriver:
         # request id -> (the leader asked, its answer); ids are random so that an answer
         # meant for an earlier run of this member can never match a new request
         self._forwards: dict[int, tuple[int, _Reply[ForwardResult]]] = {}
+        self._executes: dict[int, tuple[int, _Reply[ExecuteResult]]] = {}
+        self._remote_handler: RemoteHandler | None = None
+        self._remote_running = 0
+        self._nursery: trio.Nursery | None = None
         self._snapshot_index = 0
         self._running = False
         self._stopped = False
@@ -367,6 +384,22 @@ class RaftDriver:
         finally:
             self._forwards.pop(request_id, None)
 
+    def serve_remote(self, handler: RemoteHandler) -> None:
+        """Run :class:`ForwardExecute` requests with ``handler`` while this member leads."""
+        self._remote_handler = handler
+
+    async def execute_remote(self, leader: int, data: bytes) -> ExecuteResult:
+        """Send a statement request to ``leader``; wait for its answer (bound the wait)."""
+        self._check_running()
+        request_id = self._rng.getrandbits(63) or 1
+        reply: _Reply[ExecuteResult] = _Reply()
+        self._executes[request_id] = (leader, reply)
+        try:
+            self._transport.send([ForwardExecute(self.id, leader, request_id, data)])
+            return await reply.wait()
+        finally:
+            self._executes.pop(request_id, None)
+
     async def read_index(self) -> int:
         """A linearizable read point (ReadIndex). Raises NotLeaderError when no leader is
         known; waits forever if the request is lost (callers bound and retry).
@@ -438,10 +471,12 @@ class RaftDriver:
             self._node = await self._start_node()
             self._running = True
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
                 nursery.start_soon(self._forward_inbound)
                 task_status.started()
                 await self._loop()
         finally:
+            self._nursery = None
             self._running = False
             self._stopped = True
             self._inbox_send.close()
@@ -541,6 +576,12 @@ class RaftDriver:
                 reply = None
             if reply is not None:
                 reply.set(msg)
+        elif isinstance(msg, ForwardExecute):
+            self._start_execute(node, msg)
+        elif isinstance(msg, ExecuteResult):
+            asked, exec_reply = self._executes.get(msg.request_id, (0, None))
+            if exec_reply is not None and asked == msg.src:
+                exec_reply.set(msg)
         else:
             node.step(msg)
 
@@ -556,6 +597,35 @@ class RaftDriver:
                 self.id, msg.src, msg.request_id, ForwardStatus.DROPPED, leader=self.id
             )
         return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.OK, index, node.term)
+
+    def _start_execute(self, node: RaftNode, msg: ForwardExecute) -> None:
+        """Run a forwarded statement request in its own task (it waits for its commit)."""
+        status, leader = ForwardStatus.OK, self.id
+        if node.role is not StateRole.LEADER or self._remote_handler is None:
+            status, leader = ForwardStatus.NOT_LEADER, node.lead
+        elif node.lead_transferee or self._remote_running >= self.config.remote_limit:
+            status = ForwardStatus.DROPPED
+        if status != ForwardStatus.OK or self._nursery is None:
+            result = ExecuteResult(self.id, msg.src, msg.request_id, status, leader=leader)
+            self._transport.send([result])
+            return
+        self._remote_running += 1
+        self._nursery.start_soon(self._serve_execute, msg)
+
+    async def _serve_execute(self, msg: ForwardExecute) -> None:
+        handler = self._remote_handler
+        assert handler is not None
+        try:
+            data, index = await handler(msg.data)
+        except Exception:  # a bug in the handler must not take the driver down
+            logger.exception("%s: forwarded statement request failed", self._name)
+            return  # no answer: the asking member reports an unknown outcome
+        finally:
+            self._remote_running -= 1
+        result = ExecuteResult(
+            self.id, msg.src, msg.request_id, ForwardStatus.OK, index, self.id, data
+        )
+        self._transport.send([result])
 
     async def _handle_ready(self, node: RaftNode, rd: Ready) -> None:
         messages: Sequence[Message] = rd.messages
@@ -661,6 +731,8 @@ class RaftDriver:
             reply.fail(stopped)
         for _, forward in self._forwards.values():
             forward.fail(stopped)
+        for _, execute in self._executes.values():
+            execute.fail(stopped)
         while True:
             try:
                 event = self._inbox_recv.receive_nowait()

@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import final
+from typing import TypeVar, final
 
 import trio
 
@@ -54,7 +54,7 @@ from .._errors import (
     ValidationError,
 )
 from ..raft import ConfState, NotLeaderError, ProposalDroppedError, Role, StateRole, Status
-from ._driver import DriverConfig, RaftDriver, StateMachine
+from ._driver import DriverConfig, RaftDriver, RemoteHandler, StateMachine
 from ._faults import Faults
 from ._storage import AsyncLogStore, LogStore
 from ._transport import Transport, TransportConfig
@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("microtrio.replication")
+
+_A = TypeVar("_A")
 
 
 def node_id_for(name: str) -> int:
@@ -165,14 +167,21 @@ class RaftCommitter:
         """The leader's answer to a forwarded write; None once this member no longer sees
         ``leader`` as the leader (a crashed leader is noticed at the election timeout, not
         after the whole ``forward_timeout``) or when ``forward_timeout`` passes first."""
+        return await self._ask(
+            leader, partial(self._driver.forward, leader, payload), self.config.forward_timeout
+        )
+
+    async def _ask(
+        self, leader: int, call: Callable[[], Awaitable[_A]], limit: float
+    ) -> _A | UnavailableError | None:
         driver = self._driver
-        outcome: list[ForwardResult | UnavailableError] = []
-        with trio.move_on_after(self.config.forward_timeout):
+        outcome: list[_A | UnavailableError] = []
+        with trio.move_on_after(limit):
             async with trio.open_nursery() as nursery:
 
                 async def ask() -> None:
                     try:
-                        outcome.append(await driver.forward(leader, payload))
+                        outcome.append(await call())
                     except UnavailableError as exc:
                         outcome.append(exc)
                     nursery.cancel_scope.cancel()
@@ -185,6 +194,41 @@ class RaftCommitter:
                     outcome.append(exc)
                 nursery.cancel_scope.cancel()
         return outcome[0] if outcome else None
+
+    def serve_remote(self, handler: RemoteHandler) -> None:
+        self._driver.serve_remote(handler)
+
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        """Send a statement request to the leader (None when this member leads); return the
+        leader's reply once the local applied index reached the leader's at its answer."""
+        driver = self._driver
+        deadline = trio.current_time() + self.config.leader_wait
+        timeout = self.config.forward_timeout + self.config.apply_timeout
+        while True:
+            leader = driver.leader_id
+            if leader == driver.id:
+                return None
+            if leader and driver.address_of(leader) is not None:
+                result = await self._ask(
+                    leader, partial(driver.execute_remote, leader, request), timeout
+                )
+                if isinstance(result, UnavailableError):
+                    raise OutcomeUnknownError(f"forwarded write interrupted: {result}") from result
+                if result is None:
+                    raise OutcomeUnknownError(
+                        f"leader {leader} did not answer a forwarded write (it stopped leading "
+                        f"here, or {timeout} s passed)"
+                    )
+                if result.status == ForwardStatus.OK:
+                    with trio.move_on_after(self.config.apply_timeout):
+                        await driver.wait_applied(result.index)
+                        return result.data
+                    raise UnavailableError(
+                        f"the write committed at the leader, but this member did not apply "
+                        f"index {result.index} within {self.config.apply_timeout} s"
+                    )
+                logger.debug("leader %d refused a statement request (%d)", leader, result.status)
+            await self._pause_until(deadline)
 
     async def _pause_until(self, deadline: float) -> None:
         """Wait for a leadership change (or a tick); NoLeaderError past ``deadline``."""

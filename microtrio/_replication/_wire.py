@@ -9,6 +9,12 @@ first byte is its schema version, 1)::
     header  = tag:u8 (=0xF0) kind:u8 src:u64 dst:u64 request_id:u64
     kind 1  ForwardPropose   data (the rest)
     kind 2  ForwardResult    status:u8 index:u64 term:u64 leader:u64
+    kind 3  ForwardExecute   data (the rest: an encoded statement request, see _db/_statements)
+    kind 4  ExecuteResult    status:u8 index:u64 leader:u64 data (the rest: the encoded reply)
+
+A statement request (:class:`ForwardExecute`) is run by the leader in its write batch; its
+:class:`ExecuteResult` carries the leader's applied index once the write is applied there,
+which the asking member reaches before it answers its own caller.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from ._transport import WireCodec
 
 __all__ = [
     "WIRE_CODEC",
+    "ExecuteResult",
+    "ForwardExecute",
     "ForwardPropose",
     "ForwardResult",
     "ForwardStatus",
@@ -35,6 +43,9 @@ _FWD_HEADER: Final = struct.Struct(">BBQQQ")  # tag, kind, src, dst, request id
 _FWD_RESULT: Final = struct.Struct(">BQQQ")  # status, index, term, leader hint
 _KIND_PROPOSE: Final = 1
 _KIND_RESULT: Final = 2
+_KIND_EXECUTE: Final = 3
+_KIND_EXECUTE_RESULT: Final = 4
+_EXEC_RESULT: Final = struct.Struct(">BQQ")  # status, index, leader hint
 
 
 class ForwardStatus:
@@ -70,7 +81,33 @@ class ForwardResult:
     leader: int = 0
 
 
-Wire = Message | ForwardPropose | ForwardResult
+@final
+@dataclass(frozen=True, slots=True)
+class ForwardExecute:
+    """A member asks the leader to run an encoded statement request in its write batch."""
+
+    src: int
+    dst: int
+    request_id: int
+    data: bytes
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class ExecuteResult:
+    """The leader's answer to :class:`ForwardExecute`: with status OK, ``data`` is the
+    encoded reply and ``index`` the applied index to wait for; otherwise it did not run."""
+
+    src: int
+    dst: int
+    request_id: int
+    status: int
+    index: int = 0
+    leader: int = 0
+    data: bytes = b""
+
+
+Wire = Message | ForwardPropose | ForwardResult | ForwardExecute | ExecuteResult
 """Everything that travels on the Raft channel."""
 
 
@@ -80,6 +117,11 @@ def encode_wire(msg: Wire) -> bytes:
     if isinstance(msg, ForwardResult):
         head = _FWD_HEADER.pack(_TAG, _KIND_RESULT, msg.src, msg.dst, msg.request_id)
         return head + _FWD_RESULT.pack(msg.status, msg.index, msg.term, msg.leader)
+    if isinstance(msg, ForwardExecute):
+        return _FWD_HEADER.pack(_TAG, _KIND_EXECUTE, msg.src, msg.dst, msg.request_id) + msg.data
+    if isinstance(msg, ExecuteResult):
+        head = _FWD_HEADER.pack(_TAG, _KIND_EXECUTE_RESULT, msg.src, msg.dst, msg.request_id)
+        return head + _EXEC_RESULT.pack(msg.status, msg.index, msg.leader) + msg.data
     return encode_message(msg)
 
 
@@ -100,6 +142,17 @@ def decode_wire(data: bytes) -> Wire:
         if status not in (ForwardStatus.OK, ForwardStatus.NOT_LEADER, ForwardStatus.DROPPED):
             raise CodecError(f"unknown forwarded-result status {status}")
         return ForwardResult(src, dst, request_id, status, index, term, leader)
+    if kind == _KIND_EXECUTE:
+        return ForwardExecute(src, dst, request_id, bytes(body))
+    if kind == _KIND_EXECUTE_RESULT:
+        if len(body) < _EXEC_RESULT.size:
+            raise CodecError("truncated execute result")
+        status, index, leader = _EXEC_RESULT.unpack_from(body)
+        if status not in (ForwardStatus.OK, ForwardStatus.NOT_LEADER, ForwardStatus.DROPPED):
+            raise CodecError(f"unknown execute-result status {status}")
+        return ExecuteResult(
+            src, dst, request_id, status, index, leader, bytes(body[_EXEC_RESULT.size :])
+        )
     raise CodecError(f"unknown forwarded message kind {kind}")
 
 

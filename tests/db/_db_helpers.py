@@ -45,6 +45,12 @@ class RecordingCommitter:
     async def read_barrier(self) -> None:
         return None
 
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        return None  # statement requests run locally
+
+    def serve_remote(self, handler: object) -> None:
+        return None
+
 
 async def open_recorded(nursery: trio.Nursery, path: Path) -> tuple[Database, RecordingCommitter]:
     recorders: list[RecordingCommitter] = []

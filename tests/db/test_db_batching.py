@@ -155,6 +155,12 @@ class RacingCommitter:
     async def read_barrier(self) -> None:
         self.barriers += 1
 
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        return None  # statement requests run locally
+
+    def serve_remote(self, handler: object) -> None:
+        return None
+
 
 async def test_stale_batch_is_re_executed(tmp_path: Path) -> None:
     racers: list[RacingCommitter] = []

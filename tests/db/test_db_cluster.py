@@ -43,6 +43,12 @@ class LogCommitter:
         async with self.log.lock:  # every appended entry is applied everywhere
             pass
 
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        return None  # statement requests run locally
+
+    def serve_remote(self, handler: object) -> None:
+        return None
+
 
 def bump(conn: apsw.Connection) -> int:
     conn.execute("UPDATE counter SET n = n + 1, at = datetime('now'), r = random()")

@@ -23,6 +23,12 @@ class LogBacked:
     async def read_barrier(self) -> None:
         return None
 
+    async def execute_remote(self, request: bytes) -> bytes | None:
+        return None  # statement requests run locally
+
+    def serve_remote(self, handler: object) -> None:
+        return None
+
 
 def journal_mode(path: Path) -> str:
     conn = apsw.Connection(str(path))
