@@ -54,7 +54,9 @@ Do you want to proceed? (yes/no): """
 
 
 async def _cmd_remove(app: App, ns: argparse.Namespace) -> None:
-    params = {"force": "1"} if ns.force else None
+    params = {"force": "1"} if ns.force else {}
+    if ns.address:
+        params["address"] = ns.address
     async with app.local_client() as client:
         await client.query("DELETE", f"/core/1.0/cluster/{quote(ns.name, safe='')}",
                            params=params, timeout=REMOVE_TIMEOUT)
@@ -131,6 +133,9 @@ def add_cluster_commands(
     p.add_argument("name", help="name of the member to remove")
     p.add_argument("-f", "--force", action="store_true",
                    help="go on when the member is unreachable or its hooks fail")
+    p.add_argument("--address", default="",
+                   help="the member's ip:port: must match when the member is known; also "
+                        "removes the leftovers (Raft, truststore) of a member without a row")
     command("edit", _cmd_edit,
             "recover from quorum loss: edit the Raft configuration (every member stopped)",
             csub)

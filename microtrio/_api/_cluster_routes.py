@@ -9,9 +9,11 @@
 * ``GET /core/1.0/cluster``: the member rows with a status each (``member_statuses``:
   ``ONLINE`` / ``UNREACHABLE`` from a ``/core/1.0/ready`` probe, ``NEEDS UPGRADE`` /
   ``UPGRADING`` from the versions).
-* ``DELETE /core/1.0/cluster/{name}[?force=1]``: :meth:`Removal.remove` on the leader; other
-  members forward to the leader; when the leader removes itself it hands leadership over
-  first and the request is forwarded to the new leader.
+* ``DELETE /core/1.0/cluster/{name}[?force=1][&address=ip:port]``: :meth:`Removal.remove`
+  on the leader; other members forward to the leader; when the leader removes itself it
+  hands leadership over first and the request is forwarded to the new leader. ``address``
+  must match the member's when it is known (400 otherwise); it also lets the leftovers of
+  a member without a row (Raft, truststore) be removed.
 
 * ``PUT /core/1.0/cluster/certificates/cluster``: the cluster-wide rotation of
   ``_cluster/_rotation.py`` (stage, switch, finish on every member through
@@ -39,7 +41,7 @@ from .._certs import CertKeyPair
 from .._cluster import _members as members
 from .._cluster._admission import JoinRequest
 from .._cluster._heartbeat import HeartbeatInfo, member_statuses, receive_heartbeat
-from .._cluster._names import validate_name
+from .._cluster._names import validate_address, validate_name
 from .._cluster._rotation import (
     STEP_TIMEOUT,
     RotationStep,
@@ -182,12 +184,22 @@ def _remove(get: GetCluster) -> Handler:
         cluster = _cluster(get)
         name = validate_name((req.view_args or {}).get("name"))
         force = req.args.get("force", "") in ("1", "true")
-        params = {"force": "1"} if force else None
+        raw_address = req.args.get("address", "")
+        address = validate_address(raw_address) if raw_address else None
+        params = {"force": "1"} if force else {}
+        if address is not None:
+            params["address"] = address
         path = f"/core/1.0/cluster/{quote(name)}"
-        if state.truststore.by_name(name) is None:
-            rows = await state.database.read(members.list_members)
-            if all(row.name != name for row in rows):
-                raise NotFoundError(f"No remote exists with the given name {name!r}")
+        trusted = state.truststore.by_name(name)
+        rows = await state.database.read(members.list_members)
+        row = next((r for r in rows if r.name == name), None)
+        if address is not None:
+            for known in (trusted, row):
+                if known is not None and known.address != address:
+                    raise BadRequestError(
+                        f"Member {name!r} has the address {known.address}, not {address}")
+        elif trusted is None and row is None:
+            raise NotFoundError(f"No remote exists with the given name {name!r}")
         if not cluster.is_leader():
             leader = await cluster.wait_leader_address()
             if leader != state.address:
@@ -196,7 +208,7 @@ def _remove(get: GetCluster) -> Handler:
         if removal is None:
             raise UnavailableError("Member removal is not running yet")
         async with cluster.round_lock:
-            outcome = await removal.remove(name, force=force)
+            outcome = await removal.remove(name, force=force, address=address)
         if outcome.moved_to is not None:
             address = cluster.replication.driver.address_of(outcome.moved_to)
             if address is None:

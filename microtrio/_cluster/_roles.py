@@ -413,17 +413,34 @@ class Removal:
             warnings.append(f"{what}: {exc}")
             logger.warning("%s: %s failed (forced on): %s", self.own_name, what, exc)
 
-    async def remove(self, name: str, *, force: bool = False) -> RemovalOutcome:
-        """Remove member ``name``; BadRequestError when a safeguard refuses."""
+    async def remove(
+        self, name: str, *, force: bool = False, address: str | None = None
+    ) -> RemovalOutcome:
+        """Remove member ``name``; BadRequestError when a safeguard refuses.
+
+        ``address`` (late-v3's escape hatch): it must match the member's row when there is
+        one; without a row, a leftover of ``name`` (a Raft member or truststore entry,
+        e.g. of a join that failed half-way) is removed, the target at ``address`` being
+        told to reset itself.
+        """
         own_id = self._node_id(self.own_name)
         rows = await self._db.read(list_members)
         row = next((r for r in rows if r.name == name), None)
-        if row is None:
-            raise NotFoundError(f"No cluster member named {name!r}")
         conf = await self._membership.configuration()
-        online = self._online() if self._online is not None else conf.keys()
         target_id = self._node_id(name)
-        plan = plan_removal(conf, target_id, leader=own_id, online=online, members=len(rows))
+        if row is not None and address is not None and row.address != address:
+            raise BadRequestError(
+                f"Member {name!r} has the address {row.address}, not {address}")
+        if row is None:
+            leftover = target_id in conf or self._truststore.by_name(name) is not None
+            if address is None or not leftover:
+                raise NotFoundError(f"No cluster member named {name!r}")
+            logger.warning("%s: removing the leftovers of %s at %s (no member row)",
+                           self.own_name, name, address)
+        target = row.address if row is not None else str(address)
+        online = self._online() if self._online is not None else conf.keys()
+        plan = plan_removal(conf, target_id, leader=own_id, online=online,
+                            members=len(rows) if row is not None else None)
         if plan.promote is not None:
             async with self.lock:
                 await self._membership.change_role(plan.promote, Role.VOTER)
@@ -432,8 +449,8 @@ class Removal:
             return RemovalOutcome(removed=False, moved_to=moved)
         warnings: list[str] = []
         await self._step("PreRemove on " + name, force, warnings, partial(
-            self._call, row.address, "POST", "/core/internal/hooks/pre-remove", {"force": force}))
-        await self._db.transaction(lambda conn: _delete_row(conn, name, row.address))
+            self._call, target, "POST", "/core/internal/hooks/pre-remove", {"force": force}))
+        await self._db.transaction(lambda conn: _delete_row(conn, name, target))
         if plan.in_raft:
             async with self.lock:
                 await self._membership.remove_member(target_id)
@@ -447,7 +464,7 @@ class Removal:
                                                      f"/core/internal/truststore/{quote(name)}"))
         params = {"force": "1"} if force else None
         await self._step("reset of " + name, force, warnings, partial(
-            self._call, row.address, "PUT", f"/core/internal/cluster/{quote(name)}", None,
+            self._call, target, "PUT", f"/core/internal/cluster/{quote(name)}", None,
             params))
         await self._post_remove(force)
         for other in remaining:

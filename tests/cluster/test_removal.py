@@ -154,6 +154,32 @@ async def test_failed_pre_remove_aborts_unless_forced(
     assert outcome.removed and await names(db) == ["m1", "m2"]
 
 
+async def test_remove_with_address(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
+    """``?address=`` (late-v3): it must match the member's; and it removes the leftovers
+    of a member that has no row (here m4: in Raft and trusted, its join never finished)."""
+    net = Net()
+    removal, db, fake, store, post = setup(tmp_path, {"m1": V, "m2": V, "m3": S}, "m1", net)
+    fake.conf[node_id_for("m4")] = Role.SPARE
+    store.add(TrustedMember("m4", addr("m4"), pair_for("m4").cert.decode()))
+    with trio.fail_after(60):
+        with pytest.raises(BadRequestError, match="not 127.0.0.1:9009"):
+            await removal.remove("m3", address="127.0.0.1:9009")
+        assert await names(db) == ["m1", "m2", "m3"] and fake.calls == [] and net.log == []
+        with pytest.raises(NotFoundError):  # no row and no address: nothing to go by
+            await removal.remove("m4")
+        with pytest.raises(NotFoundError):  # an address, but nothing of m7 anywhere
+            await removal.remove("m7", address=addr("m7"))
+        assert fake.calls == [] and net.log == []
+        outcome = await removal.remove("m4", address=addr("m4"), force=True)
+        assert outcome.removed
+        assert fake.calls == [("remove", node_id_for("m4"), None)]
+        assert store.by_name("m4") is None and await names(db) == ["m1", "m2", "m3"]
+        assert ("m4", "PUT", "/core/internal/cluster/m4?force=1") in net.log
+        assert post == [True]
+        outcome = await removal.remove("m3", address=addr("m3"))
+    assert outcome.removed and await names(db) == ["m1", "m2"]
+
+
 async def test_removal_refusals(tmp_path: Path, autojump_clock: trio.testing.MockClock) -> None:
     removal, _, _, _, _ = setup(tmp_path, {"m1": V}, "m1", Net())
     with trio.fail_after(60):

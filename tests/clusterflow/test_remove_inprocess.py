@@ -1,8 +1,10 @@
 """Removal through the real daemon: a follower forwards to the leader, the removed member
-resets itself in-process, the leader can remove itself, and a removed name can re-join."""
+resets itself in-process, the leader can remove itself, and a removed name can re-join;
+``--address`` must match the member's."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,11 +28,23 @@ async def test_remove_rejoin_and_remove_the_leader(tmp_path: Path) -> None:
             await m1.app.sql("CREATE TABLE kept (v INTEGER)")
             await m1.app.sql("INSERT INTO kept VALUES (1)")
 
-            # Removal asked on a member that is not the leader: forwarded to the leader.
+            # A wrong --address is refused (the CLI, as an operator types it); nothing changes.
+            address3 = {m["name"]: m["address"] for m in await m1.app.cluster_members()}[
+                "member3"]
+            result = await trio.run_process(
+                [sys.executable, "-m", "microtrio", "--state-dir", str(m2.state_dir),
+                 "cluster", "remove", "member3", "--address", "127.0.0.1:1"],
+                capture_stdout=True, capture_stderr=True, check=False)
+            assert result.returncode != 0
+            assert f"has the address {address3}, not 127.0.0.1:1" in result.stderr.decode()
+            assert set(await members(m1.app)) == {"member1", "member2", "member3"}
+
+            # Removal asked on a member that is not the leader (with the right address):
+            # forwarded to the leader.
             leader = await leader_of(nodes)
             asker = next(n for n in nodes if n is not leader and n is not m3)
             async with asker.app.local_client() as client:
-                await client.remove_member("member3")
+                await client.remove_member("member3", address=address3)
             daemon3 = m3.app.daemon
             assert daemon3 is not None
             await daemon3.wait_reset(1)
