@@ -65,8 +65,9 @@ from ._hooks import HookRunner, HookType
 from ._join import initialise_member
 from ._membership import MemberCluster, RaftRouteProxy
 from ._metrics import MetricsRegistry
-from ._replication import DriverConfig, add_raft_route
+from ._replication import DriverConfig, add_raft_route, node_id_for
 from ._replication._metrics import install_raft_metrics
+from ._replication_state import ReplicationState, replication_state
 from ._state import DaemonConfig, ServerConfig, StateDir
 
 __all__ = ["Daemon", "DaemonArgs"]
@@ -191,6 +192,7 @@ class Daemon:
             interval=args.heartbeat,
             wall_clock=args.wall_clock,
             driver_config=DriverConfig(lease_read=args.lease_read),
+            faults=args.faults,
         )
         db = Database(
             self._dir.database_dir / "db.bin",
@@ -493,6 +495,18 @@ class Daemon:
     def cluster(self) -> MemberCluster | None:
         """The member's cluster membership while its database is open."""
         return self._cluster
+
+    @property
+    def replication(self) -> ReplicationState | None:
+        """This member's Raft replication, read-only (leader, term, role, applied index):
+        a fresh :class:`~._replication_state.ReplicationState` at each read; None while the
+        member has none (uninitialised, reset, stopped)."""
+        cluster = self._cluster
+        if cluster is None:
+            return None
+        names = {node_id_for(m.name): m.name for m in self._truststore.members()}
+        names[node_id_for(self.state.name)] = self.state.name
+        return replication_state(cluster.replication, names.get)
 
     @property
     def extension_names(self) -> list[str]:

@@ -58,16 +58,11 @@ _REQUEST_TIMEOUT = 2.0
 
 def _leader_of(app: App) -> tuple[int, int]:
     """(leader id, applied index) as this member knows them."""
-    from .testing._member import replication_of
-
     daemon = app.daemon
-    if daemon is None or not daemon.state.database_open:
+    replication = daemon.replication if daemon is not None else None
+    if replication is None:
         return 0, 0
-    applied = daemon.state.database.applied_index
-    replication = replication_of(daemon)
-    if replication is None:  # a member committing locally leads itself
-        return node_id_for(daemon.state.name), applied
-    return int(replication.leader().id or 0), applied
+    return replication.leader_id, replication.applied_index
 
 
 def demo_args(app: App, *, heartbeat_interval: float = 1.0) -> DaemonArgs:

@@ -9,6 +9,7 @@ from typing import final
 
 from .._db import SchemaUpdate
 from .._hooks import Hooks
+from .._replication import Faults
 from ._limits import DEFAULT_LIMITS, Limits
 from ._resources import Server
 
@@ -27,7 +28,10 @@ class DaemonArgs:
     ``version`` is required. ``heartbeat_interval`` 0 means 10 s. ``socket_group`` falls back
     to ``$SOCKET_GROUP``, then the process group. ``wall_clock`` gives UTC wall-clock time
     (token expiry, certificate validity); tests inject their own. ``limits``: see
-    ``docs/security.md``.
+    ``docs/security.md``. ``faults``: fault injection on this member's Raft peer channel
+    (:class:`microtrio.testing.Faults`: drop, delay or block messages per directed link between
+    Raft node ids, see :func:`microtrio.testing.node_id_for`); for tests only, None in
+    production. Several in-process members may share one object; rules change at runtime.
     """
 
     version: str
@@ -48,6 +52,8 @@ class DaemonArgs:
     #: (faster; safe only while the members' clocks run at about the same rate: see
     #: docs/howto/performance.md).
     lease_read: bool = False
+    #: Fault injection on the Raft peer channel (tests only; see the class docstring).
+    faults: Faults | None = None
 
     @property
     def heartbeat(self) -> float:

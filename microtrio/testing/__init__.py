@@ -4,6 +4,10 @@
   one ``trio.run`` (real mutual TLS on 127.0.0.1, port 0), with helpers to kill, stop,
   restart, pause, partition and heal members, wait for a leader and read every member's
   database. The pytest plugin ``microtrio.testing.plugin`` wraps it in fixtures.
+* :class:`Faults` (with :class:`LinkRule`): drop, delay and partition rules on the Raft peer
+  channel, handed to a member as ``DaemonArgs.faults``; links are keyed by Raft node ids
+  (:func:`node_id_for` of a member name). :class:`ReplicationState` is what a daemon's
+  ``replication`` property reports (leader, term, role, applied index).
 * The verification toolkit: operation histories (:class:`History`, :class:`Recorder`),
   checkers (``check_register``, ``check_set``, ...), a linearizability checker
   (:func:`check_linearizability`), fault schedules (:func:`generate_schedule`,
@@ -14,6 +18,10 @@ See ``docs/testing.md``.
 
 from __future__ import annotations
 
+from .._replication import Faults as Faults
+from .._replication import node_id_for as node_id_for
+from .._replication._faults import LinkRule as LinkRule
+from .._replication_state import ReplicationState as ReplicationState
 from ._checkers import Anomaly as Anomaly
 from ._checkers import CheckResult as CheckResult
 from ._checkers import Validity as Validity
@@ -94,9 +102,11 @@ __all__ = [
     "EventType",
     "FaultKind",
     "FaultWindow",
+    "Faults",
     "History",
     "LinearizabilityResult",
     "LinkProxy",
+    "LinkRule",
     "LinkStatistics",
     "ListModel",
     "Model",
@@ -110,6 +120,7 @@ __all__ = [
     "Read",
     "Recorder",
     "RegisterModel",
+    "ReplicationState",
     "ReportPaths",
     "Schedule",
     "SetModel",
@@ -132,6 +143,7 @@ __all__ = [
     "generate_schedule",
     "latency_summary",
     "netns_unavailable_reason",
+    "node_id_for",
     "open_cluster",
     "open_netns_network",
     "open_proxy_mesh",

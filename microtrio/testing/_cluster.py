@@ -9,11 +9,13 @@ exactly as an operator would. It then waits until every member is listed with a 
 and a leader is agreed, and hands the :class:`TestCluster` to the test. Leaving the block stops
 every member (cancellation; the daemons close their databases in a shielded ``finally``).
 
-Faults act on the Raft peer channel through one shared :class:`microtrio._replication.Faults`
-(the transport's fault layer): :meth:`TestCluster.pause` isolates a member (nothing reaches it
-and nothing leaves it; its HTTPS API still answers), :meth:`TestCluster.partition` cuts the
-links between groups, :meth:`TestCluster.heal` restores them. :meth:`TestCluster.kill` cancels a
-member's scope and :meth:`TestCluster.restart` runs it again from its state directory.
+Faults act on the Raft peer channel through one shared :class:`~microtrio.testing.Faults` (the
+transport's fault layer), handed to every member as its public ``DaemonArgs.faults`` (a member
+restarted from its state directory gets it again): :meth:`TestCluster.pause` isolates a
+member (nothing reaches it and nothing leaves it; its HTTPS API still answers),
+:meth:`TestCluster.partition` cuts the links between groups, :meth:`TestCluster.heal`
+restores them. :meth:`TestCluster.kill` cancels a member's scope and
+:meth:`TestCluster.restart` runs it again from its state directory.
 """
 
 from __future__ import annotations
@@ -33,12 +35,11 @@ from .._daemon import DaemonArgs
 from .._errors import (
     MicrotrioError,
     NoLeaderError,
-    NotImplementedMethodError,
     TimeoutError_,
     ValidationError,
 )
 from .._replication import Faults
-from ._member import TestMember, replication_of
+from ._member import TestMember
 
 __all__ = ["ArgsFactory", "TestCluster", "open_cluster"]
 
@@ -95,9 +96,7 @@ class TestCluster:
     def _new_member(self, name: str) -> TestMember:
         if any(m.name == name for m in self.members):
             raise ValidationError(f"A member named {name!r} exists already")
-        args = self._args(name)
-        if "faults" in {f.name for f in dataclasses.fields(DaemonArgs)}:
-            args = dataclasses.replace(args, faults=self.faults)  # type: ignore[call-arg,unused-ignore]
+        args = dataclasses.replace(self._args(name), faults=self.faults)
         member = TestMember(name, self.root / name, args)
         self.members.append(member)
         return member
@@ -237,26 +236,6 @@ class TestCluster:
         if member.running:
             await member.kill()
         await self._start(member)
-        if self.faults.enabled:  # its new transport consults the same rules
-            self._attach_faults()
-
-    def _attach_faults(self) -> None:
-        """Make every running member's transport consult :attr:`faults` (a daemon built with
-        ``DaemonArgs.faults`` already does)."""
-        attached = 0
-        for member in self.running():
-            replication = replication_of(member.daemon)
-            transport = getattr(replication, "transport", None)
-            if transport is None:
-                continue
-            if getattr(transport, "_faults", None) is not self.faults:
-                transport._faults = self.faults
-                self.faults.attach(member.node_id)
-            attached += 1
-        if attached == 0:
-            raise NotImplementedMethodError(
-                "Network faults need Raft replication in the members' daemons"
-            )
 
     def _isolated(self, member: TestMember) -> bool:
         others = [m.node_id for m in self.members if m is not member]
@@ -269,7 +248,6 @@ class TestCluster:
     def pause(self, member: TestMember) -> None:
         """Cut ``member`` off the Raft channel in both directions (it keeps running, its
         HTTPS API answers, it cannot lead, vote or replicate) until :meth:`resume`."""
-        self._attach_faults()
         self.faults.isolate(member.node_id, [m.node_id for m in self.members if m is not member])
 
     def resume(self, member: TestMember) -> None:
@@ -281,7 +259,6 @@ class TestCluster:
     def partition(self, *groups: Sequence[TestMember]) -> None:
         """Cut every Raft link between members of different ``groups``; members in no group
         form one more group of their own."""
-        self._attach_faults()
         listed = {m.node_id for group in groups for m in group}
         rest = [m for m in self.members if m.node_id not in listed]
         sides = [list(g) for g in groups] + ([rest] if rest else [])

@@ -21,25 +21,11 @@ from .._client import Client
 from .._daemon import Daemon, DaemonArgs
 from .._db import Database
 from .._errors import StateError
-from .._replication import RaftReplication, node_id_for
+from .._replication import node_id_for
 
 __all__ = ["TestMember"]
 
 logger = logging.getLogger("microtrio.testing")
-
-
-def replication_of(daemon: Daemon) -> RaftReplication | None:
-    """The member's Raft replication, if the daemon runs one (None for a member whose
-    database commits locally). Found by type among the daemon's and its state's attributes
-    (directly or as a component's ``replication``), so it follows the daemon's wiring."""
-    for holder in (daemon, daemon.state):
-        for value in vars(holder).values() if hasattr(holder, "__dict__") else ():
-            if isinstance(value, RaftReplication):
-                return value
-            inner = getattr(value, "replication", None)
-            if isinstance(inner, RaftReplication):
-                return inner
-    return None
 
 
 @final
@@ -120,12 +106,9 @@ class TestMember:
         return self.database.applied_index
 
     def leader_id(self) -> int:
-        """The Raft leader this member believes in (0: none known). A member without Raft
-        replication (a lone member committing locally) is its own leader."""
-        replication = replication_of(self.daemon)
-        if replication is None:
-            return self.node_id if self.daemon.state.database_open else 0
-        return int(replication.leader().id or 0)
+        """The Raft leader this member believes in (0: none known or no open database)."""
+        replication = self.daemon.replication
+        return 0 if replication is None else replication.leader_id
 
     async def read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         """Run a query on this member's local database (a stale read: no round trip)."""
