@@ -1,5 +1,6 @@
 """Five members: 3 voters and 2 stand-bys; killing a voter promotes a stand-by within a
-few heartbeat intervals and the cluster keeps accepting writes."""
+few heartbeat intervals and the cluster keeps accepting writes; the dead member is removed
+only with force (PostRemove(force) on the leader, then on every remaining member)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 import pytest
 import trio
 
+import microtrio
+
 from ._flows import form_cluster, leader_of, members, wait_roles
-from .conftest import CEILING, HEARTBEAT, wait_until
+from .conftest import CEILING, HEARTBEAT, Recorder, wait_until
 
 
 async def test_killed_voter_is_replaced_by_a_standby(
@@ -18,7 +21,8 @@ async def test_killed_voter_is_replaced_by_a_standby(
 ) -> None:
     async with trio.open_nursery() as nursery:
         with trio.fail_after(CEILING):
-            nodes = await form_cluster(nursery, tmp_path, 5)
+            recorder = Recorder()
+            nodes = await form_cluster(nursery, tmp_path, 5, recorder)
             leader = await leader_of(nodes)
             await wait_roles(leader.app, [("voter", "ONLINE")] * 3
                              + [("stand-by", "ONLINE")] * 2)
@@ -47,6 +51,23 @@ async def test_killed_voter_is_replaced_by_a_standby(
             result = await leader.app.sql("SELECT count(*) FROM w")
             assert isinstance(result, dict)
             assert result["Results"][0]["rows"] == [[4]]
+
+            # The dead member cannot be removed without force (its PreRemove cannot run;
+            # nothing changes); with force it goes, and PostRemove(force) runs on the leader,
+            # then on every remaining member.
+            start = len(recorder.calls)
+            async with leader.app.local_client() as client:
+                with pytest.raises(microtrio.MicrotrioError):
+                    await client.remove_member(victim.name)
+                assert victim.name in await members(leader.app)
+                await client.remove_member(victim.name, force=True)
+            assert victim.name not in await members(leader.app)
+            hooks = [(n, h, a) for n, h, a in recorder.calls[start:]
+                     if h in ("pre-remove", "post-remove")]
+            alive = [n.name for n in nodes if n is not victim and n is not leader]
+            assert hooks[0] == (leader.name, "post-remove", (True,))
+            assert sorted(n for n, _, _ in hooks[1:]) == sorted(alive)
+            assert all(h == "post-remove" and a == (True,) for _, h, a in hooks)
 
             # A graceful stop of the leader hands leadership over first.
             caplog.set_level(logging.INFO, logger="microtrio.cluster")

@@ -42,11 +42,19 @@ async def test_hook_order_and_arguments(tmp_path: Path) -> None:
             # member2 is told about member3 after its own join finished.
             assert without_heartbeats(recorder.of("member2")) == [
                 *joined, ("on-new-member", ("member3",))]
-            # Every existing member runs OnNewMember before the joiner's PostJoin.
+            # Every existing member runs OnNewMember after the joiner's PreJoin and before
+            # its PostJoin.
             flat = recorder.calls
+            pre_join_3 = flat.index(("member3", "pre-join", ({"j": "1"},)))
             post_join_3 = flat.index(("member3", "post-join", ({"j": "1"},)))
             for name in ("member1", "member2"):
-                assert flat.index((name, "on-new-member", ("member3",))) < post_join_3
+                assert pre_join_3 < flat.index((name, "on-new-member", ("member3",))) \
+                    < post_join_3
+            # OnStart ran once on every member at its start (form_cluster starts all three
+            # daemons before the bootstrap), before init: under the host name then.
+            assert [c[1] for c in flat[:3]] == ["on-start"] * 3
+            assert [c for c in flat if c[1] == "on-start"] == flat[:3]
+            assert all(c[0] not in ("member1", "member2", "member3") for c in flat[:3])
 
             # Heartbeats: OnHeartbeat runs on the leader only, with {name: (old, new)}.
             beats = [(n, a) for n, h, a in recorder.calls if h == "on-heartbeat"]
@@ -72,4 +80,20 @@ async def test_hook_order_and_arguments(tmp_path: Path) -> None:
                 ("member2", "pre-remove", (True,)),
                 ("member1", "post-remove", (True,)),
             ]
+            # A removed member comes back as a fresh, uninitialised daemon: OnStart runs
+            # again there (under the host name), after its PreRemove.
+            for node in (m3, m2):
+                daemon = node.app.daemon
+                assert daemon is not None
+                await daemon.wait_reset(1)
+            after = recorder.calls[start:]
+            fresh = [i for i, c in enumerate(after) if c[1] == "on-start"]
+            assert len(fresh) == 2
+            assert all(after[i][0] not in ("member1", "member2", "member3") for i in fresh)
+            assert after.index(("member3", "pre-remove", (False,))) < fresh[0]
+            assert after.index(("member2", "pre-remove", (True,))) < fresh[1]
+            # Nothing else ran on the removed members; heartbeats only on the leader.
+            assert {h for n, h, _ in after if n in ("member2", "member3")} == {
+                "pre-remove", "post-remove"}
+            assert {n for n, h, _ in after if h == "on-heartbeat"} <= {"member1"}
         nursery.cancel_scope.cancel()

@@ -1,6 +1,6 @@
 """Removal through the real daemon: a follower forwards to the leader, the removed member
 resets itself in-process, the leader can remove itself, and a removed name can re-join;
-``--address`` must match the member's."""
+``--address`` must match the member's; a follower can remove itself."""
 
 from __future__ import annotations
 
@@ -79,4 +79,17 @@ async def test_remove_rejoin_and_remove_the_leader(tmp_path: Path) -> None:
             result = await rest[0].app.sql("SELECT count(*) FROM kept")
             assert isinstance(result, dict)
             assert result["Results"][0]["rows"] == [[2]]
+
+            # A follower removes itself through its own socket: the request goes to the
+            # leader, which resets the follower; the answer still reaches the caller.
+            leader = await leader_of(rest)
+            (follower,) = [n for n in rest if n is not leader]
+            daemon = follower.app.daemon
+            assert daemon is not None
+            resets = daemon.reset_count
+            async with follower.app.local_client() as client:
+                await client.remove_member(follower.name)
+            await daemon.wait_reset(resets + 1)
+            assert set(await members(leader.app)) == {leader.name}
+            assert (await follower.app.status())["ready"] is False
         nursery.cancel_scope.cancel()
