@@ -276,6 +276,68 @@ def _make_config(graceful_timeout: float, limits: Limits) -> Config:
     return config
 
 
+# -- response coalescing ------------------------------------------------------------------
+
+
+def _is_final_response_head(data: bytes | bytearray | memoryview) -> bool:
+    """An HTTP/1.x response head with a final (2xx-5xx) status, as h11 writes it."""
+    start = bytes(data[:10])
+    return start[:7] == b"HTTP/1." and start[9:10] in (b"2", b"3", b"4", b"5")
+
+
+class _CoalescingStream:
+    """What hypercorn's connection writes to: sends a response's head and the first piece
+    of its body as ONE write (one TLS record, one system call) instead of two, and drops
+    empty writes.
+
+    hypercorn writes a response as three ``send_all`` calls from one task: the head (h11
+    ``Response``, sent only once the app sends its first body message), the body (``Data``)
+    and the end (``EndOfMessage``: empty with a Content-Length). A final response head is
+    held here until the next write, which always follows; an interim response
+    (``100 Continue``) goes out at once. Anything else is delegated to the wrapped stream
+    (``do_handshake``, ``transport_stream``, ``socket``...), so hypercorn sees the stream
+    it expects; an attribute the stream lacks is still missing (hypercorn probes for them).
+    """
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self._stream = stream
+        self._held = b""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._held and _is_final_response_head(data):
+            self._held = bytes(data)
+            return
+        if self._held:
+            data, self._held = self._held + bytes(data), b""
+        if data:
+            await self._stream.send_all(data)
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        return await self._stream.receive_some(max_bytes)
+
+    async def _flush(self) -> None:
+        if self._held:
+            data, self._held = self._held, b""
+            await self._stream.send_all(data)
+
+    async def send_eof(self) -> None:
+        await self._flush()
+        await self._stream.send_eof()  # type: ignore[attr-defined]  # AttributeError: TLS
+
+    async def aclose(self) -> None:
+        try:
+            with trio.move_on_after(1.0) as scope:
+                scope.shield = True
+                await self._flush()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await self._stream.aclose()
+
+
 # -- the serve loop ----------------------------------------------------------------------
 
 
@@ -317,7 +379,8 @@ async def _serve(
             served = ssl_stream
         wrapped = ASGIWrapper(_ConnectionApp(app, extensions, load, limits, bound))
         state = ConnectionState(lifespan_state.copy())
-        await TCPServer(wrapped, config, context, state, served)  # type: ignore[arg-type]
+        coalesced = _CoalescingStream(served)
+        await TCPServer(wrapped, config, context, state, coalesced)  # type: ignore[arg-type]
 
     async def counted(stream: trio.SocketStream) -> None:
         try:

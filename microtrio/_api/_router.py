@@ -49,6 +49,7 @@ from .._errors import (
     UnavailableError,
 )
 from ._envelope import EnvelopeResponse, error_from_exception, error_response, sync_response
+from ._fast import FastDispatcher, FastRequest, has_fast_actions
 from ._limits import DEFAULT_LIMITS, Limits, PayloadTooLargeError
 from ._listener import is_trusted_scope, listener_kind
 from ._resources import Endpoint, EndpointAction, Resources
@@ -63,6 +64,7 @@ __all__ = [
     "ListenerContext",
     "ListenerKind",
     "Router",
+    "answer",
     "build_app",
     "dispatch",
     "is_trusted",
@@ -273,43 +275,63 @@ async def read_json_object(req: Request) -> dict[str, Any]:
 
 async def dispatch(ctx: ListenerContext, req: Request) -> Response:
     """Answer one request (see the module docstring for the order of the gates)."""
+    outcome = await answer(ctx, req)
+    return outcome if isinstance(outcome, Response) else _to_quart(outcome)
+
+
+async def answer(
+    ctx: ListenerContext,
+    req: Request | FastRequest,
+    found: tuple[_Route, dict[str, str]] | None = None,
+) -> Response | EnvelopeResponse:
+    """The gates, the handler and the metrics for one request, on either path: a Quart
+    request, or a :class:`~microtrio._api._fast.FastRequest` (duck-typed: it has every
+    request attribute the gates use). ``found`` is the route if the caller matched it
+    already. Returns the handler's own Response or an envelope."""
     start = trio.current_time()
-    response = await _answer(ctx, req)
+    request = cast("Request", req)
+    outcome = await _answer(ctx, request, found)
     if ctx.metrics is not None:
-        endpoint = str(cast("MutableMapping[str, Any]", req.scope).get(_LABEL, "unmatched"))
+        endpoint = str(cast("MutableMapping[str, Any]", request.scope).get(_LABEL, "unmatched"))
         elapsed = trio.current_time() - start
-        ctx.metrics.observe(ctx.kind.value, endpoint, req.method, response.status_code, elapsed)
-    return response
+        status = outcome.status if isinstance(outcome, EnvelopeResponse) else outcome.status_code
+        ctx.metrics.observe(ctx.kind.value, endpoint, request.method, status, elapsed)
+    return outcome
 
 
-async def _answer(ctx: ListenerContext, req: Request) -> Response:
+async def _answer(
+    ctx: ListenerContext, req: Request, found: tuple[_Route, dict[str, str]] | None
+) -> Response | EnvelopeResponse:
     try:
-        result = await _dispatch(ctx, req)
+        result = await _dispatch(ctx, req, found)
     except MicrotrioError as exc:
         if exc.status >= 500:
             logger.warning("%s: %s %s failed: %s", ctx.state.name, req.method, req.path, exc)
-        return _to_quart(error_from_exception(exc))
+        return error_from_exception(exc)
     except RequestEntityTooLarge:  # a chunked body over MAX_CONTENT_LENGTH, seen when read
-        return _to_quart(error_from_exception(_too_large(ctx.limits)))
+        return error_from_exception(_too_large(ctx.limits))
     except HTTPException as exc:  # Quart's own refusals (e.g. 408 for a body too slow)
         code = exc.code if exc.code is not None and 400 <= exc.code <= 599 else 400
-        return _to_quart(error_response(code, exc.description or None))
+        return error_response(code, exc.description or None)
     except Exception as exc:  # a handler bug or a foreign error: mapped (and logged) here
-        return _to_quart(error_from_exception(exc))
+        return error_from_exception(exc)
     if isinstance(result, Response):
         return result
-    return _to_quart(sync_response(result))
+    return sync_response(result)
 
 
 def _to_quart(envelope: EnvelopeResponse) -> Response:
     return Response(envelope.body, status=envelope.status, headers=dict(envelope.headers))
 
 
-async def _dispatch(ctx: ListenerContext, req: Request) -> Any:
+async def _dispatch(
+    ctx: ListenerContext, req: Request, found: tuple[_Route, dict[str, str]] | None = None
+) -> Any:
     path = req.scope.get("path", req.path)
     if path == "/" and req.method == "GET":
         return ["/1.0"]
-    found = ctx.router._lookup(path)
+    if found is None:
+        found = ctx.router._lookup(path)
     if found is None:
         raise NotFoundError("not found")
     route, variables = found
@@ -432,4 +454,6 @@ def build_app(ctx: ListenerContext) -> QuartTrio:
     app.add_url_rule(
         "/<path:path>", "any", handle, methods=_METHODS, provide_automatic_options=False
     )
+    if has_fast_actions(ctx):  # Quart's middleware seam: fast actions skip the framework
+        app.asgi_app = FastDispatcher(ctx, app.asgi_app)  # type: ignore[method-assign]
     return app
