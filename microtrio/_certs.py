@@ -47,9 +47,9 @@ from typing import TYPE_CHECKING, final
 
 import trio
 from cryptography import x509
-from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ._cluster._names import parse_address
@@ -82,6 +82,8 @@ __all__ = [
     "load_certificate",
     "pinned_server_name",
     "server_ssl_context",
+    "sign_with_key",
+    "verify_signature",
     "write_cert_key_pair",
 ]
 
@@ -348,6 +350,42 @@ def ensure_server_cert(state: StateDir, name: str) -> CertKeyPair:
 async def ensure_server_cert_async(state: StateDir, name: str) -> CertKeyPair:
     """:func:`ensure_server_cert` in a worker thread."""
     return await trio.to_thread.run_sync(ensure_server_cert, state, name)
+
+
+# -- signatures (cluster certificate rotation links) ------------------------------------
+
+
+def sign_with_key(key_pem: bytes, data: bytes) -> bytes:
+    """Sign ``data`` with a PEM private key (ECDSA/SHA-384, RSA PKCS#1 v1.5/SHA-256 or
+    Ed25519); ValidationError for another kind of key."""
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise ValidationError(f"Invalid private key: {exc}") from exc
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(data, ec.ECDSA(hashes.SHA384()))
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(data)
+    raise ValidationError(f"Cannot sign with a {type(key).__name__}")
+
+
+def verify_signature(cert: bytes | str | x509.Certificate, data: bytes, signature: bytes) -> bool:
+    """True when ``signature`` over ``data`` verifies with the certificate's public key."""
+    public = load_certificate(cert).public_key()
+    try:
+        if isinstance(public, ec.EllipticCurvePublicKey):
+            public.verify(signature, data, ec.ECDSA(hashes.SHA384()))
+        elif isinstance(public, rsa.RSAPublicKey):
+            public.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
+        elif isinstance(public, ed25519.Ed25519PublicKey):
+            public.verify(signature, data)
+        else:
+            return False
+    except InvalidSignature:
+        return False
+    return True
 
 
 # -- TLS contexts ------------------------------------------------------------------------

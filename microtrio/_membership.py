@@ -43,8 +43,10 @@ import trio
 from ._api._state import RoleStatus
 from ._certs import (
     CertKeyPair,
+    cert_pem,
     client_ssl_context,
     cluster_pin_bundle,
+    fetch_remote_certificate,
     load_cert_key_pair,
     pinned_server_name,
 )
@@ -58,6 +60,7 @@ from ._cluster._heartbeat import (
     raft_addresses,
 )
 from ._cluster._roles import Removal, ReplicationMembership
+from ._cluster._rotation import follow_rotation
 from ._cluster._upgrade import SchemaUpdateTrigger, notify_members
 from ._errors import MicrotrioError, NoLeaderError, UnavailableError
 from ._hooks import HookType
@@ -83,6 +86,9 @@ if TYPE_CHECKING:
 __all__ = ["MemberCluster", "RaftRouteProxy", "member_client_factory"]
 
 logger = logging.getLogger("microtrio.cluster")
+
+#: Where a member that missed a certificate rotation asks for the current pair.
+CERTIFICATE_PATH = "/core/internal/cluster-certificate"
 
 
 @final
@@ -327,15 +333,42 @@ class MemberCluster:
                     raise
                 logger.info("%s: still catching up with the leader", self._state.name)
 
-    async def wait_for_leader(self) -> None:
+    async def wait_for_leader(self, *, follow_after: float = 3.0) -> None:
         """A restarted member: wait (as long as it takes, logged) until a leader is known;
-        writes, and so opening the database, need one."""
+        writes, and so opening the database, need one. Every ``follow_after`` seconds
+        without one, check whether the cluster certificate was rotated while this member
+        was down (:meth:`follow_rotation`)."""
+        waited = 0.0
         while True:
-            with trio.move_on_after(10):
+            with trio.move_on_after(follow_after):
                 await self.replication.driver.wait_leader()
                 return
-            logger.warning("%s: waiting for a Raft leader (a quorum of voters must run)",
-                           self._state.name)
+            waited += follow_after
+            if await self.follow_rotation():
+                continue
+            if waited >= 10:
+                waited = 0.0
+                logger.warning("%s: waiting for a Raft leader (a quorum of voters must run)",
+                               self._state.name)
+
+    async def follow_rotation(self) -> bool:
+        """Adopt a cluster certificate rotated while this member was down, if the other
+        members present it and the rotation links prove it (``_cluster/_rotation.py``)."""
+        state = self._state
+        peers = [m.address for m in self._truststore.members()
+                 if m.name != state.name and m.address]
+
+        async def ask(address: str, der: bytes) -> Any:
+            async with Client.tls(address, cert=self._pair, pinned=cert_pem(der)) as client:
+                return await client.query("GET", CERTIFICATE_PATH, timeout=10)
+
+        async def replace(cert: str, key: str) -> None:
+            await state.control.replace_certificate("cluster", cert, key, None)
+
+        async with self.rotation_lock:
+            return await follow_rotation(
+                state.state_dir, peers, fetch=fetch_remote_certificate, ask=ask,
+                replace=replace, refresh=self.refresh_tls, member=state.name)
 
     # -- the cluster components ----------------------------------------------------------
 

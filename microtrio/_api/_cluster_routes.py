@@ -37,7 +37,7 @@ from urllib.parse import quote
 import trio
 from quart import Request
 
-from .._certs import CertKeyPair
+from .._certs import CertKeyPair, load_cert_key_pair
 from .._cluster import _members as members
 from .._cluster._admission import JoinRequest
 from .._cluster._heartbeat import HeartbeatInfo, member_statuses, receive_heartbeat
@@ -46,6 +46,7 @@ from .._cluster._rotation import (
     STEP_TIMEOUT,
     RotationStep,
     apply_step,
+    load_links,
     rotate_cluster_certificate,
 )
 from .._errors import BadRequestError, MicrotrioError, NotFoundError, UnavailableError
@@ -287,7 +288,8 @@ def _certificates(get: GetCluster) -> Handler:
             rows = await state.database.read(members.list_members)
             peers = {row.name: row.address for row in rows if row.name != state.name}
             await rotate_cluster_certificate(pair, peers=peers, send=send,
-                                             apply_local=apply_local, member=state.name)
+                                             apply_local=apply_local, member=state.name,
+                                             previous=cluster.cluster_pair)
         return {}
 
     return handler
@@ -309,6 +311,16 @@ def _rotation_step(get: GetCluster) -> Handler:
     return handler
 
 
+async def _current_certificate(state: State, req: Request) -> Any:
+    """The cluster pair and the rotation links, for a trusted member that missed a
+    rotation (``follow_rotation``): it checks the links before it uses the pair."""
+    pair = await trio.to_thread.run_sync(
+        load_cert_key_pair, state.state_dir.cluster_crt, state.state_dir.cluster_key)
+    links = await trio.to_thread.run_sync(load_links, state.state_dir)
+    return {"cert": pair.cert.decode(), "key": pair.key.decode(),
+            "chain": [link.to_dict() for link in links]}
+
+
 def cluster_resources(get_cluster: GetCluster) -> list[Resources]:
     """The clustering endpoints (module docstring), for the control socket and core listener."""
     return [
@@ -320,6 +332,7 @@ def cluster_resources(get_cluster: GetCluster) -> list[Resources]:
                 Endpoint("heartbeat", name="heartbeat",
                          post=EndpointAction(_heartbeat(get_cluster))),
                 Endpoint("cluster-certificate", name="cluster-certificate",
+                         get=EndpointAction(_current_certificate),
                          post=EndpointAction(_rotation_step(get_cluster)),
                          allowed_before_init=True),
             ],

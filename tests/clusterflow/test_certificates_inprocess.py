@@ -244,3 +244,38 @@ async def _all_online(node: Node, count: int) -> bool:
     except (microtrio.MicrotrioError, OSError):
         return False
     return len(found) == count and all(s == "ONLINE" for _, s in found.values())
+
+
+async def test_member_down_during_rotation_follows_on_start(tmp_path: Path) -> None:
+    """member3 is stopped while the cluster certificate is rotated; when it starts again
+    it finds the others present a certificate it does not pin, checks that its own (old)
+    cluster key vouched for it, adopts it and rejoins, without an operator."""
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CEILING * 2):
+            nodes = await form_cluster(nursery, tmp_path, 3)
+            m1, m2, m3 = nodes
+            await wait_roles(m1.app, [ONLINE_VOTER] * 3)
+            await m1.app.sql("CREATE TABLE t (v INTEGER)")
+            old = (m3.state_dir / "cluster.crt").read_bytes()
+            await m3.app.shutdown()
+            await m3.done.wait()
+
+            new = generate_cert_key_pair("rotated.example")
+            body = {"cert": new.cert.decode(), "key": new.key.decode()}
+            assert await _put_cert(m1, "cluster", body) == 200
+            assert (m2.state_dir / "cluster.crt").read_bytes() == new.cert
+            assert (m3.state_dir / "cluster.crt").read_bytes() == old  # it was down
+            await m1.app.sql("INSERT INTO t VALUES (1)")
+
+            again = Node(m3.name, m3.state_dir,
+                         microtrio.App(m3.state_dir, args=make_args()), trio.CancelScope())
+            nursery.start_soon(run_node, again)
+            await wait_until(lambda: _all_online(m1, 3))
+            assert (m3.state_dir / "cluster.crt").read_bytes() == new.cert
+            assert (m3.state_dir / "cluster.key").read_bytes() == new.key
+            assert _pin_files(again) == []
+            assert await _presented(_listeners(again)["core"]) == new.fingerprint
+            await again.app.sql("INSERT INTO t VALUES (3)")
+            result: Any = await m2.app.sql("SELECT v FROM t ORDER BY v")
+            assert result["Results"][0]["rows"] == [[1], [3]]
+        nursery.cancel_scope.cancel()

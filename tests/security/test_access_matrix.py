@@ -66,6 +66,7 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[ListenerKind], Access]] = {
     ("POST", "/core/internal/cluster"): (UN, OPEN),  # join admission (token secret)
     ("POST", "/core/internal/heartbeat"): (UN, TRUSTED),  # unlike microcluster
     ("POST", "/core/internal/cluster-certificate"): (UN, TRUSTED),  # rotation steps
+    ("GET", "/core/internal/cluster-certificate"): (UN, TRUSTED),  # missed rotations
     ("GET", "/core/internal/raft"): (frozenset({N}), TRUSTED),  # websocket upgrade
     # /core/1.0
     ("GET", "/core/1.0"): (CORE_ALL, OPEN),
