@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, final
 import trio
 from quart import Response
 from quart.utils import encode_headers
+from quart.wrappers.response import DataBody
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import (
     BadRequest,
@@ -198,6 +199,10 @@ class FastDispatcher:
         status, headers, body = _response_parts(outcome)
         if body is None:
             assert isinstance(outcome, Response)
-            body = await outcome.get_data(as_text=False)
+            data = outcome.response
+            if isinstance(data, DataBody):  # bytes in memory: what Quart would send
+                body = data.data[data.begin : data.end]
+            else:
+                body = await outcome.get_data(as_text=False)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

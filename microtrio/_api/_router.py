@@ -317,7 +317,12 @@ async def _answer(
         return error_from_exception(exc)
     if isinstance(result, Response):
         return result
+    if result is None or (type(result) is dict and not result):
+        return _EMPTY_SUCCESS  # the most common answer of a write: encoded once
     return sync_response(result)
+
+
+_EMPTY_SUCCESS: Final = sync_response({})
 
 
 def _to_quart(envelope: EnvelopeResponse) -> Response:
