@@ -79,7 +79,7 @@ def voters(port: int, ctx: ssl.SSLContext) -> int:
     return sum(1 for m in json.loads(body)["metadata"] if m.get("role") == "voter")
 
 
-def wait_voters(port: int, ctx: ssl.SSLContext, count: int = 3, timeout: float = 60.0) -> None:
+def wait_voters(port: int, ctx: ssl.SSLContext, count: int = 3, timeout: float = 90.0) -> None:
     deadline = time.monotonic() + timeout
     while voters(port, ctx) < count:
         if time.monotonic() > deadline:

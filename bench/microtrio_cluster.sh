@@ -20,7 +20,9 @@
 # until this cluster has written its own.
 #
 # Knobs: CERTS, BASE_PORT (24550), DATA (state root; default a fresh temp dir, removed on
-# exit), HEARTBEAT (heartbeat interval, 1s: joiners become voters on a round),
+# exit), HEARTBEAT (heartbeat interval, default the daemon's 10s: joiners become voters on
+# a round, so forming takes up to two intervals; a round costs the leader a TLS handshake
+# per member, about 6% of its CPU at 1s),
 # MEMBER_ARGS (extra `daemon` args, e.g. --lease-read), PROFILE_DIR (if set, every daemon runs
 # under cProfile and writes PROFILE_DIR/memberN.prof when stopped), PYTHON.
 # Prints "microtrio members: PID1 PID2 PID3 (logs in DIR)" on stderr once the daemons run,
@@ -32,7 +34,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 PY=${PYTHON:-python3}
 CERTS=${CERTS:-/tmp/microtrio-bench-pki}
 BASE_PORT=${BASE_PORT:-24550}
-HEARTBEAT=${HEARTBEAT:-1s}
+HEARTBEAT=${HEARTBEAT:-10s}
 OWN_DATA=0
 if [ -z "${DATA:-}" ]; then DATA=$(mktemp -d "${BENCH_BASE:-/tmp}/microtrio-bench.XXXXXX"); OWN_DATA=1; fi
 mkdir -p "$DATA" "$CERTS"
