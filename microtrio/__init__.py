@@ -89,6 +89,9 @@ from ._errors import (
 )
 from ._hooks import Hooks as Hooks
 from ._hooks import HookType as HookType
+from ._log import JsonFormatter as JsonFormatter
+from ._log import MemberFilter as MemberFilter
+from ._log import configure_logging as configure_logging
 from ._state import DaemonConfig as DaemonConfig
 from ._state import ServerConfig as ServerConfig
 
@@ -111,6 +114,9 @@ __all__ = [
     "EndpointAction",
     "EndpointAlias",
     "HookType",
+    "JsonFormatter",
+    "MemberFilter",
+    "configure_logging",
     "Hooks",
     "NotImplementedMethodError",
     "Resources",

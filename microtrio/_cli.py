@@ -1,6 +1,7 @@
 """``python -m microtrio``: the member daemon and the admin commands (microd + microctl).
 
-The only place that configures logging. Every error is one line on stderr
+The only place that configures logging (:func:`._log.configure_logging`: the member name
+on every line, ``--log-format json`` on the daemon commands). Every error is one line on stderr
 (``Error: ...``) and a non-zero exit status.
 """
 
@@ -26,8 +27,9 @@ from ._certs import fingerprint
 from ._cli_cluster import add_cluster_commands
 from ._daemon import DaemonArgs
 from ._errors import MicrotrioError
+from ._log import LOG_FORMATS, configure_logging
 
-__all__ = ["main", "parse_duration"]
+__all__ = ["add_log_format_option", "main", "parse_duration"]
 
 FORMATS = ("table", "json", "yaml", "csv", "compact")
 
@@ -230,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="heartbeat interval, a duration such as 10s (default 10s)",
     )
     p.add_argument("--version", action="version", version=__version__)
+    add_log_format_option(p)
 
     p = command("init", _cmd_init, "bootstrap a new cluster or join one with a token")
     p.add_argument("name", help="this member's name (FQDN-style)")
@@ -285,18 +288,25 @@ async def _no_subcommand(app: App, ns: argparse.Namespace) -> None:  # pragma: n
 
 
 def _configure_logging(ns: argparse.Namespace) -> None:
+    """The only place that configures logging: stderr, the member name on every line
+    (``[name]``, or the ``member`` field of ``--log-format json``)."""
     level = logging.WARNING
     if getattr(ns, "verbose", False):
         level = logging.INFO
     if getattr(ns, "debug", False):
         level = logging.DEBUG
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logging(level, getattr(ns, "log_format", "text"), stream=sys.stderr)
+
+
+def add_log_format_option(parser: argparse.ArgumentParser) -> None:
+    """``--log-format text|json`` (for the commands that run daemons)."""
+    parser.add_argument(
+        "--log-format",
+        choices=LOG_FORMATS,
+        default="text",
+        help="log lines on stderr: text (default) or json, one object per line with time, "
+        "level, logger, member, message and exc_info",
     )
-    if level > logging.DEBUG:
-        logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

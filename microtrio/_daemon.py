@@ -63,6 +63,7 @@ from ._errors import (
 )
 from ._hooks import HookRunner, HookType
 from ._join import initialise_member
+from ._log import member_context
 from ._membership import MemberCluster, RaftRouteProxy
 from ._metrics import MetricsRegistry
 from ._replication import DriverConfig, add_raft_route, node_id_for
@@ -123,7 +124,12 @@ class Daemon:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve until :meth:`shutdown` (or cancellation); ``started()`` once ready."""
+        """Serve until :meth:`shutdown` (or cancellation); ``started()`` once ready. Every
+        task and worker thread of the member logs under its name (:mod:`._log`)."""
+        with member_context(lambda: self.state.name):
+            await self._run(task_status)
+
+    async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         lock = await trio.to_thread.run_sync(self._dir.acquire_lock)
         try:
             async with trio.open_nursery() as nursery:

@@ -37,11 +37,13 @@ import trio
 from . import __version__
 from ._api._resources import Endpoint, EndpointAction, Resources, Server
 from ._app import App
+from ._cli import add_log_format_option
 from ._client import Client
 from ._cluster._roles import RoleTargets
 from ._daemon import DaemonArgs
 from ._db import SchemaUpdate
 from ._errors import BadRequestError, MicrotrioError, NotFoundError
+from ._log import LOG_FORMATS, configure_logging
 from ._replication import node_id_for
 
 __all__ = ["add_demo_command", "demo_args", "run_demo"]
@@ -173,7 +175,11 @@ class _Output:
 
 
 async def _start_members(
-    out: _Output, nursery: trio.Nursery, members: list[_Member], heartbeat: float
+    out: _Output,
+    nursery: trio.Nursery,
+    members: list[_Member],
+    heartbeat: float,
+    log_format: str = "text",
 ) -> None:
     for member in members:
         with member.log.open("ab") as log:  # the child keeps its own descriptor
@@ -189,6 +195,8 @@ async def _start_members(
                         str(member.state_dir),
                         "--heartbeat",
                         str(heartbeat),
+                        "--log-format",
+                        log_format,
                     ],
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
@@ -357,7 +365,7 @@ async def run_demo(ns: argparse.Namespace, out: _Output | None = None) -> int:
                     nursery.start_soon(_cancel_on, interrupted, work)
                     try:
                         out.line(f"[1/4] starting {ns.members} member processes ...")
-                        await _start_members(out, nursery, members, ns.heartbeat)
+                        await _start_members(out, nursery, members, ns.heartbeat, ns.log_format)
                         await _form(out, members, ns.timeout)
                         await _live(out, members, ns.duration)
                     except (MicrotrioError, OSError) as exc:
@@ -420,6 +428,7 @@ def add_demo_command(sub: Any) -> None:
     )
     p.add_argument("--no-live", action="store_true", help="plain lines (for logs, non-TTY)")
     p.add_argument("--keep", action="store_true", help="keep the state directories on exit")
+    add_log_format_option(p)  # of the demo itself and of its members' log files
     p.add_argument("--dir", default="", help="root of the state directories (default: temp)")
     p.add_argument(
         "--heartbeat", type=float, default=1.0, help="heartbeat interval, seconds (default 1)"
@@ -446,18 +455,17 @@ def _member_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m microtrio._demo member")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--heartbeat", type=float, default=1.0)
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     ns = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    configure_logging(logging.INFO, ns.log_format, stream=sys.stderr)
     trio.run(_run_member, ns.state_dir, ns.heartbeat)
     return 0
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] != ["member"]:
-        sys.exit("usage: python -m microtrio._demo member --state-dir DIR [--heartbeat S]")
+        sys.exit(
+            "usage: python -m microtrio._demo member --state-dir DIR [--heartbeat S]"
+            " [--log-format text|json]"
+        )
     sys.exit(_member_main(sys.argv[2:]))

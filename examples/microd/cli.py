@@ -117,10 +117,8 @@ def main(
         level = logging.INFO
     if getattr(ns, "debug", False):
         level = logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
+    # the member name on every line; `daemon --log-format json` for one JSON object a line
+    microtrio.configure_logging(level, getattr(ns, "log_format", "text"), stream=sys.stderr)
     app = microtrio.App(state_dir)
     try:
         trio.run(ns.func, app, ns)

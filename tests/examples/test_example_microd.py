@@ -128,7 +128,9 @@ def test_cli_daemon_init_extended(tmp_path: Path) -> None:
         assert remote.stdout.strip() == f"member1 ({address}) says 'Testing 1 2 3...'"
         assert _cli("shutdown", env=env).returncode == 0
         assert daemon.wait(timeout=30) == 0, log.read_text()
-        assert "microd.hooks: member1: PostBootstrap" in log.read_text()
+        text = log.read_text()  # the CLI's text format names the member of every line
+        assert "INFO [member1] microd.hooks: member1: PostBootstrap" in text
+        assert "INFO [member1] microtrio.daemon: member1: stopping" in text
     finally:
         if daemon.poll() is None:
             daemon.kill()

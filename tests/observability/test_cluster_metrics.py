@@ -1,9 +1,8 @@
 """Raft and heartbeat metrics on every member of a 3-member cluster (``GET /core/1.0/metrics``
-over mutual TLS), and member names in the daemon's log lines."""
+over mutual TLS). Member names on log records: test_member_logs.py."""
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -128,36 +127,3 @@ async def test_raft_and_heartbeat_metrics_on_every_member(tmp_path: Path) -> Non
     assert len({lab["peer"] for lab, _ in lags}) == 2
     last = one(views[leader], "microtrio_raft_commit_index") + 1000
     assert all(0 <= lag <= last for _, lag in lags)
-
-
-#: Known lines without the member name (reported; fix them in their modules, then shrink
-#: this list): the pure Raft core names its node id only; listener start and certificate
-#: swaps do not know the member; upgrade notifications.
-KNOWN_ANONYMOUS = {
-    ("microtrio.raft", "_membership.py"),
-    ("microtrio.raft", "_node.py"),
-    ("microtrio.api", "_listener.py"),
-    ("microtrio.certs", "_certs.py"),
-    ("microtrio.cluster", "_upgrade.py"),
-}
-
-
-async def test_log_lines_carry_the_member_name(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
-    """Every INFO+ line of a ``microtrio.*`` logger during a 3-member run names its member,
-    except the known sites above."""
-    caplog.set_level(logging.INFO, logger="microtrio")
-    with trio.fail_after(CEILING):
-        async with open_cluster(3, tmp_path=tmp_path, heartbeat_interval=0.2) as cluster:
-            names = [m.name for m in cluster.members]
-    records = [r for r in caplog.records if r.name.startswith("microtrio.")]
-    assert len(records) > 20, "too few log lines captured"
-    named = [r for r in records if any(n in r.getMessage() for n in names)]
-    assert {r.name for r in named} >= {"microtrio.replication.driver", "microtrio.cluster"}
-    anonymous = [
-        f"{r.name} {r.filename}:{r.lineno}: {r.getMessage()}"
-        for r in records
-        if r not in named and (r.name, r.filename) not in KNOWN_ANONYMOUS
-    ]
-    assert not anonymous, "log lines without the member name:\n" + "\n".join(anonymous)
