@@ -61,7 +61,7 @@ import math
 import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, final
+from typing import Any, Generic, Literal, TypeVar, final
 
 import trio
 
@@ -157,13 +157,25 @@ class Sample:
     labels: Mapping[str, str] = field(default_factory=dict)
 
 
-class _Metric:
+ChildT = TypeVar("ChildT")
+
+
+class _Metric(Generic[ChildT]):
+    """One family of instruments: a child (the series' state) per label-value tuple; the
+    unlabelled family has its single child from the start (so it renders as 0)."""
+
     kind: Kind
 
     def __init__(self, name: str, help_text: str, labels: Sequence[str]) -> None:
         self.name = name
         self.help = help_text
         self.label_names = tuple(labels)
+        self._children: dict[tuple[str, ...], ChildT] = {}
+        if not labels:
+            self._children[()] = self._new_child()
+
+    def _new_child(self) -> ChildT:  # pragma: no cover - overridden
+        raise NotImplementedError
 
     def _key(self, values: Mapping[str, str]) -> tuple[str, ...]:
         if set(values) != set(self.label_names):
@@ -172,16 +184,62 @@ class _Metric:
             )
         return tuple(str(values[n]) for n in self.label_names)
 
+    def labels(self, **values: str) -> ChildT:
+        """The series of these label values (created at first use)."""
+        key = self._key(values)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._new_child()
+        return child
+
+    def _existing(self, values: Mapping[str, str]) -> ChildT | None:
+        return self._children.get(self._key(values))
+
+    def remove(self, **values: str) -> None:
+        """Forget one labelled series (a peer that left)."""
+        self._children.pop(self._key(values), None)
+
+    def _series(self) -> list[tuple[list[tuple[str, str]], ChildT]]:
+        """Every series, sorted, with its label pairs."""
+        return [
+            (list(zip(self.label_names, key, strict=True)), child)
+            for key, child in sorted(self._children.items(), key=lambda item: item[0])
+        ]
+
     def lines(self) -> list[str]:  # pragma: no cover - overridden
         raise NotImplementedError
 
 
-@final
-class _CounterChild:
+class _Value:
+    """The state of one counter or gauge series."""
+
     __slots__ = ("value",)
 
     def __init__(self) -> None:
         self.value = 0.0
+
+
+ValueT = TypeVar("ValueT", bound=_Value)
+
+
+class _Scalar(_Metric[ValueT]):
+    """A family whose series are one number each (counters and gauges)."""
+
+    def value(self, **values: str) -> float:
+        """The series' current value (0 for a series never touched)."""
+        child = self._existing(values)
+        return 0.0 if child is None else child.value
+
+    def lines(self) -> list[str]:
+        return [
+            f"{self.name}{_labels_text(pairs)} {_number(child.value)}"
+            for pairs, child in self._series()
+        ]
+
+
+@final
+class _CounterChild(_Value):
+    __slots__ = ()
 
     def inc(self, amount: float = 1.0) -> None:
         if amount < 0:
@@ -190,45 +248,21 @@ class _CounterChild:
 
 
 @final
-class Counter(_Metric):
+class Counter(_Scalar[_CounterChild]):
     """A monotonically increasing count (``*_total``)."""
 
     kind: Kind = "counter"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str]) -> None:
-        super().__init__(name, help_text, labels)
-        self._children: dict[tuple[str, ...], _CounterChild] = {}
-        if not labels:
-            self._children[()] = _CounterChild()
-
-    def labels(self, **values: str) -> _CounterChild:
-        key = self._key(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _CounterChild()
-        return child
+    def _new_child(self) -> _CounterChild:
+        return _CounterChild()
 
     def inc(self, amount: float = 1.0) -> None:
         self.labels().inc(amount)
 
-    def value(self, **values: str) -> float:
-        child = self._children.get(self._key(values))
-        return 0.0 if child is None else child.value
-
-    def lines(self) -> list[str]:
-        return [
-            f"{self.name}{_labels_text(zip(self.label_names, key, strict=True))} "
-            f"{_number(child.value)}"
-            for key, child in sorted(self._children.items())
-        ]
-
 
 @final
-class _GaugeChild:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0.0
+class _GaugeChild(_Value):
+    __slots__ = ()
 
     def set(self, value: float) -> None:
         self.value = float(value)
@@ -241,41 +275,16 @@ class _GaugeChild:
 
 
 @final
-class Gauge(_Metric):
+class Gauge(_Scalar[_GaugeChild]):
     """A value that goes up and down."""
 
     kind: Kind = "gauge"
 
-    def __init__(self, name: str, help_text: str, labels: Sequence[str]) -> None:
-        super().__init__(name, help_text, labels)
-        self._children: dict[tuple[str, ...], _GaugeChild] = {}
-        if not labels:
-            self._children[()] = _GaugeChild()
-
-    def labels(self, **values: str) -> _GaugeChild:
-        key = self._key(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _GaugeChild()
-        return child
-
-    def remove(self, **values: str) -> None:
-        """Forget one labelled series (a peer that left)."""
-        self._children.pop(self._key(values), None)
+    def _new_child(self) -> _GaugeChild:
+        return _GaugeChild()
 
     def set(self, value: float) -> None:
         self.labels().set(value)
-
-    def value(self, **values: str) -> float:
-        child = self._children.get(self._key(values))
-        return 0.0 if child is None else child.value
-
-    def lines(self) -> list[str]:
-        return [
-            f"{self.name}{_labels_text(zip(self.label_names, key, strict=True))} "
-            f"{_number(child.value)}"
-            for key, child in sorted(self._children.items())
-        ]
 
 
 @final
@@ -298,7 +307,7 @@ class _HistogramChild:
 
 
 @final
-class Histogram(_Metric):
+class Histogram(_Metric[_HistogramChild]):
     """Observations counted in cumulative ``le`` buckets, plus ``_sum`` and ``_count``."""
 
     kind: Kind = "histogram"
@@ -306,33 +315,25 @@ class Histogram(_Metric):
     def __init__(
         self, name: str, help_text: str, labels: Sequence[str], buckets: Sequence[float]
     ) -> None:
-        super().__init__(name, help_text, labels)
         bounds = sorted(float(b) for b in buckets if not math.isinf(b))
         if not bounds or len(set(bounds)) != len(bounds):
             raise ValidationError(f"Histogram {name!r} needs distinct finite buckets")
         self.buckets = tuple(bounds)
-        self._children: dict[tuple[str, ...], _HistogramChild] = {}
-        if not labels:
-            self._children[()] = _HistogramChild(self.buckets)
+        super().__init__(name, help_text, labels)
 
-    def labels(self, **values: str) -> _HistogramChild:
-        key = self._key(values)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = _HistogramChild(self.buckets)
-        return child
+    def _new_child(self) -> _HistogramChild:
+        return _HistogramChild(self.buckets)
 
     def observe(self, value: float) -> None:
         self.labels().observe(value)
 
     def count(self, **values: str) -> int:
-        child = self._children.get(self._key(values))
+        child = self._existing(values)
         return 0 if child is None else child.count
 
     def lines(self) -> list[str]:
         out: list[str] = []
-        for key, child in sorted(self._children.items()):
-            pairs = list(zip(self.label_names, key, strict=True))
+        for pairs, child in self._series():
             running = 0
             for bound, n in zip(self.buckets, child.counts, strict=True):
                 running += n
@@ -344,6 +345,7 @@ class Histogram(_Metric):
         return out
 
 
+MetricT = TypeVar("MetricT", bound=_Metric[Any])
 Collector = Callable[[], Iterable[Sample]]
 AsyncCollector = Callable[[], Awaitable[Iterable[Sample]]]
 
@@ -353,7 +355,7 @@ class MetricsRegistry:
     """The instruments and collectors of one member; :meth:`render` is the scrape."""
 
     def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
+        self._metrics: dict[str, _Metric[Any]] = {}
         self._families: dict[str, Family] = {}
         self._collectors: dict[int, tuple[Collector, tuple[Family, ...]]] = {}
         self._refreshers: dict[int, tuple[AsyncCollector, list[list[Sample]]]] = {}
@@ -363,25 +365,24 @@ class MetricsRegistry:
         if name in self._metrics or name in self._families:
             raise ValidationError(f"Metric {name!r} is already registered differently")
 
-    def counter(self, name: str, help_text: str, *, labels: Sequence[str] = ()) -> Counter:
+    def _instrument(
+        self, cls: type[MetricT], name: str, labels: Sequence[str], make: Callable[[], MetricT]
+    ) -> MetricT:
+        """The instrument ``name`` if registered the same way, else a new one (``make()``)."""
         found = self._metrics.get(name)
-        if isinstance(found, Counter) and found.label_names == tuple(labels):
+        if isinstance(found, cls) and found.label_names == tuple(labels):
             return found
         _check_name(name, labels)
         self._claim(name)
-        metric = Counter(name, help_text, labels)
+        metric = make()
         self._metrics[name] = metric
         return metric
 
+    def counter(self, name: str, help_text: str, *, labels: Sequence[str] = ()) -> Counter:
+        return self._instrument(Counter, name, labels, lambda: Counter(name, help_text, labels))
+
     def gauge(self, name: str, help_text: str, *, labels: Sequence[str] = ()) -> Gauge:
-        found = self._metrics.get(name)
-        if isinstance(found, Gauge) and found.label_names == tuple(labels):
-            return found
-        _check_name(name, labels)
-        self._claim(name)
-        metric = Gauge(name, help_text, labels)
-        self._metrics[name] = metric
-        return metric
+        return self._instrument(Gauge, name, labels, lambda: Gauge(name, help_text, labels))
 
     def histogram(
         self,
@@ -391,14 +392,9 @@ class MetricsRegistry:
         labels: Sequence[str] = (),
         buckets: Sequence[float] = DEFAULT_BUCKETS,
     ) -> Histogram:
-        found = self._metrics.get(name)
-        if isinstance(found, Histogram) and found.label_names == tuple(labels):
-            return found
-        _check_name(name, labels)
-        self._claim(name)
-        metric = Histogram(name, help_text, labels, buckets)
-        self._metrics[name] = metric
-        return metric
+        return self._instrument(
+            Histogram, name, labels, lambda: Histogram(name, help_text, labels, buckets)
+        )
 
     def add_collector(
         self, collect: Collector, *, families: Sequence[Family]
