@@ -43,6 +43,7 @@ import contextlib
 import errno
 import grp
 import logging
+import math
 import os
 import socket as stdlib_socket
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -338,6 +339,76 @@ class _CoalescingStream:
             await self._stream.aclose()
 
 
+# -- the keep-alive timer ------------------------------------------------------------------
+
+
+class _IdleTimer:
+    """The keep-alive timer of one connection, in place of hypercorn's ``TCPServer.idle_task``.
+
+    hypercorn starts a new task (``nursery.start``, under a lock) every time a connection
+    turns idle and cancels it when the next request arrives: two task switches and a
+    cancel scope per request. This keeps ONE task per connection and moves its deadline
+    instead: ``restart`` (idle) sets it to now + ``keep_alive_timeout`` (now if the server
+    is terminating), ``stop`` (busy) to infinity; moving a deadline wakes nobody. When it
+    expires, or when the server terminates while the connection is idle, the connection is
+    closed as hypercorn's ``_idle_timeout`` closes it. :class:`_TCPServer` ends the task
+    when the connection's read loop ends.
+    """
+
+    def __init__(self, server: _TCPServer) -> None:
+        self._server = server
+        self._deadline = math.inf
+        self._idle = False
+        self._started = False
+        self._scope: trio.CancelScope | None = None
+        self._task_scope = trio.CancelScope()
+
+    def _move(self, deadline: float) -> None:
+        self._deadline = deadline
+        if self._scope is not None:
+            self._scope.deadline = deadline
+
+    async def restart(self, task_group: Any, action: object) -> None:
+        self._idle = True
+        now = trio.current_time()
+        terminating = self._server.context.terminated.is_set()
+        self._move(now if terminating else now + self._server.config.keep_alive_timeout)
+        if not self._started:
+            self._started = True
+            task_group._nursery.start_soon(self._watch)
+
+    async def stop(self) -> None:
+        self._idle = False
+        self._move(math.inf)
+
+    def close(self) -> None:
+        self._task_scope.cancel()
+
+    async def _watch(self) -> None:
+        with self._task_scope:
+            with trio.CancelScope(deadline=self._deadline) as scope:
+                self._scope = scope
+                await self._server.context.terminated.wait()
+                if not self._idle:
+                    await trio.sleep_forever()  # restart() moves the deadline to now
+            with trio.CancelScope(shield=True):
+                await self._server._initiate_server_close()
+
+
+class _TCPServer(TCPServer):
+    """hypercorn's connection handler with :class:`_IdleTimer` as its keep-alive timer."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.idle_task = _IdleTimer(self)  # type: ignore[assignment]
+
+    async def _read_data(self) -> None:
+        try:
+            await super()._read_data()
+        finally:
+            self.idle_task.close()  # type: ignore[attr-defined]
+
+
 # -- the serve loop ----------------------------------------------------------------------
 
 
@@ -380,7 +451,7 @@ async def _serve(
         wrapped = ASGIWrapper(_ConnectionApp(app, extensions, load, limits, bound))
         state = ConnectionState(lifespan_state.copy())
         coalesced = _CoalescingStream(served)
-        await TCPServer(wrapped, config, context, state, coalesced)  # type: ignore[arg-type]
+        await _TCPServer(wrapped, config, context, state, coalesced)
 
     async def counted(stream: trio.SocketStream) -> None:
         try:
