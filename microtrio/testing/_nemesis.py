@@ -40,6 +40,8 @@ from ._history import NEMESIS, Recorder
 
 __all__ = [
     "ALL_FAULTS",
+    "DELAY_RANGE",
+    "LOSS_RANGE",
     "FaultKind",
     "NemesisExecutor",
     "Schedule",
@@ -67,9 +69,13 @@ class FaultKind(enum.StrEnum):
     RESTART = "restart"  # a clean shutdown of a member, started again at the end
     MEMBERSHIP = "membership"  # a member removed from the cluster, joins again at the end
     TRANSFER = "transfer-leadership"  # the leader hands over to another member
+    DELAY = "delay"  # every Raft message delayed (``Step.amount`` seconds)
+    LOSS = "loss"  # every Raft message lost with probability ``Step.amount``
 
 
 ALL_FAULTS: Final = tuple(FaultKind)
+DELAY_RANGE: Final = (0.02, 0.25)  # seconds added to every Raft message
+LOSS_RANGE: Final = (0.05, 0.35)  # probability that a Raft message is lost
 
 _RUNTIME_LEADER: Final = frozenset({FaultKind.PARTITION_LEADER, FaultKind.KILL_LEADER})
 
@@ -124,6 +130,11 @@ class NemesisExecutor(Protocol):
         """Ask the leader to hand leadership to ``to``."""
         ...
 
+    async def degrade(self, *, delay: float, drop: float) -> None:
+        """Delay every Raft message by ``delay`` seconds and lose it with probability
+        ``drop`` (on every link, until :meth:`heal`)."""
+        ...
+
 
 # --- partitions as blocked links ------------------------------------------------------------
 
@@ -160,7 +171,7 @@ class Step:
 
     ``members`` are the members the fault acts on (for partitions: ``groups`` are the sides;
     for a transfer: the candidate targets in order). Empty for faults on the leader, which is
-    only known when the step runs.
+    only known when the step runs. ``amount``: the delay (seconds) or loss probability.
     """
 
     at: float
@@ -168,15 +179,19 @@ class Step:
     fault: FaultKind
     members: tuple[str, ...] = ()
     groups: tuple[tuple[str, ...], ...] = ()
+    amount: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        found = {
             "at": round(self.at, 3),
             "duration": round(self.duration, 3),
             "fault": self.fault.value,
             "members": list(self.members),
             "groups": [list(g) for g in self.groups],
         }
+        if self.amount:
+            found["amount"] = round(self.amount, 3)
+        return found
 
 
 @final
@@ -191,6 +206,10 @@ class Schedule:
         lines = [f"nemesis seed={self.seed} members={','.join(self.members)}"]
         for s in self.steps:
             who = " | ".join(",".join(g) for g in s.groups) or ",".join(s.members) or "<leader>"
+            if s.fault is FaultKind.DELAY:
+                who = f"every link +{s.amount * 1000:.0f} ms"
+            elif s.fault is FaultKind.LOSS:
+                who = f"every link {s.amount:.0%} lost"
             lines.append(f"  t+{s.at:7.2f}s for {s.duration:5.2f}s  {s.fault.value:22} {who}")
         return "\n".join(lines)
 
@@ -263,6 +282,10 @@ def _make_step(
         return Step(at, length, kind, (shuffled[0],))
     if kind is FaultKind.TRANSFER:
         return Step(at, 0.0, kind, tuple(shuffled))
+    if kind is FaultKind.DELAY:
+        return Step(at, length, kind, amount=round(rng.uniform(*DELAY_RANGE), 3))
+    if kind is FaultKind.LOSS:
+        return Step(at, length, kind, amount=round(rng.uniform(*LOSS_RANGE), 3))
     return Step(at, length, kind)  # on the leader, resolved when the step runs
 
 
@@ -306,11 +329,15 @@ async def _inflict(
         await ex.remove(targets[0])
     elif kind is FaultKind.TRANSFER:
         await ex.transfer_leadership(targets[0])
+    elif kind is FaultKind.DELAY:
+        await ex.degrade(delay=step.amount, drop=0.0)
+    elif kind is FaultKind.LOSS:
+        await ex.degrade(delay=0.0, drop=step.amount)
 
 
 async def _repair(kind: FaultKind, targets: Sequence[str], ex: NemesisExecutor) -> None:
     """Undo a fault; every member is tried even if one fails (the first error is raised)."""
-    if kind.value.startswith("partition-"):
+    if kind.value.startswith("partition-") or kind in (FaultKind.DELAY, FaultKind.LOSS):
         await ex.heal()
         return
     undo: dict[FaultKind, Callable[[str], Awaitable[None]]] = {

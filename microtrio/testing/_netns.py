@@ -116,6 +116,16 @@ class NetnsNetwork:
         """Prefix a command with this to run it inside the member's namespace."""
         return [_IP, "netns", "exec", self._ns[member]]
 
+    def hub_prefix(self) -> list[str]:
+        """Prefix a command with this to run it in the hub namespace, which reaches every
+        member at :attr:`hub_address` (no partition ever cuts it: the campaign's clients
+        come in this way, through forwarders)."""
+        return [_IP, "netns", "exec", self.hub]
+
+    @property
+    def hub_address(self) -> str:
+        return str(SUBNET.broadcast_address - 1)
+
     @property
     def blocked(self) -> frozenset[Link]:
         return self._blocked
@@ -145,6 +155,9 @@ class NetnsNetwork:
         created.append(self.hub)
         await _ip("-n", self.hub, "link", "add", "br0", "type", "bridge")
         await _ip("-n", self.hub, "link", "set", "br0", "up")
+        hub_address = f"{self.hub_address}/{SUBNET.prefixlen}"
+        await _ip("-n", self.hub, "addr", "add", hub_address, "dev", "br0")
+        await _ip("-n", self.hub, "link", "set", "lo", "up")
         for i, m in enumerate(self.members):
             ns = self._ns[m]
             await _ip("netns", "add", ns)

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import random
 import ssl
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, final
 
@@ -45,6 +45,10 @@ from ._history import CAS_MISMATCH, JSON, Op, Outcome, Recorder
 from ._report import CheckResult
 
 __all__ = ["WORKLOADS", "CampaignClient", "Workload", "make_workload"]
+
+#: What :class:`CampaignClient` needs to reach a member: the SSL context, and a Unix socket
+#: path (or None for a direct TCP connection).
+Route = tuple[ssl.SSLContext, str | None]
 
 BANK_ACCOUNTS: Final = tuple(f"a{i}" for i in range(5))
 BANK_INITIAL: Final = 20
@@ -79,11 +83,52 @@ class _Body(httpx.AsyncByteStream):
 class CampaignClient:
     """Requests to members over mutual TLS; errors sorted as the module docstring says."""
 
-    def __init__(self, context: ssl.SSLContext, *, timeout: float) -> None:
-        self._http = httpx.AsyncClient(verify=context, timeout=timeout)
+    def __init__(
+        self,
+        context: ssl.SSLContext | None = None,
+        *,
+        timeout: float,
+        route: Callable[[str], Route] | None = None,
+    ) -> None:
+        """One context for every member, or ``route(address)``: the context to present to
+        that member (a daemon trusts its own ``server.crt``) and the Unix socket that
+        reaches it, if any (a member in a network namespace)."""
+        if (context is None) == (route is None):
+            raise ValueError("give a context or a route")
+        self._timeout = timeout
+        self._route = route
+        self._default = (
+            None if context is None else httpx.AsyncClient(verify=context, timeout=timeout)
+        )
+        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._closing: list[httpx.AsyncClient] = []
+
+    def _client(self, address: str) -> httpx.AsyncClient:
+        if self._default is not None:
+            return self._default
+        client = self._clients.get(address)
+        if client is None:
+            assert self._route is not None
+            context, uds = self._route(address)
+            transport = httpx.AsyncHTTPTransport(verify=context, uds=uds)
+            client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
+            self._clients[address] = client
+        return client
+
+    def forget(self, address: str) -> None:
+        """Build the member's client again on the next request (new certificate)."""
+        client = self._clients.pop(address, None)
+        if client is not None:
+            self._closing.append(client)
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        clients = [*self._clients.values(), *self._closing]
+        if self._default is not None:
+            clients.append(self._default)
+        self._clients.clear()
+        self._closing.clear()
+        for client in clients:
+            await client.aclose()
 
     async def request(
         self,
@@ -95,11 +140,12 @@ class CampaignClient:
         content: bytes | None = None,
     ) -> httpx.Response:
         url = f"https://{address}{path}"
-        request = self._http.build_request(method, url, json=json, content=content)
+        http = self._client(address)
+        request = http.build_request(method, url, json=json, content=content)
         if content is not None or json is not None:
             request.stream = _Body(request.content)
         try:
-            resp = await self._http.send(request)
+            resp = await http.send(request)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise UnavailableError(f"cannot connect to {address}: {exc!r}") from exc
         except (httpx.HTTPError, OSError) as exc:
@@ -125,12 +171,12 @@ class CampaignClient:
         return None if resp.status_code == 404 else resp.content
 
     async def status(self, address: str) -> dict[str, Any]:
-        resp = await self.request("GET", address, "/campaign/status")
+        resp = await self.request("GET", address, "/1.0/campaign/status")
         result: dict[str, Any] = resp.json()["metadata"]
         return result
 
     async def control(self, address: str, action: str, body: dict[str, Any]) -> None:
-        await self.request("POST", address, f"/campaign/{action}", json=body)
+        await self.request("POST", address, f"/1.0/campaign/{action}", json=body)
 
 
 def is_definite(exc: MicrotrioError) -> bool:

@@ -10,6 +10,8 @@ from microtrio._errors import UnavailableError, ValidationError
 from microtrio.testing._history import NEMESIS, Recorder, fault_windows
 from microtrio.testing._nemesis import (
     ALL_FAULTS,
+    DELAY_RANGE,
+    LOSS_RANGE,
     FaultKind,
     Schedule,
     Step,
@@ -57,6 +59,12 @@ def test_schedule_shapes(members: tuple[str, ...]) -> None:
             assert 1 <= len(st.members) <= minority  # a quorum always survives
         if st.fault is FaultKind.TRANSFER:
             assert st.duration == 0 and sorted(st.members) == sorted(members)
+        if st.fault is FaultKind.DELAY:
+            assert DELAY_RANGE[0] <= st.amount <= DELAY_RANGE[1]
+        elif st.fault is FaultKind.LOSS:
+            assert LOSS_RANGE[0] <= st.amount <= LOSS_RANGE[1]
+        else:
+            assert st.amount == 0.0
 
 
 def test_partition_link_sets() -> None:
@@ -122,6 +130,9 @@ class FakeCluster:
     async def transfer_leadership(self, to: str) -> None:
         self._call("transfer", to)
 
+    async def degrade(self, *, delay: float, drop: float) -> None:
+        self._call("degrade", delay, drop)
+
 
 THREE = ("m1", "m2", "m3")
 
@@ -137,6 +148,8 @@ async def test_runner_inflicts_and_heals_on_time(autojump_clock: trio.testing.Mo
         Step(6.0, 0.0, FaultKind.TRANSFER, ("m1", "m3", "m2")),
         Step(7.0, 1.0, FaultKind.MEMBERSHIP, ("m3",)),
         Step(9.0, 1.0, FaultKind.PAUSE, ("m2", "m3")),
+        Step(11.0, 1.0, FaultKind.DELAY, amount=0.1),
+        Step(13.0, 2.0, FaultKind.LOSS, amount=0.25),
     )
     ex = FakeCluster()
     rec = Recorder(trio.current_time)
@@ -155,6 +168,10 @@ async def test_runner_inflicts_and_heals_on_time(autojump_clock: trio.testing.Mo
         (9.0, "pause", "m3"),
         (10.0, "resume", "m2"),
         (10.0, "resume", "m3"),
+        (11.0, "degrade", 0.1, 0.0),
+        (12.0, "heal"),
+        (13.0, "degrade", 0.0, 0.25),
+        (15.0, "heal"),
     ]
     h = rec.history()
     assert h.meta["nemesis"]["seed"] == 99
@@ -165,6 +182,8 @@ async def test_runner_inflicts_and_heals_on_time(autojump_clock: trio.testing.Mo
         ("transfer-leadership", 6.0, 6.0),
         ("membership", 7.0, 8.0),
         ("pause", 9.0, 10.0),
+        ("delay", 11.0, 12.0),
+        ("loss", 13.0, 15.0),
     ]
     assert windows[0].detail["members"] == ["m1"]
     assert all(e.process == NEMESIS for e in h)
