@@ -7,26 +7,16 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-import pytest
 import trio
+from _cluster_support import KILLED_MEMBER_LEFTOVERS
 
 from microtrio._metrics import CONTENT_TYPE
 from microtrio.testing import TestCluster, open_cluster
 
 CEILING = 120
 
-#: Stopping the cluster cancels heartbeat requests in flight (every 0.2 s here): trio then
-#: finalises httpx's body generator and their half-open sockets are left to the garbage
-#: collector, as in tests/clusterflow (see its conftest). Every other warning stays an error.
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Async generator 'httpx._content.ByteStream.__aiter__':ResourceWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+#: Stopping the cluster cancels heartbeat requests in flight (every 0.2 s here).
+pytestmark = KILLED_MEMBER_LEFTOVERS
 _SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
 
@@ -116,9 +106,10 @@ async def test_raft_and_heartbeat_metrics_on_every_member(tmp_path: Path) -> Non
         assert sorted(ages) == names
         assert all(0 <= age < 60 for age in ages.values()), ages
         if name != leader:
-            assert "microtrio_raft_peer_lag_entries" not in v or not v[
-                "microtrio_raft_peer_lag_entries"
-            ]
+            assert (
+                "microtrio_raft_peer_lag_entries" not in v
+                or not v["microtrio_raft_peer_lag_entries"]
+            )
     # the leader's view of each peer: its Raft node id, lag between 0 and its whole log
     lags = views[leader]["microtrio_raft_peer_lag_entries"]
     assert len(lags) == 2, lags

@@ -17,28 +17,15 @@ from pathlib import Path
 
 import pytest
 import trio
+from _cluster_support import KILLED_MEMBER_LEFTOVERS, write_retrying
 
-from microtrio import JsonFormatter, MemberFilter, MicrotrioError, State
-from microtrio.testing import TestMember, open_cluster
+from microtrio import JsonFormatter, MemberFilter, State
+from microtrio.testing import open_cluster
 
 CEILING = 150.0
 
-#: Stopping the cluster cancels heartbeat requests in flight: trio finalises httpx's body
-#: generator and half-open sockets are left to the garbage collector (as in
-#: tests/clusterflow, see its conftest). Every other warning stays an error.
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Async generator 'httpx._content.ByteStream.__aiter__':ResourceWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <async_generator object ByteStream:"
-        "pytest.PytestUnraisableExceptionWarning"
-    ),
-]
+#: Killing members and stopping the cluster cancel heartbeat requests in flight.
+pytestmark = KILLED_MEMBER_LEFTOVERS
 
 #: A message that names its member first ("member2: leader is now ...").
 _PREFIX = re.compile(r"^(member\d): ")
@@ -70,25 +57,15 @@ def records() -> Iterator[_Records]:
         root.setLevel(old_level)
 
 
-async def _write(member: TestMember, sql: str) -> None:
-    while True:
-        try:
-            async with member.local_client() as client:
-                await client.sql_query(sql)
-            return
-        except MicrotrioError:
-            await trio.sleep(0.05)
-
-
 async def test_every_record_of_a_member_names_it(tmp_path: Path, records: _Records) -> None:
     with trio.fail_after(CEILING):
         async with open_cluster(3, tmp_path=tmp_path, heartbeat_interval=0.2) as cluster:
             names = {m.name for m in cluster}
             leader = await cluster.wait_for_leader()
             first_leader = leader.name
-            await _write(cluster[1], "CREATE TABLE t (k INTEGER PRIMARY KEY)")  # forwarded
+            await write_retrying(cluster[1], "CREATE TABLE t (k INTEGER PRIMARY KEY)")  # forwarded
             for k in range(5):
-                await _write(cluster[k % 3], f"INSERT INTO t VALUES ({k})")
+                await write_retrying(cluster[k % 3], f"INSERT INTO t VALUES ({k})")
             await cluster.wait_replicated()
             await cluster.kill(leader)  # elections, reconnects, a restart from disk
             await cluster.wait_for_leader(exclude=[leader])
@@ -179,9 +156,7 @@ async def test_cli_daemon_writes_json_lines_with_the_member(tmp_path: Path) -> N
 
             nursery.start_soon(collect)
             await trio.run_process([*cli, "waitready", "-t", "60"], env=env)
-            await trio.run_process(
-                [*cli, "init", "alpha", "127.0.0.1:0", "--bootstrap"], env=env
-            )
+            await trio.run_process([*cli, "init", "alpha", "127.0.0.1:0", "--bootstrap"], env=env)
             await trio.run_process([*cli, "sql", "CREATE TABLE t (k INTEGER)"], env=env)
             await trio.run_process([*cli, "shutdown"], env=env)
             assert await daemon.wait() == 0

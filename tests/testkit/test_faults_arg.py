@@ -6,44 +6,14 @@ the replication view names the same leader, by id and by name, on every member."
 
 from __future__ import annotations
 
-import pytest
 import trio
+from _cluster_support import KILLED_MEMBER_LEFTOVERS, execute, write_retrying
 
-from microtrio import MicrotrioError
 from microtrio.testing import Faults, ReplicationState, TestCluster, TestMember, node_id_for
 
 CEILING = 150.0
 
-#: Killing a member cancels heartbeat requests whose body httpx is still sending: trio then
-#: finalises httpx's body generator and warns, and half-open sockets are left to the garbage
-#: collector (as in tests/clusterflow, see its conftest). Every other warning stays an error.
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Async generator 'httpx._content.ByteStream.__aiter__':ResourceWarning"
-    ),
-    pytest.mark.filterwarnings("ignore:unclosed <socket.socket:ResourceWarning"),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <async_generator object ByteStream:"
-        "pytest.PytestUnraisableExceptionWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:Exception ignored in. <socket.socket:pytest.PytestUnraisableExceptionWarning"
-    ),
-]
-
-
-async def execute(member: TestMember, sql: str) -> None:
-    async with member.local_client() as client:
-        await client.sql_query(sql)
-
-
-async def write_retrying(member: TestMember, sql: str) -> None:
-    while True:
-        try:
-            await execute(member, sql)
-            return
-        except MicrotrioError:
-            await trio.sleep(0.05)
+pytestmark = KILLED_MEMBER_LEFTOVERS  # kills and restarts members
 
 
 def view(member: TestMember) -> ReplicationState:

@@ -6,26 +6,11 @@ catches up on resume; a minority side of a partition cannot elect a leader."""
 from __future__ import annotations
 
 import trio
+from _cluster_support import execute, write_retrying
 
-from microtrio import MicrotrioError
-from microtrio.testing import TestCluster, TestMember
+from microtrio.testing import TestCluster
 
 CEILING = 120.0
-
-
-async def execute(member: TestMember, sql: str) -> None:
-    async with member.local_client() as client:
-        await client.sql_query(sql)
-
-
-async def write_retrying(member: TestMember, sql: str) -> None:
-    """A write through ``member``, retried while an election is in progress."""
-    while True:
-        try:
-            await execute(member, sql)
-            return
-        except MicrotrioError:
-            await trio.sleep(0.05)
 
 
 async def test_formed_replicates_and_survives_the_leader(cluster3: TestCluster) -> None:
