@@ -15,6 +15,13 @@ read back from the file says which entries to skip.
   without effect, and its writer retries it (optimistic check; cannot happen with
   the single writer and the local committer).
 
+Small entries of row changes only are applied on the event loop itself, without a thread
+hop (:meth:`Applier.enable_inline_apply`, replicated members only): with WAL and
+``synchronous=NORMAL`` a commit syncs nothing, and WAL checkpoints (the only part that would
+sync) no longer run inside a commit: a WAL hook counts the pages and the checkpoint runs in
+the worker thread every :data:`CHECKPOINT_PAGES` pages. Schema statements (an index build
+may take long), large entries and restores always run in the thread.
+
 Changesets are applied with triggers switched off (``SQLITE_DBCONFIG_ENABLE_TRIGGER``)
 and foreign keys off: the leader's session already recorded what triggers and
 cascades did. Any conflict is divergence: the transaction is rolled back, the
@@ -41,6 +48,11 @@ __all__ = ["APPLIED_TABLE_SQL", "Applier", "DatabaseSnapshot"]
 logger = logging.getLogger("microtrio.db")
 
 T = TypeVar("T")
+
+#: An entry up to this size, of row changes only, is applied on the event loop (see above).
+INLINE_APPLY_BYTES = 64 << 10
+#: WAL pages written between two checkpoints (SQLite's own auto-checkpoint default).
+CHECKPOINT_PAGES = 1000
 
 APPLIED_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS microtrio_applied (
@@ -97,6 +109,49 @@ class Applier:
         self._listeners: list[Callable[[], None]] = []
         self._lock = trio.Lock()
         self._closed = False
+        self._inline = False
+        self._wal_pages = 0
+        self._checkpoint_at = CHECKPOINT_PAGES
+        #: Entries applied on the event loop / in the worker thread (statistics, tests).
+        self.inline_applies = 0
+        self.thread_applies = 0
+
+    def enable_inline_apply(self) -> None:
+        """Apply small row-change entries on the event loop (call once the connection runs
+        WAL with ``synchronous=NORMAL``); checkpoints move to the worker thread."""
+        self._conn.pragma("wal_autocheckpoint", 0)
+        self._conn.set_wal_hook(self._wal_hook)
+        self._inline = True
+
+    def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
+        if pages < self._wal_pages:  # the WAL was restarted from its beginning
+            self._checkpoint_at = CHECKPOINT_PAGES
+        self._wal_pages = pages
+        return apsw.SQLITE_OK
+
+    def _can_inline(self, payload: bytes | None) -> bool:
+        if not self._inline:
+            return False
+        if not payload:
+            return True
+        if len(payload) > INLINE_APPLY_BYTES:
+            return False
+        try:
+            batch = decode_batch(payload)
+        except CorruptionError:
+            return False  # the thread path reports it
+        return all(op.kind is not OpKind.SQL for op in batch.ops)
+
+    def _run_inline(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run ``fn`` here if the writer connection is free (else (False, None))."""
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(self)
+        except trio.WouldBlock:
+            return False, None
+        try:
+            return True, fn()
+        finally:
+            self._limiter.release_on_behalf_of(self)
 
     @property
     def applied_index(self) -> int:
@@ -147,12 +202,30 @@ class Applier:
                 )
                 return
             try:
-                self._state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
+                done, state = False, None
+                if self._can_inline(payload):
+                    done, state = self._run_inline(lambda: self._apply_sync(index, term, payload))
+                if done:
+                    self.inline_applies += 1
+                else:
+                    self.thread_applies += 1
+                    state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
+                assert state is not None
+                self._state = state
             except DivergenceError as exc:
                 self._failed = exc
                 logger.error("%s: entry %d could not be applied: %s", self._member, index, exc)
                 raise
+            if self._wal_pages >= self._checkpoint_at:
+                await self.run_sync(self._checkpoint)
         self._notify()
+
+    def _checkpoint(self) -> None:
+        frames, done = self._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
+        # the next one after another CHECKPOINT_PAGES pages (the WAL hook starts counting
+        # again when the WAL restarts from its beginning, which needs no reader behind)
+        self._checkpoint_at = self._wal_pages + CHECKPOINT_PAGES
+        logger.debug("%s: WAL checkpoint: %d of %d frames", self._member, done, frames)
 
     def _notify(self) -> None:
         for callback in self._listeners:

@@ -436,6 +436,7 @@ class Database:
             # first when the log no longer reaches back). WAL + NORMAL stays consistent and
             # saves an fsync per applied entry. A single member keeps FULL.
             conn.pragma("synchronous", "normal")
+            self._applier.enable_inline_apply()
 
     def _close_files(self) -> None:
         for reader in self._readers:

@@ -637,8 +637,10 @@ class RaftDriver:
         messages: Sequence[Message] = rd.messages
         if messages and rd.entries and rd.soft_state.role is StateRole.LEADER:
             messages = self._send_appends_early(messages)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        if rd.snapshot is not None or rd.entries:
             await self._store.persist(rd.hard_state, rd.entries, rd.snapshot)
+        elif rd.hard_state is not None and not self._store.persist_inline(rd.hard_state):
+            await self._store.persist(rd.hard_state, (), None)
         if rd.hard_state is not None:
             self._term, self._commit = rd.hard_state.term, rd.hard_state.commit
         if rd.snapshot is not None:

@@ -460,6 +460,15 @@ class LogStore:
                 rewrite_in_place(self._hint_fd, encode_commit_hint(hard_state.commit))
         self._hard_state = hard_state
 
+    def commit_only(self, hard_state: HardState | None) -> bool:
+        """Whether persisting ``hard_state`` is at most a commit-hint rewrite: no term or
+        vote change, so :meth:`save_hard_state` does one small ``pwrite`` into the page
+        cache and no sync (cheap enough to run on the event loop)."""
+        saved = self._saved_hard_state
+        return self._hint_fd is not None and (
+            hard_state is None or (hard_state.term == saved.term and hard_state.vote == saved.vote)
+        )
+
     def save_snapshot(self, snapshot: Snapshot) -> None:
         """Write ``snapshot`` durably, then remove older snapshot files. The log is untouched."""
         self._require_loaded()

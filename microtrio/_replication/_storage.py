@@ -75,6 +75,25 @@ class AsyncLogStore:
     ) -> None:
         await self._run(partial(self._store.persist, hard_state, entries, snapshot))
 
+    def persist_inline(self, hard_state: HardState | None) -> bool:
+        """Persist a Ready that changes nothing but the commit index without a thread hop:
+        when no entries or snapshot come with it, the term and vote stay, and no other call
+        is running, the commit hint is rewritten here (a 16-byte write into the page cache,
+        no sync: see ``_logstore.py``). Returns False when the caller must :meth:`persist`."""
+        store = self._store
+        if not store.commit_only(hard_state):
+            return False
+        try:
+            self._limiter.acquire_on_behalf_of_nowait(self)
+        except trio.WouldBlock:
+            return False
+        try:
+            if hard_state is not None:
+                store.persist(hard_state, (), None)
+        finally:
+            self._limiter.release_on_behalf_of(self)
+        return True
+
     async def load_snapshot(self) -> Snapshot | None:
         return await self._run(self._store.load_snapshot)
 

@@ -11,14 +11,16 @@ import trio
 from _raft_cluster import open_cluster
 
 from microtrio._errors import ConflictError, OutcomeUnknownError
-from microtrio._replication import CommitterConfig
+from microtrio._replication import CommitterConfig, DriverConfig
 
 CEILING = 90.0
+#: Elections after 2-4 s: a loaded machine must not change the leader under the test.
+STEADY = DriverConfig(tick_interval=0.1, election_tick=20)
 
 
 async def test_follower_statements_run_on_the_leader(tmp_path: Path) -> None:
     with trio.fail_after(CEILING):
-        async with open_cluster(tmp_path, 3) as cluster:
+        async with open_cluster(tmp_path, 3, driver_config=STEADY) as cluster:
             leader = await cluster.leader()
             followers = [m for m in cluster.running() if m is not leader]
             f1, f2 = followers
@@ -71,9 +73,11 @@ async def test_follower_statements_run_on_the_leader(tmp_path: Path) -> None:
 
 
 async def test_statement_to_a_killed_leader_is_an_unknown_outcome(tmp_path: Path) -> None:
-    config = CommitterConfig(forward_timeout=30.0, leader_wait=30.0)
+    config = CommitterConfig(forward_timeout=60.0, leader_wait=60.0)
     with trio.fail_after(CEILING):
-        async with open_cluster(tmp_path, 3, committer_config=config) as cluster:
+        async with open_cluster(
+            tmp_path, 3, committer_config=config, driver_config=STEADY
+        ) as cluster:
             leader = await cluster.leader()
             follower = next(m for m in cluster.running() if m is not leader)
             await follower.db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
@@ -81,7 +85,7 @@ async def test_statement_to_a_killed_leader_is_an_unknown_outcome(tmp_path: Path
             start = trio.current_time()
             with pytest.raises(OutcomeUnknownError):
                 await follower.db.execute("INSERT INTO t VALUES (1)")
-            assert trio.current_time() - start < 10  # noticed at the leader change
+            assert trio.current_time() - start < 30  # noticed at the leader change
             # the next statement goes to the new leader
             await follower.db.execute("INSERT INTO t VALUES (2)")
             rows = await follower.db.read(lambda c: c.execute("SELECT k FROM t WHERE k = 2"))

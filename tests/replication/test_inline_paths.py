@@ -1,0 +1,77 @@
+"""The write path's short-cuts that skip a worker-thread hop: a commit-only hard state is
+written on the event loop, small row-change entries are applied on the event loop (schema
+statements and large entries still in the thread), and WAL checkpoints run in the thread
+every CHECKPOINT_PAGES pages instead of inside a commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+from _raft_cluster import checksums, open_cluster
+
+from microtrio._db._apply import CHECKPOINT_PAGES, INLINE_APPLY_BYTES
+from microtrio._replication import LogStore
+from microtrio._replication._storage import AsyncLogStore
+from microtrio.raft import Entry, EntryType, HardState
+
+CEILING = 90.0
+
+
+async def test_commit_only_hard_state_is_written_inline(tmp_path: Path) -> None:
+    store = AsyncLogStore(LogStore(tmp_path / "raft"))
+    await store.load()
+    await store.persist(HardState(1, 7, 0), [Entry(1, 1, EntryType.NORMAL, b"x")], None)
+    await store.persist(HardState(1, 7, 0), [Entry(1, 2, EntryType.NORMAL, b"y")], None)
+    assert store.persist_inline(HardState(1, 7, 2))  # commit only: no thread, no sync
+    assert not store.persist_inline(HardState(2, 0, 2))  # a new term needs the fsync path
+    assert not store.persist_inline(HardState(1, 9, 2))  # so does a new vote
+    await store.aclose()
+    reopened = LogStore(tmp_path / "raft")
+    assert reopened.load().hard_state == HardState(1, 7, 2)  # the inline write is read back
+    reopened.close()
+
+
+async def test_small_entries_apply_inline_schema_and_large_ones_in_the_thread(
+    tmp_path: Path,
+) -> None:
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            appliers = [m.db.applier for m in cluster.running()]
+            threads = [a.thread_applies for a in appliers]
+            await leader.db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            await cluster.wait_applied(leader.db.applied_index)
+            # the schema statement went through the thread on every member
+            assert all(a.thread_applies > t for a, t in zip(appliers, threads, strict=True))
+            inline = [a.inline_applies for a in appliers]
+            threads = [a.thread_applies for a in appliers]
+            for k in range(20):
+                await leader.db.execute("INSERT INTO t VALUES (?, ?)", (k, b"v" * 100))
+            await leader.db.execute("INSERT INTO t VALUES (?, ?)", (99, b"L" * INLINE_APPLY_BYTES))
+            await cluster.wait_applied(leader.db.applied_index)
+            for a, i, t in zip(appliers, inline, threads, strict=True):
+                assert a.inline_applies >= i + 20
+                assert a.thread_applies >= t + 1  # the large entry
+            sums = [await checksums(m) for m in cluster.running()]
+            assert sums[0] == sums[1] == sums[2]
+
+
+async def test_wal_is_checkpointed_outside_commits(tmp_path: Path) -> None:
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            await leader.db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+            # about 2.5 x CHECKPOINT_PAGES pages of 4 KiB, in entries small enough to be
+            # applied inline
+            blob = b"w" * 30_000
+            for k in range(CHECKPOINT_PAGES * 4096 * 5 // 2 // len(blob)):
+                await leader.db.execute("INSERT INTO t VALUES (?, ?)", (k, blob))
+            await cluster.wait_applied(leader.db.applied_index)
+            for member in cluster.running():
+                applier = member.db.applier
+                assert applier.inline_applies > CHECKPOINT_PAGES // 10
+                # without checkpoints the WAL would hold every page written (no
+                # auto-checkpoint any more); with them it is restarted and stays small
+                wal = member.db_path.with_name(member.db_path.name + "-wal")
+                assert wal.stat().st_size < 2 * CHECKPOINT_PAGES * 4096
