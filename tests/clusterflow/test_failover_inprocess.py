@@ -55,6 +55,10 @@ async def test_killed_voter_is_replaced_by_a_standby(
             # The dead member cannot be removed without force (its PreRemove cannot run;
             # nothing changes); with force it goes, and PostRemove(force) runs on the leader,
             # then on every remaining member.
+            async def demoted() -> bool:  # the dead voter is demoted in a later round
+                return (await members(leader.app))[victim.name][0] != "voter"
+
+            await wait_until(demoted)
             start = len(recorder.calls)
             async with leader.app.local_client() as client:
                 with pytest.raises(microtrio.MicrotrioError):
@@ -68,6 +72,7 @@ async def test_killed_voter_is_replaced_by_a_standby(
             assert hooks[0] == (leader.name, "post-remove", (True,))
             assert sorted(n for n, _, _ in hooks[1:]) == sorted(alive)
             assert all(h == "post-remove" and a == (True,) for _, h, a in hooks)
+            await wait_roles(leader.app, [("voter", "ONLINE")] * 3 + [("stand-by", "ONLINE")])
 
             # A graceful stop of the leader hands leadership over first.
             caplog.set_level(logging.INFO, logger="microtrio.cluster")
