@@ -1,10 +1,14 @@
-"""The three-member part of docs/tutorial.md, run as written: the shell block after the
-``<!-- test: tutorial-three-members -->`` marker, with the test's own state directories and
-free ports in place of ``/tmp/mN`` and ``127.0.0.1:900N``. Skips, saying why, while the daemon
-refuses to join or the CLI has no ``cluster remove``."""
+"""The three-member part of docs/tutorial.md, run as written: the shell blocks after the
+``<!-- test: tutorial-three-members -->`` markers, in order, with the test's own state
+directories and free ports in place of ``/tmp/mN`` and ``127.0.0.1:900N``, in a folder that
+holds the tutorial's ``myapp.py`` (the ``<!-- test: tutorial-file myapp.py -->`` block) as a
+reader would save it. So a reader gets a 3-member cluster of the example application, adds an
+endpoint and a schema update, restarts the members on them, and sees both replicated. Skips,
+saying why, while the CLI has no ``cluster remove``."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -18,6 +22,7 @@ import trio
 REPO = Path(__file__).resolve().parents[2]
 TUTORIAL = REPO / "docs" / "tutorial.md"
 BLOCK = re.compile(r"<!-- test: tutorial-three-members -->\n```sh\n(.*?)\n```", re.S)
+FILE = re.compile(r"<!-- test: tutorial-file (\S+) -->\n```python\n(.*?)\n```", re.S)
 CEILING = 180.0
 
 # On any exit, stop the daemons the block started in the background.
@@ -31,8 +36,15 @@ def free_port() -> int:
 
 
 def tutorial_script(root: Path) -> str:
-    (block,) = BLOCK.findall(TUTORIAL.read_text())
-    block = block.replace("/tmp/m", f"{root}/m")
+    """The marked shell blocks as one script; the marked files written into ``root``."""
+    text = TUTORIAL.read_text()
+    files = dict(FILE.findall(text))
+    assert set(files) == {"myapp.py"}, sorted(files)
+    for name, content in files.items():
+        (root / name).write_text(content + "\n")
+    blocks = BLOCK.findall(text)
+    assert len(blocks) == 3, len(blocks)
+    block = "\n".join(blocks).replace("/tmp/m", f"{root}/m")
     for n in (1, 2, 3):
         block = block.replace(f"127.0.0.1:900{n}", f"127.0.0.1:{free_port()}")
     assert "/tmp/m" not in block.replace(f"{root}/m", "") and ":900" not in block
@@ -53,7 +65,7 @@ async def test_the_three_member_tutorial_runs_as_written(tmp_path: Path) -> None
             pytest.skip(reason="the CLI has no `cluster remove` yet")
         result = await trio.run_process(
             ["bash", "-c", tutorial_script(tmp_path)],
-            cwd=REPO,
+            cwd=tmp_path,  # where the reader saved myapp.py; `examples` from the checkout
             capture_stdout=True,
             capture_stderr=True,
             stdin=subprocess.DEVNULL,
@@ -69,4 +81,11 @@ async def test_the_three_member_tutorial_runs_as_written(tmp_path: Path) -> None
     # the row written through member3, read on member1 and member2
     assert sum(1 for line in tables if "hello" in line and "world" in line) == 2, output
     assert "member1" in output and "says" in output, output
+    # the new endpoint: the note added through member3 is listed by member1 (the envelope's
+    # metadata) and is in member2's new table (a table row of `sql`)
+    listed = [json.loads(line) for line in result.stdout.decode().splitlines() if '"sync"' in line]
+    assert {"type": "sync", "status": "Success"}.items() <= listed[0].items(), listed
+    assert listed[0]["metadata"] == {}, listed  # the POST
+    assert listed[1]["metadata"] == ["replicated"], listed  # the GET on member1
+    assert any("replicated" in line and line.startswith("| 1 ") for line in tables), output
     assert not (tmp_path / "m2" / "cluster.crt").exists(), output  # removed: wiped
