@@ -502,10 +502,7 @@ class MemberCluster:
         if self.membership.leader() != own:
             return
         try:
-            status = await self.replication.status()
-            conf = status.conf.as_dict()
-            active = sorted((p.match, node) for node, p in status.progress.items()
-                            if node != own and p.recent_active and conf.get(node) is Role.VOTER)
+            active = await self._active_voters(own)
             if not active:
                 logger.info("%s: no active voter to hand leadership to", self._state.name)
                 return
@@ -517,6 +514,23 @@ class MemberCluster:
             logger.warning("%s: leadership hand-over timed out", self._state.name)
         except MicrotrioError as exc:  # never blocks the shutdown
             logger.warning("%s: no hand-over: %s", self._state.name, exc)
+
+    async def _active_voters(self, own: int, window: float = 1.0) -> list[tuple[int, int]]:
+        """``(match, node)`` of the other voters heard from recently, most up to date
+        last. The leader clears "recently active" at every quorum check, so a look right
+        after one sees nobody: look again for up to ``window`` seconds (heartbeats answer
+        within a tick or two) unless there is no other voter at all."""
+        deadline = trio.current_time() + window
+        while True:
+            status = await self.replication.status()
+            conf = status.conf.as_dict()
+            if not any(r is Role.VOTER for n, r in conf.items() if n != own):
+                return []
+            active = sorted((p.match, node) for node, p in status.progress.items()
+                            if node != own and p.recent_active and conf.get(node) is Role.VOTER)
+            if active or trio.current_time() >= deadline:
+                return active
+            await trio.sleep(0.05)
 
     async def aclose(self, *, hand_over: bool) -> None:
         """Stop the components and the replication (bounded by the caller)."""
