@@ -260,6 +260,7 @@ class RaftDriver:
         self._waiters: dict[int, list[_EntryWaiter]] = {}
         self._reads: dict[bytes, _Reply[int]] = {}
         self._read_next: _ReadBatch | None = None  # callers waiting for the next ReadIndex
+        self._read_inflight: _ReadBatch | None = None  # the one handed to the node
         # request id -> (the leader asked, its answer); ids are random so that an answer
         # meant for an earlier run of this member can never match a new request
         self._forwards: dict[int, tuple[int, _Reply[ForwardResult]]] = {}
@@ -410,16 +411,20 @@ class RaftDriver:
         """A linearizable read point (ReadIndex). Raises NotLeaderError when no leader is
         known; waits forever if the request is lost (callers bound and retry).
 
-        Concurrent callers share one ReadIndex request (one heartbeat round on the leader):
-        a caller joins the batch that has not been handed to the node yet, so the read point
-        is taken after every caller of the batch arrived, as linearizability requires."""
+        Concurrent callers share one ReadIndex request (one heartbeat round on the leader,
+        one round trip from a follower), and one request at most is in flight per member
+        (continuous batching, as etcd's read loop): callers that arrive while one is in
+        flight form the next batch, handed to the node when the current one completes. The
+        read point is thus always taken after every caller of its batch arrived, as
+        linearizability requires."""
         self._check_running()
         batch = self._read_next
         if batch is None:
             ctx = self._rng.getrandbits(64).to_bytes(8, "big") + self.id.to_bytes(8, "big")
             batch = self._read_next = _ReadBatch(ctx)
             self._reads[ctx] = batch.reply
-            self._issue_read(batch)
+            if self._read_inflight is None:
+                self._issue_read(batch)
         batch.waiters += 1
         try:
             return await batch.reply.wait()
@@ -429,9 +434,20 @@ class RaftDriver:
                 self._reads.pop(batch.ctx, None)
                 if self._read_next is batch:
                     self._read_next = None
+                self._read_done(batch)  # all its callers gave up: do not hold the next back
+
+    def _read_done(self, batch: _ReadBatch) -> None:
+        """``batch`` is answered (or failed, or abandoned): hand the next batch over."""
+        if self._read_inflight is not batch:
+            return
+        self._read_inflight = None
+        pending = self._read_next
+        if pending is not None and not self._stopped:
+            self._issue_read(pending)
 
     def _issue_read(self, batch: _ReadBatch) -> None:
         """Queue the batch's ReadIndex behind everything already in the inbox."""
+        self._read_inflight = batch
 
         def issue(node: RaftNode) -> None:
             if self._read_next is batch:
@@ -440,6 +456,7 @@ class RaftDriver:
                 node.read_index(batch.ctx)
             except NotLeaderError as exc:
                 batch.reply.fail(exc)
+                self._read_done(batch)
                 raise
 
         try:
@@ -448,6 +465,7 @@ class RaftDriver:
             # a full inbox or a stopped driver: refuse the batch (the committer retries)
             if self._read_next is batch:
                 self._read_next = None
+            self._read_inflight = None
             batch.reply.fail(NotLeaderError(0) if not self._stopped else self._stopped_error())
 
     async def change_role(self, node_id: int, role: Role | None) -> tuple[int, int]:
@@ -657,6 +675,9 @@ class RaftDriver:
             reply = self._reads.get(rs.ctx)
             if reply is not None:
                 reply.set(rs.index)
+            inflight = self._read_inflight
+            if inflight is not None and inflight.ctx == rs.ctx:
+                self._read_done(inflight)
         ss = rd.soft_state
         if ss.leader_id != self._leader or ss.role is not self._role:
             if ss.leader_id != self._leader:

@@ -53,3 +53,43 @@ async def test_concurrent_reads_share_read_index_requests(
                     nursery.start_soon(writer_then_readers, k)
     assert reads == 12 * 8
     assert requests[0] < reads / 2, (requests[0], reads)
+
+
+async def test_one_read_index_request_in_flight_per_member(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers that loop (each asks again as soon as it got its read point) on a follower:
+    while one request is in flight the others gather into the next batch, so requests stay
+    far fewer than reads; every read point covers the writes acknowledged
+    before the read began."""
+    issued: list[int] = []
+    real = RaftNode.read_index
+
+    def counting(self: RaftNode, ctx: bytes) -> None:
+        issued.append(self.id)
+        real(self, ctx)
+
+    monkeypatch.setattr(RaftNode, "read_index", counting)
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3) as cluster:
+            leader = await cluster.leader()
+            follower = next(m for m in cluster.running() if m is not leader)
+            driver = follower.repl.driver
+            reads = 0
+            issued.clear()
+
+            async def reader() -> None:
+                nonlocal reads
+                for _ in range(15):
+                    index, term = await leader.repl.driver.propose(b"")
+                    assert await leader.repl.driver.wait_entry(index, term) is True
+                    got = await driver.read_index()
+                    assert got >= index, (got, index)
+                    reads += 1
+
+            async with trio.open_nursery() as nursery:
+                for _ in range(16):
+                    nursery.start_soon(reader)
+            mine = issued.count(follower.id)
+            assert reads == 16 * 15
+            assert mine < reads / 3, (mine, reads)
