@@ -456,7 +456,27 @@ class MemberCluster:
                 await nursery.start(self.trigger.run)
                 await nursery.start(self._heartbeats)
                 nursery.start_soon(notify_members, others, factory)
+                nursery.start_soon(self._follow_when_leaderless)
                 task_status.started()
+
+    async def _follow_when_leaderless(self, period: float = 5.0) -> None:
+        """A running member cut off by a certificate rotation it missed (it was
+        unreachable then) knows no leader any more: after two ``period`` checks without
+        one, see whether it can follow the rotation (:meth:`follow_rotation`)."""
+        leaderless = 0
+        while True:
+            await trio.sleep(period)
+            if self.replication.leader().id:
+                leaderless = 0
+                continue
+            leaderless += 1
+            if leaderless >= 2:
+                try:
+                    if await self.follow_rotation():
+                        leaderless = 0
+                except MicrotrioError as exc:
+                    logger.warning("%s: cannot check for a missed certificate rotation: %s",
+                                   self._state.name, exc, exc_info=True)
 
     async def _heartbeats(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -30,7 +30,8 @@ A member that was down during ``stage`` is left out: it still presents and pins 
 certificate. So that it can follow by itself, the driving member signs a
 :class:`RotationLink` with the OLD cluster key ("the certificate with fingerprint F is
 replaced by this one"); every member keeps the recent links (``cluster.rotations.json``).
-When the member that was down starts and finds no Raft leader, :func:`follow_rotation`
+When the member that was down starts and finds no Raft leader (or a running member that
+was unreachable during the rotation has had none for a while), :func:`follow_rotation`
 asks its peers: a peer that presents a certificate it does not pin is asked, over TLS
 pinned to exactly that certificate and presenting the member's own (trusted) server
 certificate, for the current pair and the links (``GET

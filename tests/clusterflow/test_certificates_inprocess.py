@@ -279,3 +279,38 @@ async def test_member_down_during_rotation_follows_on_start(tmp_path: Path) -> N
             result: Any = await m2.app.sql("SELECT v FROM t ORDER BY v")
             assert result["Results"][0]["rows"] == [[1], [3]]
         nursery.cancel_scope.cancel()
+
+
+async def test_running_member_cut_off_during_rotation_follows(tmp_path: Path) -> None:
+    """member3 keeps running but cannot be reached while the certificate is rotated (its
+    core listener is down); once back it presents the old certificate and nobody can talk
+    to it. Having no Raft leader, it follows the rotation by itself."""
+    async with trio.open_nursery() as nursery:
+        with trio.fail_after(CEILING * 2):
+            nodes = await form_cluster(nursery, tmp_path, 3)
+            m1, m2, m3 = nodes
+            await wait_roles(m1.app, [ONLINE_VOTER] * 3)
+            await m1.app.sql("CREATE TABLE t (v INTEGER)")
+            daemon3 = m3.app.daemon
+            assert daemon3 is not None
+            address3 = daemon3.state.address
+            old = (m3.state_dir / "cluster.crt").read_bytes()
+            await daemon3.stop_listener("core")
+
+            new = generate_cert_key_pair("rotated.example")
+            body = {"cert": new.cert.decode(), "key": new.key.decode()}
+            assert await _put_cert(m1, "cluster", body) == 200
+            assert (m3.state_dir / "cluster.crt").read_bytes() == old
+            await daemon3.start_core_listener(address3)  # back, with the old certificate
+            assert await _presented(address3) == fingerprint(old)
+
+            async def followed() -> bool:
+                return (m3.state_dir / "cluster.crt").read_bytes() == new.cert
+
+            await wait_until(followed)
+            await wait_until(lambda: _all_online(m1, 3))
+            assert await _presented(address3) == new.fingerprint
+            await m3.app.sql("INSERT INTO t VALUES (3)")
+            result: Any = await m2.app.sql("SELECT v FROM t")
+            assert result["Results"][0]["rows"] == [[3]]
+        nursery.cancel_scope.cancel()
