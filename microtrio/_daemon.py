@@ -126,8 +126,17 @@ class Daemon:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until :meth:`shutdown` (or cancellation); ``started()`` once ready. Every
         task and worker thread of the member logs under its name (:mod:`._log`)."""
-        with member_context(lambda: self.state.name):
+        with member_context(lambda: self.state.name, self._member_name_of):
             await self._run(task_status)
+
+    def _member_name_of(self, node_id: int) -> str | None:
+        """The member whose Raft node id this is (in the truststore), for log lines."""
+        if node_id == node_id_for(self.state.name):
+            return self.state.name
+        for member in self._truststore.members():
+            if node_id_for(member.name) == node_id:
+                return member.name
+        return None
 
     async def _run(self, task_status: trio.TaskStatus[None]) -> None:
         lock = await trio.to_thread.run_sync(self._dir.acquire_lock)
@@ -510,9 +519,7 @@ class Daemon:
         cluster = self._cluster
         if cluster is None:
             return None
-        names = {node_id_for(m.name): m.name for m in self._truststore.members()}
-        names[node_id_for(self.state.name)] = self.state.name
-        return replication_state(cluster.replication, names.get)
+        return replication_state(cluster.replication, self._member_name_of)
 
     @property
     def extension_names(self) -> list[str]:

@@ -10,6 +10,8 @@ and into every ``trio.to_thread.run_sync`` call, so every task of that member (l
 request handlers, the Raft driver and transport, heartbeats, the database writer thread)
 logs under it without passing anything around. The variable holds a *callable* returning the
 name, not the name: a member renames itself at init (and back at reset) while its tasks run.
+It also holds the member's map from Raft node ids to member names, so that the Raft shell can
+name its peers in log lines (:func:`node_label`) without knowing about members.
 
 :class:`MemberFilter` copies the current member onto each record as ``record.member`` (None
 outside any member); attach it to a handler, not a logger (a logger's filters skip records of
@@ -26,6 +28,7 @@ import json
 import logging
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import IO, Final, Literal, final
 
 from ._errors import ValidationError
@@ -38,27 +41,48 @@ __all__ = [
     "configure_logging",
     "current_member",
     "member_context",
+    "node_label",
 ]
 
 LogFormat = Literal["text", "json"]
 #: The values of ``--log-format``.
 LOG_FORMATS: Final = ("text", "json")
 
-_member: contextvars.ContextVar[Callable[[], str] | None] = contextvars.ContextVar(
+@final
+@dataclass(frozen=True, slots=True)
+class _Member:
+    name: Callable[[], str]
+    peer_name: Callable[[int], str | None]
+
+
+_member: contextvars.ContextVar[_Member | None] = contextvars.ContextVar(
     "microtrio_member", default=None
 )
 
 
 def current_member() -> str | None:
     """The name of the member whose task (or worker thread) is running, None outside one."""
-    source = _member.get()
-    return None if source is None else source()
+    member = _member.get()
+    return None if member is None else member.name()
+
+
+def node_label(node_id: int) -> str:
+    """A Raft node id for a log line: ``member2 (5431098650213004025)`` when the current
+    member knows whose id it is, else the bare id (0: ``none``)."""
+    if node_id == 0:
+        return "none"
+    member = _member.get()
+    name = None if member is None else member.peer_name(node_id)
+    return f"{name} ({node_id})" if name else str(node_id)
 
 
 @contextmanager
-def member_context(name: Callable[[], str]) -> Iterator[None]:
-    """Run the block, and every task and thread it spawns, as the member ``name()`` names."""
-    token = _member.set(name)
+def member_context(
+    name: Callable[[], str], peer_name: Callable[[int], str | None] = lambda node_id: None
+) -> Iterator[None]:
+    """Run the block, and every task and thread it spawns, as the member ``name()`` names;
+    ``peer_name`` maps a Raft node id to a member name for :func:`node_label`."""
+    token = _member.set(_Member(name, peer_name))
     try:
         yield
     finally:

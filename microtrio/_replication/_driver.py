@@ -48,6 +48,7 @@ from typing import Any, Generic, Protocol, TypeVar, final
 import trio
 
 from .._errors import UnavailableError
+from .._log import node_label
 from ..raft import (
     Config,
     ConfState,
@@ -681,7 +682,7 @@ class RaftDriver:
         ss = rd.soft_state
         if ss.leader_id != self._leader or ss.role is not self._role:
             if ss.leader_id != self._leader:
-                logger.info("%s: leader is now %d (term %d)", self._name, ss.leader_id, node.term)
+                logger.info("%s: leader is now %s (term %d)", self._name, node_label(ss.leader_id), node.term)
             self._leader, self._role = ss.leader_id, ss.role
             self._term = node.term
             self._notify()

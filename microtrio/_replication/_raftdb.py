@@ -53,6 +53,7 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
+from .._log import node_label
 from ..raft import ConfState, NotLeaderError, ProposalDroppedError, Role, StateRole, Status
 from ._driver import DriverConfig, RaftDriver, RemoteHandler, StateMachine
 from ._faults import Faults
@@ -479,7 +480,7 @@ class RaftReplication:
             raise NoLeaderError(f"membership change at {index} was lost to a leader change")
         if outcome is None:
             raise OutcomeUnknownError(f"cannot tell whether the membership change at {index} took")
-        logger.info("%s: member %d is now %s", self.name, node_id, role or "removed")
+        logger.info("%s: member %s is now %s", self.name, node_label(node_id), role or "removed")
 
     async def hand_over(self) -> None:
         """Before leaving or shutting down: if this member leads and another voter exists,
@@ -492,7 +493,7 @@ class RaftReplication:
         except MicrotrioError as exc:
             logger.info("%s: leadership not handed over: %s", self.name, exc)
         else:
-            logger.info("%s: leadership handed over to %d", self.name, new)
+            logger.info("%s: leadership handed over to %s", self.name, node_label(new))
 
     async def transfer_leadership(self, to: int | None = None) -> int:
         """Hand leadership to ``to`` (default: the most up-to-date other voter); return the

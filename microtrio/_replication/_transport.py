@@ -87,6 +87,7 @@ from .._errors import (
     UnavailableError,
     ValidationError,
 )
+from .._log import node_label
 from ._faults import DROP, Faults
 from ._frames import (
     CLOSE_GOING_AWAY,
@@ -314,7 +315,7 @@ class Transport(Generic[M]):
             self.remove_peer(node_id)
         peer = _Peer[M](node_id, address, self.config.peer_queue_size)
         self._peers[node_id] = peer
-        logger.info("%s: raft peer %d at %s added", self._name, node_id, address)
+        logger.info("%s: raft peer %s at %s added", self._name, node_label(node_id), address)
         if self._nursery is not None:
             self._nursery.start_soon(self._peer_task, peer)
 
@@ -324,7 +325,7 @@ class Transport(Generic[M]):
         if peer is None:
             return
         peer.scope.cancel()
-        logger.info("%s: raft peer %d removed", self._name, node_id)
+        logger.info("%s: raft peer %s removed", self._name, node_label(node_id))
 
     def set_client_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> None:
         """Use a new client context (e.g. a new cluster certificate) for later dials."""
@@ -405,7 +406,7 @@ class Transport(Generic[M]):
                     if not peer.failures:
                         refused = isinstance(exc, ForbiddenError | ProtocolError)
                         level = logging.WARNING if refused else logging.INFO
-                    logger.log(level, "%s: raft link to %d down: %s", self._name, peer.node_id, exc)
+                    logger.log(level, "%s: raft link to %s down: %s", self._name, node_label(peer.node_id), exc)
                 if not peer.failures:  # it had connected (or this is the first try)
                     backoff = self.config.backoff_min
                 peer.failures += 1

@@ -88,6 +88,9 @@ async def test_every_record_of_a_member_names_it(tmp_path: Path, records: _Recor
         if (m := _PREFIX.match(r.getMessage())) and m.group(1) != r.member  # type: ignore[attr-defined]
     ]
     assert not wrong, "records attributed to another member:\n" + "\n".join(wrong[:40])
+    # the Raft shell names its peers (node ids mapped to member names by the daemon)
+    leaders = [r.getMessage() for r in ours if "leader is now member" in r.getMessage()]
+    assert any(re.search(r"leader is now member\d \(\d+\) \(term \d+\)", m) for m in leaders)
     # every member's components log under it: Raft driver, transport and core, heartbeats,
     # listeners, database, daemon; and worker threads (storage, database) inherit it too
     wanted = {
