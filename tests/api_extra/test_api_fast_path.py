@@ -43,7 +43,58 @@ def kv_args(*, fast: bool) -> microtrio.DaemonArgs:
         resources.append(dataclasses.replace(res, endpoints=endpoints))
     server = dataclasses.replace(service.KV_SERVER, resources=resources)
     args = service.daemon_args(limits=LIMITS, drain_timeout=2.0)
-    return dataclasses.replace(args, servers={"kv": server})
+    return dataclasses.replace(args, servers={"kv": server, "extra": extra_server(fast)})
+
+
+async def _echo(state: microtrio.State, req: Any) -> Any:
+    """JSON body, query arguments, a header and the path variable, as metadata."""
+    body = await req.get_json()
+    return {
+        "body": body,
+        "x": req.args.getlist("x"),
+        "header": req.headers.get("X-Test"),
+        "name": (req.view_args or {}).get("name"),
+        "length": req.content_length,
+    }
+
+
+async def _only_with_header(state: microtrio.State, req: Any) -> None:
+    if req.headers.get("X-Allow") != "yes":
+        raise microtrio.ForbiddenError("no X-Allow header")
+
+
+async def _hello(state: microtrio.State, req: Any) -> Any:
+    return ["hello", state.name]
+
+
+async def _boom(state: microtrio.State, req: Any) -> Any:
+    raise ValueError("a handler bug")
+
+
+def extra_server(fast: bool) -> microtrio.Server:
+    """Endpoints exercising the other gates: an access handler, an open action, a JSON
+    body, a handler bug (500)."""
+
+    def action(handler: Any, **kwargs: Any) -> microtrio.EndpointAction:
+        return microtrio.EndpointAction(handler, fast=fast, **kwargs)
+
+    return microtrio.Server(
+        resources=[
+            microtrio.Resources(
+                "1.0",
+                [
+                    microtrio.Endpoint("echo/{name}", post=action(_echo)),
+                    microtrio.Endpoint(
+                        "guarded", get=action(_hello, access_handler=_only_with_header)
+                    ),
+                    microtrio.Endpoint("open", get=action(_hello, allow_untrusted=True)),
+                    microtrio.Endpoint("boom", get=action(_boom)),
+                ],
+            )
+        ],
+        core_api=True,
+        serve_unix=True,
+    )
 
 
 class Chunks:
@@ -92,6 +143,24 @@ def script(fast_host: str, slow_host: str) -> list[tuple[str, str, dict[str, Any
         ("GET", "/1.0/kv/viaunix", {"via": "unix"}, 200),
         ("GET", "/1.0/kv/nothere", {"via": "unix"}, 404),
         ("PUT", "/1.0/kv/big", {"content": b"x" * 5000, "via": "unix"}, 413),
+        (
+            "POST",
+            "/1.0/echo/n1?x=1&x=2",
+            {"json_body": {"a": [1, "b"]}, "headers": {"X-Test": "t"}},
+            200,
+        ),
+        ("POST", "/1.0/echo/n1", {"content": b"{}"}, 200),  # not JSON content: None
+        (
+            "POST",
+            "/1.0/echo/n1",
+            {"content": b"{bad", "headers": {"Content-Type": "application/json"}},
+            400,
+        ),
+        ("GET", "/1.0/guarded", {}, 403),
+        ("GET", "/1.0/guarded", {"headers": {"X-Allow": "yes"}}, 200),
+        ("GET", "/1.0/guarded", {"headers": {"X-Allow": "yes"}, "cert": False}, 403),
+        ("GET", "/1.0/open", {"cert": False}, 200),
+        ("GET", "/1.0/boom", {}, 500),
     ]
 
 
@@ -175,11 +244,12 @@ async def test_fast_request_body_limits(autojump_clock: trio.testing.MockClock) 
         headers = [(b"content-type", b"application/json")]
         if length is not None:
             headers.append((b"content-length", str(length).encode()))
-        return FastRequest(_scope(headers), _Receive(*messages), max_body_size=10,
-                           body_timeout=5.0)
+        return FastRequest(_scope(headers), _Receive(*messages), max_body_size=10, body_timeout=5.0)
 
-    ok = request({"type": "http.request", "body": b'{"a":', "more_body": True},
-                 {"type": "http.request", "body": b"1}"})
+    ok = request(
+        {"type": "http.request", "body": b'{"a":', "more_body": True},
+        {"type": "http.request", "body": b"1}"},
+    )
     assert ok.args.getlist("a") == ["1", "2"] and ok.args.get("b") == ""
     assert ok.headers["Remote-Addr"] == "127.0.0.1" and ok.is_json
     assert await ok.get_json() == {"a": 1}
