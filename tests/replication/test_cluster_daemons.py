@@ -19,7 +19,8 @@ from microtrio._replication import node_id_for
 
 CEILING = 120.0
 NAMES = ("member1", "member2", "member3")
-LEADER_LINE = re.compile(rb"(member\d): leader is now (\d+)")
+# "leader is now 5431..." or, once the member knows the names, "leader is now member2 (5431...)"
+LEADER_LINE = re.compile(rb"(member\d): leader is now (?:\S+ \()?(\d+)")
 
 
 class Daemon:
