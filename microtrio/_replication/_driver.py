@@ -564,23 +564,44 @@ class RaftDriver:
         node = self._node
         assert node is not None
         interval = self.config.tick_interval
+        lease = self.config.lease_read
         next_tick = trio.current_time() + interval
         while True:
             with trio.move_on_at(next_tick):
-                self._handle(node, await self._inbox_recv.receive())
+                event = await self._inbox_recv.receive()
+                if lease:  # a lease is counted in ticks: none may be missing before a read
+                    next_tick = self._tick_due(node, next_tick)
+                self._handle(node, event)
                 for _ in range(self.config.inbox_size):
                     try:
                         event = self._inbox_recv.receive_nowait()
                     except trio.WouldBlock:
                         break
                     self._handle(node, event)
-            now = trio.current_time()
-            if now >= next_tick:
-                node.tick()
-                next_tick = max(next_tick + interval, now + interval / 2)
+            next_tick = self._tick_due(node, next_tick)
             if node.has_ready():
                 await self._handle_ready(node, node.ready())
                 await self._maybe_compact(node)
+
+    def _tick_due(self, node: RaftNode, next_tick: float) -> float:
+        """Tick if a tick is due; return when the next one is.
+
+        A loop that was held up (a long fsync, a paused process) ticks once, not once per
+        missed tick, so that a follower handles what queued up before it times out the
+        leader. A leader serving lease reads ticks every missed tick instead: its lease is
+        measured in its own ticks, which must not lag real time (the core's lease ends
+        earlier the more ticks pass; missing ones would stretch it)."""
+        now = trio.current_time()
+        if now < next_tick:
+            return next_tick
+        interval = self.config.tick_interval
+        if self.config.lease_read and node.role is StateRole.LEADER:
+            missed = int((now - next_tick) // interval) + 1
+            for _ in range(missed):
+                node.tick()
+            return next_tick + missed * interval
+        node.tick()
+        return max(next_tick + interval, now + interval / 2)
 
     def _handle(self, node: RaftNode, event: _Event) -> None:
         if isinstance(event, _Request):
@@ -682,7 +703,12 @@ class RaftDriver:
         ss = rd.soft_state
         if ss.leader_id != self._leader or ss.role is not self._role:
             if ss.leader_id != self._leader:
-                logger.info("%s: leader is now %s (term %d)", self._name, node_label(ss.leader_id), node.term)
+                logger.info(
+                    "%s: leader is now %s (term %d)",
+                    self._name,
+                    node_label(ss.leader_id),
+                    node.term,
+                )
             self._leader, self._role = ss.leader_id, ss.role
             self._term = node.term
             self._notify()

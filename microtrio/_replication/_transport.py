@@ -406,7 +406,13 @@ class Transport(Generic[M]):
                     if not peer.failures:
                         refused = isinstance(exc, ForbiddenError | ProtocolError)
                         level = logging.WARNING if refused else logging.INFO
-                    logger.log(level, "%s: raft link to %s down: %s", self._name, node_label(peer.node_id), exc)
+                    logger.log(
+                        level,
+                        "%s: raft link to %s down: %s",
+                        self._name,
+                        node_label(peer.node_id),
+                        exc,
+                    )
                 if not peer.failures:  # it had connected (or this is the first try)
                     backoff = self.config.backoff_min
                 peer.failures += 1

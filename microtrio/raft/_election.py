@@ -31,6 +31,7 @@ class Elections(Replication):
     vote: int
     _votes: dict[int, bool]
     _election_elapsed: int
+    _ticks: int
     _heartbeat_elapsed: int
     _randomized_timeout: int
 
@@ -54,6 +55,7 @@ class Elections(Replication):
 
     def tick(self) -> None:
         """Advance logical time by one tick."""
+        self._ticks += 1
         self._election_elapsed += 1
         if self.role is StateRole.LEADER:
             self._tick_leader()
@@ -169,10 +171,11 @@ class Elections(Replication):
         if m.term > self.term:
             if isinstance(m, MsgVote | MsgPreVote):
                 force = isinstance(m, MsgVote) and m.transfer
-                in_lease = (
-                    self.config.check_quorum
-                    and self.lead != 0
-                    and self._election_elapsed < self.config.election_tick
+                in_lease = self.config.check_quorum and (
+                    (self.lead != 0 and self._election_elapsed < self.config.election_tick)
+                    # a voter that just (re)started may have acknowledged a lease before:
+                    # with lease reads it keeps that promise for one election timeout
+                    or (self.config.lease_read and self._ticks < self.config.election_tick)
                 )
                 if in_lease and not force:
                     return False

@@ -151,6 +151,14 @@ class RaftNode(Membership):
         self._readonly = ReadOnly()
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        #: Ticks since start (never reset): the leader lease is measured in them.
+        self._ticks = 0
+        #: Leader lease bookkeeping (lease_read): the tick each heartbeat round was sent at,
+        #: per voter the send tick of the newest round it acknowledged, and a tick before
+        #: which no lease is trusted (a leadership transfer lets votes bypass leases).
+        self._round_ticks: dict[int, int] = {}
+        self._lease_acks: dict[int, int] = {}
+        self._lease_blocked_until = 0
         self._randomized_timeout = config.election_tick
         self.lead_transferee = 0
         self._term_start = 0
@@ -217,6 +225,8 @@ class RaftNode(Membership):
         self._votes = {}
         self.prs = {}
         self._readonly.clear()
+        self._round_ticks.clear()
+        self._lease_acks.clear()
         self._bcast_entries = self._bcast_commit = False
 
     def _become_follower(self, term: int, lead: int) -> None:
@@ -407,6 +417,7 @@ class RaftNode(Membership):
         pr = self.prs[to]
         if pr.match == self._log.last_index:
             self._msgs.append(MsgTimeoutNow(self.id, to, self.term))
+            self._block_lease()
         else:
             self._send_appends(to, pr, allow_empty=True)
 

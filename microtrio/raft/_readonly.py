@@ -42,6 +42,11 @@ class ReadOnly:
         self.pending.append(read)
         return self.round
 
+    def new_round(self) -> int:
+        """A round for a heartbeat that carries no new read (leader lease bookkeeping)."""
+        self.round += 1
+        return self.round
+
     def current_round(self) -> int:
         return self.round if self.pending else 0
 

@@ -58,6 +58,10 @@ class Replication:
     _confs: list[tuple[int, ConfState]]
     _bcast_entries: bool
     _bcast_commit: bool
+    _ticks: int
+    _round_ticks: dict[int, int]
+    _lease_acks: dict[int, int]
+    _lease_blocked_until: int
 
     # Implemented by RaftNode.
     def _maybe_commit(self) -> bool:
@@ -120,6 +124,15 @@ class Replication:
 
     def _broadcast_heartbeat(self, read_round: int) -> None:
         commit = self._log.committed
+        if self.config.lease_read:
+            # every heartbeat gets its own round, so that acknowledgements tell which send
+            # tick they vouch for (an ack of round R also acknowledges earlier reads)
+            if not read_round:
+                read_round = self._readonly.new_round()
+            self._round_ticks[read_round] = self._ticks
+            horizon = self._ticks - self.config.election_tick
+            for rnd in [r for r, t in self._round_ticks.items() if t < horizon]:
+                del self._round_ticks[rnd]
         for node, pr in self.prs.items():
             if node != self.id:
                 hb_commit = min(pr.match, commit)
@@ -158,6 +171,7 @@ class Replication:
                     return
             if m.src == self.lead_transferee and pr.match == self._log.last_index:
                 self._msgs.append(MsgTimeoutNow(self.id, m.src, self.term))
+                self._block_lease()
         self._send_appends(m.src, pr, pr.sent_commit < self._log.committed)
 
     def _handle_heartbeat_resp(self, m: MsgHeartbeatResp) -> None:
@@ -176,6 +190,9 @@ class Replication:
         elif pr.match < self._log.last_index:
             # Appends may have been lost: an empty one at least draws a rejection or an ack.
             self._send_appends(m.src, pr, allow_empty=True)
+        sent = self._round_ticks.get(m.read_round) if m.read_round else None
+        if sent is not None and m.src in self.conf.voters:
+            self._lease_acks[m.src] = max(self._lease_acks.get(m.src, sent), sent)
         for read in self._readonly.ack(m.src, m.read_round, self.conf.voters):
             self._respond_read(read.index, read.ctx, read.requester)
 
@@ -298,11 +315,39 @@ class Replication:
         if log.term(log.committed) != self.term:  # no entry of ours committed yet (6.4 step 1)
             self._readonly.waiting.append((ctx, requester))
             return
-        if self.config.lease_read:
+        if self.config.lease_read and self._lease_valid():
             self._respond_read(log.committed, ctx, requester)
             return
         rnd = self._readonly.add(log.committed, ctx, requester, self.id, self.id in voters)
         self._broadcast_heartbeat(rnd)
+
+    def _lease_valid(self) -> bool:
+        """Whether no other leader can exist now (leader lease, thesis 6.4.1).
+
+        A voter that received our heartbeat sent at tick ``t`` refuses (pre-)votes until
+        ``election_tick`` of its ticks passed, the first of which may come at once; so once a
+        quorum acknowledged heartbeats sent at ``t`` or later, no other leader can be elected
+        before about ``t + election_tick - 1`` of our ticks. One more tick is kept as margin
+        for tick phase and clock drift. The driver must not let our ticks lag real time
+        (it catches up missed ticks before a leader handles requests). A leadership transfer
+        lets votes bypass leases: no lease from the TimeoutNow on (see ``_block_lease``)."""
+        if self.lead_transferee or self._ticks < self._lease_blocked_until:
+            return False
+        voters = self.conf.voters
+        if not voters:
+            return False
+        acked = sorted(
+            (self._ticks if v == self.id else self._lease_acks.get(v, -1) for v in voters),
+            reverse=True,
+        )
+        quorum_tick = acked[len(voters) // 2]
+        return quorum_tick >= 0 and self._ticks < quorum_tick + self.config.election_tick - 2
+
+    def _block_lease(self) -> None:
+        """A TimeoutNow went out: its receiver may win votes that ignore leases. Trust no
+        lease for the transfer's timeout plus two election timeouts."""
+        self._lease_blocked_until = self._ticks + 3 * self.config.election_tick
+        self._lease_acks.clear()
 
     def _respond_read(self, index: int, ctx: bytes, requester: int) -> None:
         if requester == self.id:

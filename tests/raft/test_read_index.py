@@ -76,7 +76,10 @@ def test_6_4_reads_are_released_in_order_by_a_later_round() -> None:
 
 def test_lease_read_answers_without_a_round_trip() -> None:
     net = Net([1, 2, 3], lease_read=True)
+    for node in net.nodes.values():
+        node._ticks = node.config.election_tick  # up for a while: votes are not held back
     net.elect(1)
+    net.tick_all(1)  # a heartbeat round acknowledged by a quorum starts the lease
     net.sent.clear()
     net.nodes[1].read_index(b"lease")
     rd = net.nodes[1].ready()

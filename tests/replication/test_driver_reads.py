@@ -93,3 +93,38 @@ async def test_one_read_index_request_in_flight_per_member(
             mine = issued.count(follower.id)
             assert reads == 16 * 15
             assert mine < reads / 3, (mine, reads)
+
+
+async def test_lease_reads_skip_the_heartbeat_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``lease_read`` the leader answers from its lease (no heartbeat round per read
+    batch) while a quorum keeps acknowledging its heartbeats; the answers stay fresh."""
+    from microtrio._replication import DriverConfig
+    from microtrio.raft._readonly import ReadOnly
+
+    rounds = [0]
+    real_add = ReadOnly.add
+
+    def counting_add(self: ReadOnly, *args: object) -> int:
+        rounds[0] += 1
+        return real_add(self, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ReadOnly, "add", counting_add)
+    config = DriverConfig(tick_interval=0.05, election_tick=20, lease_read=True)
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3, driver_config=config) as cluster:
+            leader = await cluster.leader()
+            driver = leader.repl.driver
+            while True:  # until a quorum acknowledged a heartbeat: the lease is established
+                before = rounds[0]
+                await driver.read_index()
+                if rounds[0] == before:
+                    break
+                await trio.sleep(0.05)
+            rounds[0] = 0
+            for _ in range(40):
+                index, term = await driver.propose(b"")
+                assert await driver.wait_entry(index, term) is True
+                assert await driver.read_index() >= index
+            assert rounds[0] < 20, rounds[0]  # most reads were answered from the lease
