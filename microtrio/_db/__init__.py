@@ -5,8 +5,12 @@ Public names for the other layers:
 * :class:`Database` - one member's database: ``await nursery.start(db.run)`` opens the
   file and starts the single writer task; ``await db.open(bootstrap=...)`` runs the
   schema updates (reference 6.3) and sets the status online; ``await db.close()``.
-  ``transaction(fn)`` (write; ``fn(conn)`` runs on the leader, its effect is captured
-  and replicated), ``read(fn, stale=False)`` (linearizable unless ``stale``),
+  ``execute(sql, params)`` / ``execute_many([(sql, params), ...])`` (statement writes:
+  the SQL and parameters run on the leader in its write batch, forwarded there by a member
+  that does not lead; one call = one transaction; :class:`SQLResult` per statement),
+  ``transaction(fn)`` (write; ``fn(conn)`` runs on the leader, or optimistically on the
+  member that was asked, its effect is captured and replicated),
+  ``read(fn, stale=False)`` (linearizable unless ``stale``),
   ``execute_sql(query)`` / ``dump(schema_only=...)`` (``/core/internal/sql``),
   ``status``, ``wait_for_status(*statuses)``, ``schema_versions()``, ``applied_index``,
   ``statistics()``, ``snapshot()``/``restore()``, ``notify_upgrade()`` (the
