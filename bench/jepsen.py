@@ -1,8 +1,10 @@
-"""A long fault-injection campaign: runs of real member processes under a seeded nemesis.
+"""A long fault-injection campaign: runs of real kv daemons under a seeded nemesis.
 
     python bench/jepsen.py --minutes 30 --members 3,5 --run-duration 60 --results results/jepsen
 
-Each run starts a fresh cluster (the sizes in ``--members`` take turns), drives the chosen
+Each run starts a fresh cluster of daemons (the sizes in ``--members`` take turns;
+bootstrapped and joined with tokens; in network namespaces when root unless
+``--network faults``), drives the chosen
 workloads while the nemesis inflicts the chosen faults, checks the history and writes its
 report (``history.jsonl``, ``verdict.json``, ``latency.png``, ``schedule.txt``, member logs)
 to ``RESULTS/run-<N>m-<seed>``. Seeds: ``--seed`` for the first run, then derived from it
@@ -46,6 +48,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seed", type=int, help="the first run's seed (default: random)")
     p.add_argument("--results", type=Path, default=Path("results/jepsen"))
     p.add_argument("--request-timeout", type=float, default=5.0)
+    p.add_argument("--network", default="auto", choices=["auto", "netns", "faults"],
+                   help="partitions from namespaces (root) or the Raft transport")  # fmt: skip
+    p.add_argument("--heartbeat", type=float, default=1.0, help="the daemons' heartbeat (s)")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -73,6 +78,7 @@ async def main(args: argparse.Namespace) -> int:
             results=args.results, members=sizes[n % len(sizes)], duration=args.run_duration,
             workloads=workloads, faults=faults, seed=seed, fault_time=_pair(args.fault_time),
             quiet_time=_pair(args.quiet_time), request_timeout=args.request_timeout,
+            network=args.network, heartbeat=args.heartbeat,
         )  # fmt: skip
         result = await run_campaign(config)
         verdict = json.loads((result.folder / "verdict.json").read_text())
@@ -80,6 +86,8 @@ async def main(args: argparse.Namespace) -> int:
             "run": n, "seed": seed, "members": config.members, "validity": result.validity.value,
             "folder": str(result.folder), "operations": verdict["summary"]["operations"],
             "faults": [f["fault"] for f in verdict["faults"]], "crashes": result.crashes,
+            "network": result.network, "error": result.error,
+            "checkers": {r.checker: r.validity.value for r in result.results},
         }  # fmt: skip
         print(json.dumps(line), flush=True)
         summary.append(line)
