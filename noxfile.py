@@ -37,7 +37,7 @@ def raft_campaign(session: nox.Session) -> None:
 
 @nox.session
 def jepsen(session: nox.Session) -> None:
-    """A long fault-injection campaign of real member processes (docs/testing.md):
+    """A long fault-injection campaign of real kv daemons (docs/testing.md):
     nox -s jepsen -- --minutes 30 --members 3,5 --run-duration 60 --seed 1 --results DIR
     (every option: python bench/jepsen.py --help)."""
     session.install("-e", ".[test]")

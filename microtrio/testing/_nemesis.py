@@ -15,6 +15,8 @@ candidates that is not the leader then).
 
 Partitions are sets of blocked *directed* links ``(src, dst)``: ``src`` cannot reach ``dst``.
 A symmetric cut between groups blocks both directions; ``partition-asymmetric`` blocks one.
+``delay`` and ``loss`` act on every Raft link; their amount (:data:`DELAY_RANGE` seconds,
+:data:`LOSS_RANGE` probability) is drawn from the seed too.
 
 :func:`run_schedule` runs a schedule against a :class:`NemesisExecutor` (implemented by the
 campaign runner over real processes, network namespaces or proxies) and records each start
