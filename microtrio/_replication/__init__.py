@@ -18,8 +18,8 @@ Public names for the layers above:
 
 from __future__ import annotations
 
-from ._driver import DriverConfig as DriverConfig
 from ._driver import RaftDriver as RaftDriver
+from ._driver_config import DriverConfig as DriverConfig
 from ._faults import Faults as Faults
 from ._raftdb import CommitterConfig as CommitterConfig
 from ._raftdb import LeaderInfo as LeaderInfo

@@ -9,7 +9,7 @@ Everything that touches the :class:`~microtrio.raft.RaftNode` happens in the dri
 * inbound peer traffic (a forwarder task moves the transport's inbound messages into the
   inbox, so a slow driver pushes back on the transport);
 * local requests (propose, read index, membership change, leadership transfer, status),
-  each carrying a :class:`_Reply` the caller waits on (with its own deadline).
+  each carrying a :class:`Reply` the caller waits on (with its own deadline).
 
 The loop takes one event (or wakes up for the next tick: ticks come from trio's clock
 every ``tick_interval`` seconds, and a late loop never ticks twice in a row), drains what
@@ -32,8 +32,10 @@ machine is restored into it first, and the node is told the state machine's appl
 (``Config.applied``) so no entry is applied twice (the applier is idempotent as well).
 
 Forwarded writes travel on the Raft channel itself (:mod:`._wire`): a follower sends
-:class:`ForwardPropose` to the leader, which proposes the payload and answers with
-:class:`ForwardResult` (the index and term it got, or "not leader").
+:class:`ForwardPropose` (a write batch) or :class:`ForwardExecute` (a statement request) to
+the leader, which answers with the index and term it proposed at, or with the statement
+reply once applied (:mod:`._forwarding`). Read points are batched by :mod:`._reads`; the
+configuration and the state-machine seam are in :mod:`._driver_config`.
 """
 
 from __future__ import annotations
@@ -41,9 +43,9 @@ from __future__ import annotations
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar, final
+from typing import Any, TypeVar, final
 
 import trio
 
@@ -65,17 +67,13 @@ from ..raft import (
     Status,
     bootstrap_state,
 )
+from ._driver_config import DriverConfig, RemoteHandler, StateMachine
+from ._forwarding import Forwarding
+from ._reads import ReadIndexBatcher
+from ._reply import Reply
 from ._storage import AsyncLogStore
 from ._transport import Transport
-from ._wire import (
-    WIRE_CODEC,
-    ExecuteResult,
-    ForwardExecute,
-    ForwardPropose,
-    ForwardResult,
-    ForwardStatus,
-    Wire,
-)
+from ._wire import WIRE_CODEC, ExecuteResult, ForwardResult, Wire
 
 __all__ = [
     "WIRE_CODEC",
@@ -93,96 +91,12 @@ _T = TypeVar("_T")
 # -- configuration and seams --------------------------------------------------------------
 
 
-@final
-@dataclass(frozen=True, slots=True)
-class DriverConfig:
-    """Timing and sizing of one driver (ticks are ``tick_interval`` seconds of trio time).
-
-    Defaults: heartbeats every 100 ms, elections after 0.5 to 1 s of silence. Idle cost
-    scales with the heartbeat rate (a 3-member cluster burned 8.1 % of a core with 50 ms
-    heartbeats, 3.8 % with 100 ms ticks and heartbeats); nothing on the write or read path
-    waits for a tick (appends, commits and ReadIndex rounds go out at once).
-    """
-
-    tick_interval: float = 0.1
-    election_tick: int = 5
-    heartbeat_tick: int = 1
-    #: Entries applied since the last snapshot before a new one is taken.
-    snapshot_threshold: int = 4096
-    #: Entries the node keeps behind a snapshot (slow followers catch up by log).
-    snapshot_trailing: int = 1024
-    snapshot_chunk_size: int = 1 << 20
-    #: Serve ReadIndex on the leader from its lease (no heartbeat round; relies on
-    #: bounded clock drift between members, as etcd's lease-based reads).
-    lease_read: bool = False
-    inbox_size: int = 1024
-    #: Terms of this many recently applied entries are remembered (commit outcomes).
-    recent_terms: int = 65536
-    #: Forwarded statement requests the leader runs at once; more are refused (retried).
-    remote_limit: int = 1024
-
-    def __post_init__(self) -> None:
-        if self.tick_interval <= 0:
-            raise ValueError("tick_interval must be positive")
-        if self.snapshot_threshold < 1 or self.inbox_size < 1 or self.recent_terms < 1:
-            raise ValueError("snapshot_threshold, inbox_size and recent_terms must be >= 1")
-
-
-class _Snapshot(Protocol):
-    @property
-    def index(self) -> int: ...
-
-    @property
-    def data(self) -> bytes: ...
-
-
-class StateMachine(Protocol):
-    """What the driver applies to (the database's :class:`~microtrio._db.Applier`)."""
-
-    @property
-    def applied_index(self) -> int: ...
-
-    async def apply(self, index: int, payload: bytes | None, *, term: int = 0) -> None: ...
-
-    async def snapshot(self) -> _Snapshot: ...
-
-    async def restore(self, data: bytes) -> None: ...
-
-
-@final
-class _Reply(Generic[_T]):
-    """A one-shot answer from the driver task to a waiting caller."""
-
-    __slots__ = ("_done", "_error", "_value")
-
-    def __init__(self) -> None:
-        self._done = trio.Event()
-        self._value: _T | None = None
-        self._error: BaseException | None = None
-
-    def set(self, value: _T) -> None:
-        if not self._done.is_set():
-            self._value = value
-            self._done.set()
-
-    def fail(self, error: BaseException) -> None:
-        if not self._done.is_set():
-            self._error = error
-            self._done.set()
-
-    async def wait(self) -> _T:
-        await self._done.wait()
-        if self._error is not None:
-            raise self._error
-        return self._value  # type: ignore[return-value]
-
-
 @dataclass(frozen=True, slots=True)
 class _Request:
     """A local request: ``action(node)`` runs in the driver task; its result is the reply."""
 
     action: Callable[[RaftNode], Any]
-    reply: _Reply[Any]
+    reply: Reply[Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,21 +105,6 @@ class _Inbound:
 
 
 _Event = _Request | _Inbound
-
-#: Runs an encoded statement request (the database's writer); returns (reply, index).
-RemoteHandler = Callable[[bytes], Awaitable[tuple[bytes, int]]]
-
-
-@final
-class _ReadBatch:
-    """Callers sharing one ReadIndex request (``ctx``) and its reply."""
-
-    __slots__ = ("ctx", "reply", "waiters")
-
-    def __init__(self, ctx: bytes) -> None:
-        self.ctx = ctx
-        self.reply: _Reply[int] = _Reply()
-        self.waiters = 0
 
 
 @final
@@ -259,16 +158,20 @@ class RaftDriver:
         self._changed = trio.Event()  # set and replaced whenever leader/applied changes
         self._recent: deque[int] = deque(maxlen=self.config.recent_terms)
         self._waiters: dict[int, list[_EntryWaiter]] = {}
-        self._reads: dict[bytes, _Reply[int]] = {}
-        self._read_next: _ReadBatch | None = None  # callers waiting for the next ReadIndex
-        self._read_inflight: _ReadBatch | None = None  # the one handed to the node
-        # request id -> (the leader asked, its answer); ids are random so that an answer
-        # meant for an earlier run of this member can never match a new request
-        self._forwards: dict[int, tuple[int, _Reply[ForwardResult]]] = {}
-        self._executes: dict[int, tuple[int, _Reply[ExecuteResult]]] = {}
-        self._remote_handler: RemoteHandler | None = None
-        self._remote_running = 0
-        self._nursery: trio.Nursery | None = None
+        self._reads = ReadIndexBatcher(
+            node_id,
+            rng=self._rng,
+            submit=self._submit_nowait,
+            stopped=lambda: self._stopped,
+            name=self._name,
+        )
+        self._forwarding = Forwarding(
+            node_id,
+            transport=transport,
+            rng=self._rng,
+            remote_limit=self.config.remote_limit,
+            name=self._name,
+        )
         self._snapshot_index = 0
         self._running = False
         self._stopped = False
@@ -360,7 +263,7 @@ class RaftDriver:
 
     async def _call(self, action: Callable[[RaftNode], _T]) -> _T:
         self._check_running()
-        reply: _Reply[_T] = _Reply()
+        reply: Reply[_T] = Reply()
         try:
             await self._inbox_send.send(_Request(action, reply))
         except trio.ClosedResourceError:
@@ -380,94 +283,29 @@ class RaftDriver:
         Raises :class:`~microtrio.raft.NotLeaderError` / ``ProposalDroppedError``."""
         return await self._call(lambda node: (node.propose(data), node.term))
 
+    def _submit_nowait(self, action: Callable[[RaftNode], None]) -> None:
+        self._inbox_send.send_nowait(_Request(action, Reply()))
+
     async def forward(self, leader: int, data: bytes) -> ForwardResult:
         """Send ``data`` to ``leader`` for proposing; wait for its answer (bound the wait)."""
         self._check_running()
-        request_id = self._rng.getrandbits(63) or 1
-        reply: _Reply[ForwardResult] = _Reply()
-        self._forwards[request_id] = (leader, reply)
-        try:
-            self._transport.send([ForwardPropose(self.id, leader, request_id, data)])
-            return await reply.wait()
-        finally:
-            self._forwards.pop(request_id, None)
+        return await self._forwarding.forward(leader, data)
 
     def serve_remote(self, handler: RemoteHandler) -> None:
-        """Run :class:`ForwardExecute` requests with ``handler`` while this member leads."""
-        self._remote_handler = handler
+        """Run statement requests forwarded by other members with ``handler`` (leader)."""
+        self._forwarding.serve_remote(handler)
 
     async def execute_remote(self, leader: int, data: bytes) -> ExecuteResult:
         """Send a statement request to ``leader``; wait for its answer (bound the wait)."""
         self._check_running()
-        request_id = self._rng.getrandbits(63) or 1
-        reply: _Reply[ExecuteResult] = _Reply()
-        self._executes[request_id] = (leader, reply)
-        try:
-            self._transport.send([ForwardExecute(self.id, leader, request_id, data)])
-            return await reply.wait()
-        finally:
-            self._executes.pop(request_id, None)
+        return await self._forwarding.execute_remote(leader, data)
 
     async def read_index(self) -> int:
-        """A linearizable read point (ReadIndex). Raises NotLeaderError when no leader is
-        known; waits forever if the request is lost (callers bound and retry).
-
-        Concurrent callers share one ReadIndex request (one heartbeat round on the leader,
-        one round trip from a follower), and one request at most is in flight per member
-        (continuous batching, as etcd's read loop): callers that arrive while one is in
-        flight form the next batch, handed to the node when the current one completes. The
-        read point is thus always taken after every caller of its batch arrived, as
-        linearizability requires."""
+        """A linearizable read point (ReadIndex, batched: see :mod:`._reads`). Raises
+        NotLeaderError when no leader is known; waits forever if the request is lost
+        (callers bound and retry)."""
         self._check_running()
-        batch = self._read_next
-        if batch is None:
-            ctx = self._rng.getrandbits(64).to_bytes(8, "big") + self.id.to_bytes(8, "big")
-            batch = self._read_next = _ReadBatch(ctx)
-            self._reads[ctx] = batch.reply
-            if self._read_inflight is None:
-                self._issue_read(batch)
-        batch.waiters += 1
-        try:
-            return await batch.reply.wait()
-        finally:
-            batch.waiters -= 1
-            if not batch.waiters:
-                self._reads.pop(batch.ctx, None)
-                if self._read_next is batch:
-                    self._read_next = None
-                self._read_done(batch)  # all its callers gave up: do not hold the next back
-
-    def _read_done(self, batch: _ReadBatch) -> None:
-        """``batch`` is answered (or failed, or abandoned): hand the next batch over."""
-        if self._read_inflight is not batch:
-            return
-        self._read_inflight = None
-        pending = self._read_next
-        if pending is not None and not self._stopped:
-            self._issue_read(pending)
-
-    def _issue_read(self, batch: _ReadBatch) -> None:
-        """Queue the batch's ReadIndex behind everything already in the inbox."""
-        self._read_inflight = batch
-
-        def issue(node: RaftNode) -> None:
-            if self._read_next is batch:
-                self._read_next = None  # later callers start the next batch
-            try:
-                node.read_index(batch.ctx)
-            except NotLeaderError as exc:
-                batch.reply.fail(exc)
-                self._read_done(batch)
-                raise
-
-        try:
-            self._inbox_send.send_nowait(_Request(issue, _Reply()))
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            # a full inbox or a stopped driver: refuse the batch (the committer retries)
-            if self._read_next is batch:
-                self._read_next = None
-            self._read_inflight = None
-            batch.reply.fail(NotLeaderError(0) if not self._stopped else self._stopped_error())
+        return await self._reads.read_index()
 
     async def change_role(self, node_id: int, role: Role | None) -> tuple[int, int]:
         """Propose ``node_id`` in ``role`` (None removes it): (index, term) of the entry."""
@@ -496,12 +334,12 @@ class RaftDriver:
             self._node = await self._start_node()
             self._running = True
             async with trio.open_nursery() as nursery:
-                self._nursery = nursery
+                self._forwarding.nursery = nursery
                 nursery.start_soon(self._forward_inbound)
                 task_status.started()
                 await self._loop()
         finally:
-            self._nursery = None
+            self._forwarding.nursery = None
             self._running = False
             self._stopped = True
             self._inbox_send.close()
@@ -613,65 +451,9 @@ class RaftDriver:
                 logger.warning("%s: request failed: %r", self._name, exc, exc_info=True)
                 event.reply.fail(exc)
             return
-        msg = event.msg
-        if isinstance(msg, ForwardPropose):
-            self._transport.send([self._propose_forwarded(node, msg)])
-        elif isinstance(msg, ForwardResult):
-            asked, reply = self._forwards.get(msg.request_id, (0, None))
-            if asked != msg.src:
-                reply = None
-            if reply is not None:
-                reply.set(msg)
-        elif isinstance(msg, ForwardExecute):
-            self._start_execute(node, msg)
-        elif isinstance(msg, ExecuteResult):
-            asked, exec_reply = self._executes.get(msg.request_id, (0, None))
-            if exec_reply is not None and asked == msg.src:
-                exec_reply.set(msg)
-        else:
+        msg = self._forwarding.handle(node, event.msg)
+        if msg is not None:
             node.step(msg)
-
-    def _propose_forwarded(self, node: RaftNode, msg: ForwardPropose) -> ForwardResult:
-        try:
-            index = node.propose(msg.data)
-        except NotLeaderError as exc:
-            return ForwardResult(
-                self.id, msg.src, msg.request_id, ForwardStatus.NOT_LEADER, leader=exc.leader_id
-            )
-        except ProposalDroppedError:
-            return ForwardResult(
-                self.id, msg.src, msg.request_id, ForwardStatus.DROPPED, leader=self.id
-            )
-        return ForwardResult(self.id, msg.src, msg.request_id, ForwardStatus.OK, index, node.term)
-
-    def _start_execute(self, node: RaftNode, msg: ForwardExecute) -> None:
-        """Run a forwarded statement request in its own task (it waits for its commit)."""
-        status, leader = ForwardStatus.OK, self.id
-        if node.role is not StateRole.LEADER or self._remote_handler is None:
-            status, leader = ForwardStatus.NOT_LEADER, node.lead
-        elif node.lead_transferee or self._remote_running >= self.config.remote_limit:
-            status = ForwardStatus.DROPPED
-        if status != ForwardStatus.OK or self._nursery is None:
-            result = ExecuteResult(self.id, msg.src, msg.request_id, status, leader=leader)
-            self._transport.send([result])
-            return
-        self._remote_running += 1
-        self._nursery.start_soon(self._serve_execute, msg)
-
-    async def _serve_execute(self, msg: ForwardExecute) -> None:
-        handler = self._remote_handler
-        assert handler is not None
-        try:
-            data, index = await handler(msg.data)
-        except Exception:  # a bug in the handler must not take the driver down
-            logger.exception("%s: forwarded statement request failed", self._name)
-            return  # no answer: the asking member reports an unknown outcome
-        finally:
-            self._remote_running -= 1
-        result = ExecuteResult(
-            self.id, msg.src, msg.request_id, ForwardStatus.OK, index, self.id, data
-        )
-        self._transport.send([result])
 
     async def _handle_ready(self, node: RaftNode, rd: Ready) -> None:
         messages: Sequence[Message] = rd.messages
@@ -693,13 +475,8 @@ class RaftDriver:
             data = entry.data if entry.type is EntryType.NORMAL else None
             await self._sm.apply(entry.index, data, term=entry.term)
             self._record_applied(entry.index, entry.term)
-        for rs in rd.read_states:
-            reply = self._reads.get(rs.ctx)
-            if reply is not None:
-                reply.set(rs.index)
-            inflight = self._read_inflight
-            if inflight is not None and inflight.ctx == rs.ctx:
-                self._read_done(inflight)
+        if rd.read_states:
+            self._reads.answered(rd.read_states)
         ss = rd.soft_state
         if ss.leader_id != self._leader or ss.role is not self._role:
             if ss.leader_id != self._leader:
@@ -783,12 +560,8 @@ class RaftDriver:
                 waiter.done.set()
         self._waiters.clear()
         stopped = UnavailableError(f"{self._name}: raft driver stopped")
-        for reply in self._reads.values():
-            reply.fail(stopped)
-        for _, forward in self._forwards.values():
-            forward.fail(stopped)
-        for _, execute in self._executes.values():
-            execute.fail(stopped)
+        self._reads.fail_all(stopped)
+        self._forwarding.fail_all(stopped)
         while True:
             try:
                 event = self._inbox_recv.receive_nowait()

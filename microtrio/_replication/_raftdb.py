@@ -55,7 +55,8 @@ from .._errors import (
 )
 from .._log import node_label
 from ..raft import ConfState, NotLeaderError, ProposalDroppedError, Role, StateRole, Status
-from ._driver import DriverConfig, RaftDriver, RemoteHandler, StateMachine
+from ._driver import RaftDriver
+from ._driver_config import DriverConfig, RemoteHandler, StateMachine
 from ._faults import Faults
 from ._storage import AsyncLogStore, LogStore
 from ._transport import Transport, TransportConfig
