@@ -76,8 +76,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="db-path.", dir=args.dir) as tmp:
         async with open_cluster(Path(tmp), 3, driver_config=config) as cluster:
             leader = await cluster.leader()
-            await leader.db.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER)")
-            await leader.db.execute("INSERT INTO kv VALUES (0, 0)")
+            await leader.db.transaction(  # (transaction: the script also runs on older trees)
+                lambda conn: conn.execute(
+                    "CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER); INSERT INTO kv VALUES (0, 0)"
+                )
+            )
             members = cluster.running()
             if args.on == "leader":
                 targets = [leader]
