@@ -27,7 +27,7 @@ from ._certs import fingerprint
 from ._cli_cluster import add_cluster_commands
 from ._daemon import DaemonArgs
 from ._errors import MicrotrioError
-from ._log import LOG_FORMATS, configure_logging
+from ._log import LOG_FORMATS, configure_logging, unconfigure_logging
 
 __all__ = ["add_log_format_option", "main", "parse_duration"]
 
@@ -287,7 +287,7 @@ async def _no_subcommand(app: App, ns: argparse.Namespace) -> None:  # pragma: n
     raise MicrotrioError("a subcommand is required")
 
 
-def _configure_logging(ns: argparse.Namespace) -> None:
+def _configure_logging(ns: argparse.Namespace) -> logging.Handler:
     """The only place that configures logging: stderr, the member name on every line
     (``[name]``, or the ``member`` field of ``--log-format json``)."""
     level = logging.WARNING
@@ -295,7 +295,7 @@ def _configure_logging(ns: argparse.Namespace) -> None:
         level = logging.INFO
     if getattr(ns, "debug", False):
         level = logging.DEBUG
-    configure_logging(level, getattr(ns, "log_format", "text"), stream=sys.stderr)
+    return configure_logging(level, getattr(ns, "log_format", "text"))
 
 
 def add_log_format_option(parser: argparse.ArgumentParser) -> None:
@@ -313,15 +313,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the process exit status."""
     parser = build_parser()
     ns = parser.parse_args(argv)
-    if getattr(ns, "standalone", None) is not None:  # demo: runs its own members
-        _configure_logging(ns)
-        return int(ns.standalone(ns))
     state_dir = getattr(ns, "state_dir", None) or os.environ.get("STATE_DIR", "")
-    if not state_dir:
+    standalone = getattr(ns, "standalone", None)  # demo: runs its own members
+    if not state_dir and standalone is None:
         print("Error: no state directory: pass --state-dir or set STATE_DIR", file=sys.stderr)
         return 1
-    _configure_logging(ns)
-    app = App(state_dir)
+    handler = _configure_logging(ns)
+    try:
+        if standalone is not None:
+            return int(standalone(ns))
+        return _run(App(state_dir), ns)
+    finally:  # main() may run in-process (tests): leave no handler behind
+        unconfigure_logging(handler)
+
+
+def _run(app: App, ns: argparse.Namespace) -> int:
     try:
         trio.run(ns.func, app, ns)
     except BaseException as exc:

@@ -457,7 +457,7 @@ def _member_main(argv: Sequence[str]) -> int:
     parser.add_argument("--heartbeat", type=float, default=1.0)
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     ns = parser.parse_args(argv)
-    configure_logging(logging.INFO, ns.log_format, stream=sys.stderr)
+    configure_logging(logging.INFO, ns.log_format)
     trio.run(_run_member, ns.state_dir, ns.heartbeat)
     return 0
 

@@ -26,6 +26,7 @@ import contextvars
 import datetime
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ __all__ = [
     "current_member",
     "member_context",
     "node_label",
+    "unconfigure_logging",
 ]
 
 LogFormat = Literal["text", "json"]
@@ -144,15 +146,28 @@ class JsonFormatter(logging.Formatter):
 
 
 class _CliHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler :func:`configure_logging` installs (so a second call replaces it)."""
+    """The handler :func:`configure_logging` installs (so a second call replaces it).
+    Without a stream of its own it writes to whatever ``sys.stderr`` is at each record (a
+    program, or a test, may have replaced it since)."""
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__(stream)
+        self._follow_stderr = stream is None
+        self.previous_level = logging.getLogger().level
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self._follow_stderr:
+            self.stream = sys.stderr
+        super().emit(record)
 
 
 def configure_logging(
     level: int, log_format: LogFormat = "text", *, stream: IO[str] | None = None
 ) -> logging.Handler:
     """The CLI's (and only the CLI's) handler set-up: one handler on the root logger writing
-    to ``stream`` (default stderr) in ``log_format``, with :class:`MemberFilter`. Replaces
-    handlers an earlier call installed; returns the handler."""
+    to ``stream`` (default: the current ``sys.stderr``) in ``log_format``, with
+    :class:`MemberFilter`. Replaces handlers an earlier call installed; returns the handler
+    (a program that runs the CLI in-process removes it again with :func:`unconfigure_logging`)."""
     if log_format not in LOG_FORMATS:
         choices = ", ".join(LOG_FORMATS)
         raise ValidationError(f"log format must be one of {choices}, not {log_format!r}")
@@ -167,3 +182,12 @@ def configure_logging(
     if level > logging.DEBUG:  # one line per request otherwise
         logging.getLogger("httpx").setLevel(logging.WARNING)
     return handler
+
+
+def unconfigure_logging(handler: logging.Handler) -> None:
+    """Undo :func:`configure_logging`: remove its handler, restore the root logger's level."""
+    root = logging.getLogger()
+    root.removeHandler(handler)
+    if isinstance(handler, _CliHandler):
+        root.setLevel(handler.previous_level)
+    handler.close()

@@ -118,7 +118,7 @@ def main(
     if getattr(ns, "debug", False):
         level = logging.DEBUG
     # the member name on every line; `daemon --log-format json` for one JSON object a line
-    microtrio.configure_logging(level, getattr(ns, "log_format", "text"), stream=sys.stderr)
+    microtrio.configure_logging(level, getattr(ns, "log_format", "text"))
     app = microtrio.App(state_dir)
     try:
         trio.run(ns.func, app, ns)
