@@ -89,6 +89,14 @@ async def serve(net: NetnsNetwork, member: str, nursery: trio.Nursery) -> int:
     return int(data)
 
 
+async def from_hub(net: NetnsNetwork, dst: str, port: int) -> bool:
+    """Whether a TCP connection from the hub namespace to ``dst`` opens."""
+    script = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 1.5)"
+    cmd = [*net.hub_prefix(), sys.executable, "-c", script, net.address(dst), str(port)]
+    proc = await trio.run_process(cmd, check=False, stderr=subprocess.DEVNULL)
+    return proc.returncode == 0 and net.hub_address == "192.0.2.254"
+
+
 async def test_partition_cuts_and_heal_restores(net: NetnsNetwork) -> None:
     with trio.fail_after(90):
         assert net.address("m0") == "192.0.2.1" and net.address("m2") == "192.0.2.3"
@@ -105,6 +113,8 @@ async def test_partition_cuts_and_heal_restores(net: NetnsNetwork) -> None:
             assert not await link("m0", "m1")
             assert not await link("m2", "m0")
             assert await link("m1", "m2")  # the majority still talks
+            # the hub (where the campaign's clients come in) still reaches the cut-off member
+            assert await from_hub(net, "m0", ports["m0"]) and await from_hub(net, "m1", ports["m1"])
 
             # One direction only: m1 -> m0 is cut; a TCP handshake needs both, so m0 -> m1
             # fails too, but m0's other links are untouched.
