@@ -20,9 +20,8 @@ example it adds, for the campaign only:
   - ``POST /1.0/campaign/transfer``: ``{"to": name}`` asks this member (the leader) to hand
     leadership over.
 
-The :class:`Faults` object is handed to the daemon as ``DaemonArgs.faults`` when the daemon
-has that field; otherwise it is attached to the member's Raft transport whenever rules are
-set (the transport is rebuilt when the member rejoins, so it is looked up each time).
+The :class:`Faults` object is the daemon's ``DaemonArgs.faults`` (it outlives a reset: a
+removed member that joins again builds a new transport on the same object).
 
 ``--plugin FILE`` replaces the kv ``PUT``/``GET`` handlers by a file's ``kv_put(ctx, key,
 value)`` / ``kv_get(ctx, key, stale)`` (``ctx.database``, ``ctx.nursery``): the test suite's
@@ -66,7 +65,7 @@ def _replication(state: Any) -> Any:
     return getattr(cluster, "replication", None)
 
 
-def _campaign_server(faults: Any, names: dict[int, str]) -> Any:
+def _campaign_server(faults: Any) -> Any:
     import microtrio
 
     from .._replication import node_id_for
@@ -97,11 +96,6 @@ def _campaign_server(faults: Any, names: dict[int, str]) -> Any:
         faults.clear()
         for src_id, dst_id, drop, delay, blocked in rules:
             faults.set_link(src_id, dst_id, drop=drop, delay=delay, blocked=blocked)
-        replication = _replication(state)
-        transport = getattr(replication, "transport", None) if replication is not None else None
-        if transport is not None and getattr(transport, "_faults", None) is not faults:
-            transport._faults = faults  # the daemon has no DaemonArgs.faults yet
-            faults.attach(transport.node_id)
         logger.warning("%s: fault rules now %s", state.name, rules)
         return {"rules": len(rules)}
 
@@ -210,11 +204,8 @@ def build_args(
               *(microtrio.SchemaUpdate(s, name=f"campaign-{i}") for i, s in enumerate(CAMPAIGN_SCHEMA)))  # fmt: skip
     servers = dict(base.servers)
     servers["kv"] = _kv_server(plugin, nursery)
-    servers["campaign"] = _campaign_server(faults, {})
-    changes: dict[str, Any] = {"schema_updates": schema, "servers": servers}
-    if "faults" in {f.name for f in dataclasses.fields(base)}:
-        changes["faults"] = faults
-    return dataclasses.replace(base, **changes)
+    servers["campaign"] = _campaign_server(faults)
+    return dataclasses.replace(base, schema_updates=schema, servers=servers, faults=faults)
 
 
 async def main(ns: argparse.Namespace) -> None:
