@@ -169,8 +169,11 @@ class FastDispatcher:
     ``ctx``'s routes itself and hands everything else to ``fallback``."""
 
     def __init__(self, ctx: ListenerContext, fallback: ASGIApp) -> None:
+        from ._router import answer  # the router imports this module
+
         self._ctx = ctx
         self._fallback = fallback
+        self._answer = answer
 
     def _fast_route(self, scope: MutableMapping[str, Any]) -> tuple[_Route, dict[str, str]] | None:
         if scope.get("type") != "http":
@@ -186,8 +189,6 @@ class FastDispatcher:
         if found is None:
             await self._fallback(scope, receive, send)
             return
-        from ._router import answer  # the router imports this module
-
         ctx = self._ctx
         req = FastRequest(
             scope,
@@ -195,7 +196,7 @@ class FastDispatcher:
             max_body_size=ctx.limits.max_body_size,
             body_timeout=ctx.limits.body_timeout,
         )
-        outcome = await answer(ctx, req, found)
+        outcome = await self._answer(ctx, req, found)
         status, headers, body = _response_parts(outcome)
         if body is None:
             assert isinstance(outcome, Response)
