@@ -43,6 +43,12 @@ class Membership(Elections):
             logger.info("raft %d: configuration %s", self.id, conf.as_dict())
         if self.role is not StateRole.LEADER:
             return
+        # A member (re)added by this configuration gets fresh progress: a forcibly removed
+        # member's progress may linger (kept until it holds its removal, which a dead member
+        # never does), and its match index says nothing about the fresh log it rejoins with.
+        for m in conf.replicated() - old.replicated():
+            if m != self.id:
+                self.prs.pop(m, None)
         self._sync_progress()
         if conf.voters != old.voters:
             self._maybe_commit()

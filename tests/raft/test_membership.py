@@ -221,3 +221,26 @@ def test_ch4_removed_leader_sends_no_appends_after_stepping_down() -> None:
             stepped_down = True
     assert stepped_down and leader.status().role is StateRole.FOLLOWER
     assert net.nodes[net.leader()].term == term + 1
+
+
+def test_ch4_member_removed_while_down_rejoins_with_an_empty_log() -> None:
+    # A forced removal of a dead stand-by: the leader keeps its progress (it never learns
+    # of its removal). The member comes back wiped, with the same id, and is added again:
+    # its old match index must not survive, or the leader never backs up to its empty log.
+    net = Net([1, 2, 3])
+    net.elect(1)
+    net.add_empty(4)
+    conf_change(net, 4, Role.STANDBY)
+    net.propose(b"a")
+    assert net.nodes[1].prs[4].match >= 3
+    net.isolate(4)
+    conf_change(net, 4, None)
+    assert 4 in net.nodes[1].prs  # lingering: the removed member never held its removal
+    net.heal()
+    net.add_empty(4)  # wiped, same id
+    conf_change(net, 4, Role.STANDBY)
+    index = net.propose(b"b")
+    net.tick(1, 3)
+    net.stabilize()
+    assert net.stores[4].entries and net.stores[4].entries[-1].index == index
+    assert net.apps[4].applied[-2:] == [b"a", b"b"]
