@@ -136,7 +136,7 @@ class Forwarding:
     def _start_execute(self, node: RaftNode, msg: ForwardExecute) -> None:
         """Run a statement request in its own task (it waits for its commit)."""
         status, leader = ForwardStatus.OK, self._id
-        if node.role is not StateRole.LEADER or self._handler is None:
+        if node.role is not StateRole.LEADER or self._handler is None or self.nursery is None:
             status, leader = ForwardStatus.NOT_LEADER, node.lead
         elif node.lead_transferee or self._running >= self._remote_limit:
             status = ForwardStatus.DROPPED

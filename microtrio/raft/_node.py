@@ -157,6 +157,7 @@ class RaftNode(Membership):
         #: per voter the send tick of the newest round it acknowledged, and a tick before
         #: which no lease is trusted (a leadership transfer lets votes bypass leases).
         self._round_ticks: dict[int, int] = {}
+        self._round_floor = 0
         self._lease_acks: dict[int, int] = {}
         self._lease_blocked_until = 0
         self._randomized_timeout = config.election_tick

@@ -60,6 +60,7 @@ class Replication:
     _bcast_commit: bool
     _ticks: int
     _round_ticks: dict[int, int]
+    _round_floor: int
     _lease_acks: dict[int, int]
     _lease_blocked_until: int
 
@@ -129,10 +130,14 @@ class Replication:
             # tick they vouch for (an ack of round R also acknowledges earlier reads)
             if not read_round:
                 read_round = self._readonly.new_round()
-            self._round_ticks[read_round] = self._ticks
+            # a round re-sent later keeps its FIRST send tick: an ack may answer that one;
+            # a round forgotten as too old never gets a (later) tick again
+            if read_round > self._round_floor:
+                self._round_ticks.setdefault(read_round, self._ticks)
             horizon = self._ticks - self.config.election_tick
             for rnd in [r for r, t in self._round_ticks.items() if t < horizon]:
                 del self._round_ticks[rnd]
+                self._round_floor = max(self._round_floor, rnd)
         for node, pr in self.prs.items():
             if node != self.id:
                 hb_commit = min(pr.match, commit)

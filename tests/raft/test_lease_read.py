@@ -131,3 +131,39 @@ def test_a_restarted_voter_keeps_the_lease_it_acknowledged() -> None:
             net.process(1)
             for rs in net.apps[1].read_states[before:]:
                 assert rs.index >= newest, (seed, rs.index, newest)
+
+
+def test_a_late_ack_of_a_resent_round_counts_from_its_first_send() -> None:
+    """A read round is re-sent with every heartbeat while it waits; an acknowledgement that
+    answers its FIRST send and arrives late must not extend the lease from the last send."""
+    from microtrio.raft import MsgHeartbeatResp
+
+    net = _lease_net(20)  # lease: 18 ticks from a send; quorum check every 20
+    net.elect(1)
+    net.tick_all(2)
+    leader = net.nodes[1]
+    held: list[MsgHeartbeatResp] = []
+    read_round = [-1]
+
+    def hold(m: object) -> bool:
+        if isinstance(m, MsgHeartbeatResp):
+            if m.read_round == read_round[0] and not held and m.src == 2:
+                held.append(m)
+            return True  # no acknowledgement gets through meanwhile
+        return False
+
+    net.filters.append(hold)
+    net.tick_all(19)  # the lease runs out
+    leader.read_index(b"r1")  # a heartbeat round R, re-sent at every tick below
+    read_round[0] = leader._readonly.round
+    net.stabilize()
+    net.tick_all(18)  # 18 ticks after R was first sent, one after it was last re-sent
+    assert held and leader.role is StateRole.LEADER
+    net.heal()
+    net.queue.append(held[0])  # the ack of R's first send, very late
+    net.stabilize()
+    assert [rs.ctx for rs in net.apps[1].read_states] == [b"r1"]
+    leader.read_index(b"r2")
+    rd = leader.ready()
+    assert rd.read_states == ()  # R's first send is too old to lease from
+    leader.advance(rd)
