@@ -92,6 +92,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await m.db.read(lambda conn: None)
             latencies: list[float] = []
             counters = {"serial": 0, "errors": 0}
+            kinds: dict[str, int] = {}
             measuring = False
 
             async def client(n: int) -> None:
@@ -101,8 +102,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     start = time.perf_counter()
                     try:
                         await _op(member, args.op, n % 64, counters["serial"])
-                    except Exception:  # noqa: BLE001 - counted, the run goes on
+                    except Exception as exc:  # noqa: BLE001 - counted, the run goes on
                         counters["errors"] += 1
+                        kind = f"{type(exc).__name__}: {str(exc)[:60]}"
+                        kinds[kind] = kinds.get(kind, 0) + 1
                         continue
                     if measuring:
                         latencies.append(time.perf_counter() - start)
@@ -142,6 +145,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_pct": round(100 * cpu / wall, 1),
         "thread_hops_per_op": round(hops / max(ops, 1), 2),
         "errors": counters["errors"],
+        "error_kinds": kinds,
     }
 
 
