@@ -206,6 +206,8 @@ class Applier:
                 if self._can_inline(payload):
                     done, state = self._run_inline(lambda: self._apply_sync(index, term, payload))
                 if done:
+                    # (taking the lock above is a checkpoint: a catch-up of thousands of
+                    # small entries still lets heartbeats and the transport run in between)
                     self.inline_applies += 1
                 else:
                     self.thread_applies += 1

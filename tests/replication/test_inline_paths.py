@@ -75,3 +75,44 @@ async def test_wal_is_checkpointed_outside_commits(tmp_path: Path) -> None:
                 # auto-checkpoint any more); with them it is restarted and stays small
                 wal = member.db_path.with_name(member.db_path.name + "-wal")
                 assert wal.stat().st_size < 2 * CHECKPOINT_PAGES * 4096
+
+
+async def test_inline_applies_let_other_tasks_run(tmp_path: Path) -> None:
+    """A long run of small entries applied on the event loop yields between entries (a
+    catch-up must not hold heartbeats and the transport back until it is done)."""
+    from microtrio._db import Database, ExtensionRegistry
+    from microtrio._db._capture import execute_batch
+    from microtrio._db._payload import encode_batch
+
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            db = Database(tmp_path / "db.bin", extensions=ExtensionRegistry())
+            await nursery.start(db.run)
+            await db.open(bootstrap=True)
+            await db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY)")
+            applier = db.applier
+            applier.enable_inline_apply()
+            conn = applier._conn
+            _, batch = execute_batch(conn, [lambda c: c.execute("INSERT INTO t VALUES (1)")])
+            ticks = 0
+            done = False
+
+            async def other() -> None:
+                nonlocal ticks
+                while not done:
+                    ticks += 1
+                    await trio.lowlevel.checkpoint()
+
+            nursery.start_soon(other)
+            await trio.lowlevel.checkpoint()
+            start = applier.applied_index
+            before = applier.inline_applies
+            seen = ticks
+            # one entry with a row change, then 199 that only advance the index (no-ops)
+            await applier.apply(start + 1, encode_batch(batch))
+            for k in range(1, 200):
+                await applier.apply(start + 1 + k, None)
+            done = True
+            assert applier.inline_applies - before == 200
+            assert ticks - seen >= 100  # the other task ran between the entries
+            await db.close()
