@@ -226,9 +226,15 @@ class DaemonExecutor:
         self.removed.discard(member)
 
     async def transfer_leadership(self, to: str) -> None:
+        """To ``to`` if it votes; otherwise to the first other voter by name (a stand-by
+        cannot lead: five members have two)."""
         leader = await self.leader()
         if leader is None:
             raise NoLeaderError("no leader to transfer leadership from")
+        listed = await self.cluster.members_view()
+        voters = sorted(str(m["name"]) for m in listed if str(m.get("role")) == "voter")
+        if to not in voters:
+            to = next((v for v in voters if v != leader), to)
         await self.client.control(self.cluster[leader].address, "transfer", {"to": to})
 
 
