@@ -11,17 +11,13 @@ daemon's own flag:
 from __future__ import annotations
 
 import argparse
-import logging
-import os
-import sys
 from collections.abc import Sequence
 from typing import cast
-
-import trio
 
 import microtrio
 
 from ..microd.cli import build_parser as microd_parser
+from ..microd.cli import run
 from .service import VERSION, daemon_args
 
 __all__ = ["build_parser", "main"]
@@ -58,39 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return exc
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; returns the exit status (errors are one ``Error: ...`` line)."""
-    ns = build_parser().parse_args(argv)
-    state_dir = getattr(ns, "state_dir", None) or os.environ.get("STATE_DIR", "")
-    if not state_dir:
-        print("Error: no state directory: pass --state-dir or set STATE_DIR", file=sys.stderr)
-        return 1
-    level = logging.WARNING
-    if getattr(ns, "verbose", False):
-        level = logging.INFO
-    if getattr(ns, "debug", False):
-        level = logging.DEBUG
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("httpx").setLevel(max(level, logging.WARNING))
-    try:
-        trio.run(ns.func, microtrio.App(state_dir), ns)
-    except BaseException as exc:
-        leaf = _leaf(exc)
-        if isinstance(leaf, KeyboardInterrupt):
-            return 130
-        if isinstance(leaf, trio.TooSlowError):
-            print("Error: timed out", file=sys.stderr)
-            return 1
-        if isinstance(leaf, microtrio.MicrotrioError | OSError):
-            print(f"Error: {leaf}", file=sys.stderr)
-            return 1
-        raise
-    return 0
+    return run(build_parser(), argv)

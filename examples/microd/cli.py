@@ -24,7 +24,7 @@ from microtrio._cli import build_parser as microtrio_parser
 
 from .app import VERSION, daemon_args
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 
 ArgsFactory = Callable[..., microtrio.DaemonArgs]
@@ -107,6 +107,12 @@ def main(
     parser = build_parser(
         args_factory=args_factory, prog=prog, version=version, extended=args_factory is daemon_args
     )
+    return run(parser, argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` with ``parser`` (built by :func:`build_parser`, perhaps extended) and
+    run the chosen command; returns the exit status (errors are one ``Error: ...`` line)."""
     ns = parser.parse_args(argv)
     state_dir = getattr(ns, "state_dir", None) or os.environ.get("STATE_DIR", "")
     if not state_dir:
