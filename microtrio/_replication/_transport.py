@@ -203,6 +203,8 @@ class _Peer(Generic[M]):
         )
         self.scope = trio.CancelScope()
         self.carry: bytes | None = None
+        #: A message whose fault delay is not over yet: it starts the next frame.
+        self.held: tuple[float, M] | None = None
         self.connected = False
         self.failures = self.sent = self.frames = self.dropped = 0
         self.fault_dropped = self.reconnects = 0
@@ -499,19 +501,32 @@ class Transport(Generic[M]):
             size += FRAME_LENGTH.size + len(peer.carry)
             peer.carry = None
         while True:
-            if payloads:
-                try:
-                    stamp, msg = peer.receive_channel.receive_nowait()
-                except trio.WouldBlock:
+            if peer.held is not None:
+                due, msg = peer.held
+                if payloads and due > trio.current_time():
                     return payloads
+                peer.held = None
+                await trio.sleep_until(due)
             else:
-                stamp, msg = await peer.receive_channel.receive()
-            if self._faults is not None and self._faults.enabled:
-                fate = self._faults.decide(self.node_id, peer.node_id)
-                if fate == DROP:
-                    peer.fault_dropped += 1
-                    continue
-                await trio.sleep_until(stamp + fate)
+                if payloads:
+                    try:
+                        stamp, msg = peer.receive_channel.receive_nowait()
+                    except trio.WouldBlock:
+                        return payloads
+                else:
+                    stamp, msg = await peer.receive_channel.receive()
+                if self._faults is not None and self._faults.enabled:
+                    fate = self._faults.decide(self.node_id, peer.node_id)
+                    if fate == DROP:
+                        peer.fault_dropped += 1
+                        continue
+                    # Only the frame's first message waits here; a later one not yet due
+                    # starts the next frame (waiting for it would hold back the frame,
+                    # and under a steady stream of messages it would never leave).
+                    if payloads and stamp + fate > trio.current_time():
+                        peer.held = (stamp + fate, msg)
+                        return payloads
+                    await trio.sleep_until(stamp + fate)
             payload = self._codec.encode(msg)
             need = FRAME_LENGTH.size + len(payload)
             if FRAME_HEADER.size + need > limit:
@@ -566,6 +581,23 @@ class Transport(Generic[M]):
                 del self._inbound[scope]
 
     async def _receive_frames(self, socket: _InboundSocket) -> None:
+        if self._faults is None:
+            await self._receive_loop(socket, None)
+            return
+        # With fault rules possible, frames go through a delivery task that applies the
+        # receiver's delays, each from the frame's own arrival: sleeping in the receive loop
+        # would hold every later frame too, so delays would add up frame after frame.
+        send, receive = trio.open_memory_channel[tuple[float, int, list[M]]](1024)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._deliver_with_faults, self._faults, receive)
+            async with send:
+                await self._receive_loop(socket, send)
+
+    async def _receive_loop(
+        self,
+        socket: _InboundSocket,
+        delayed: trio.MemorySendChannel[tuple[float, int, list[M]]] | None,
+    ) -> None:
         while True:
             data = await socket.receive()
             try:
@@ -575,15 +607,27 @@ class Transport(Generic[M]):
                 logger.warning("%s: raft connection dropped: %s", self._name, refusal.reason)
                 await socket.close(refusal.code, refusal.reason[:120])
                 return
-            faults = self._faults
-            if faults is not None and faults.enabled and faults.applies_on_receive(sender):
-                messages = await self._inbound_faults(faults, sender, messages)
-            for msg in messages:
-                self._received += 1
-                try:
-                    self._inbound_send.send_nowait(msg)
-                except trio.WouldBlock:
-                    await self._inbound_send.send(msg)
+            if delayed is not None:  # in order, behind frames still being delayed
+                await delayed.send((trio.current_time(), sender, messages))
+            else:
+                await self._deliver(messages)
+
+    async def _deliver_with_faults(
+        self, faults: Faults, frames: trio.MemoryReceiveChannel[tuple[float, int, list[M]]]
+    ) -> None:
+        async with frames:
+            async for arrival, sender, messages in frames:
+                if faults.enabled and faults.applies_on_receive(sender):
+                    messages = await self._inbound_faults(faults, sender, arrival, messages)
+                await self._deliver(messages)
+
+    async def _deliver(self, messages: list[M]) -> None:
+        for msg in messages:
+            self._received += 1
+            try:
+                self._inbound_send.send_nowait(msg)
+            except trio.WouldBlock:
+                await self._inbound_send.send(msg)
 
     def _decode(self, data: str | bytes | None) -> tuple[list[M], int]:
         if isinstance(data, str):
@@ -609,8 +653,10 @@ class Transport(Generic[M]):
                 )
         return messages, frame.sender
 
-    async def _inbound_faults(self, faults: Faults, sender: int, messages: list[M]) -> list[M]:
-        arrival, kept = trio.current_time(), []
+    async def _inbound_faults(
+        self, faults: Faults, sender: int, arrival: float, messages: list[M]
+    ) -> list[M]:
+        kept = []
         for msg in messages:
             fate = faults.decide(sender, self.node_id)
             if fate == DROP:

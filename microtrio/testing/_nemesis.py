@@ -76,7 +76,7 @@ class FaultKind(enum.StrEnum):
 
 
 ALL_FAULTS: Final = tuple(FaultKind)
-DELAY_RANGE: Final = (0.01, 0.12)  # seconds added to every Raft message
+DELAY_RANGE: Final = (0.01, 0.2)  # seconds added to every Raft message
 LOSS_RANGE: Final = (0.05, 0.35)  # probability that a Raft message is lost
 
 _RUNTIME_LEADER: Final = frozenset({FaultKind.PARTITION_LEADER, FaultKind.KILL_LEADER})

@@ -405,6 +405,58 @@ async def test_receiver_applies_faults_for_senders_without_them(pki: Pki) -> Non
             assert 0.2 <= trio.current_time() - start
 
 
+async def test_receiver_delays_do_not_add_up_across_frames(pki: Pki) -> None:
+    # A receiver applying a delay (the sender is another process) must delay each frame
+    # from its own arrival, not hold the connection: serially, eight frames would take at
+    # least 8 x 0.5 s, and a link with one frame per heartbeat would fall ever further behind.
+    delay, frames = 0.5, 8
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1,)) as (nursery, m):
+            faults = Faults(random.Random(4))
+            receiver = Member(2, pki, faults=faults)
+            await receiver.start_listener(nursery)
+            await nursery.start(receiver.transport.run)
+            m[1].transport.add_peer(2, receiver.address)
+            m[1].transport.send([hb(1, 2, 0)])
+            assert await receiver.transport.receive() == hb(1, 2, 0)  # connected, no delay
+            faults.set_link(1, 2, delay=delay)
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            start = trio.current_time()
+            for i in range(1, frames + 1):
+                sent = link().frames
+                m[1].transport.send([hb(1, 2, i)])
+                await wait_for(lambda sent=sent: link().frames > sent)  # one frame each
+            received = await receive_n(receiver.transport, frames)
+            elapsed = trio.current_time() - start
+            assert [msg.commit for msg in received] == list(range(1, frames + 1))
+            assert delay <= elapsed < frames * delay - 0.5
+
+
+async def test_sender_delay_under_a_steady_stream_still_sends(pki: Pki) -> None:
+    # Messages keep coming faster than the delay (heartbeats every tick under a 100 ms
+    # delay): each must leave when its own delay is over, not once the stream pauses.
+    faults = Faults(random.Random(5))
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), faults=faults) as (nursery, m):
+            m[1].transport.send([hb(1, 2, 0)])
+            assert await m[2].transport.receive() == hb(1, 2, 0)
+            faults.set_link(1, 2, delay=0.3)
+            streaming = True
+
+            async def stream() -> None:
+                nonlocal streaming
+                for i in range(1, 61):  # 3 s of messages, one every 50 ms
+                    m[1].transport.send([hb(1, 2, i)])
+                    await trio.sleep(0.05)
+                streaming = False
+
+            nursery.start_soon(stream)
+            assert await m[2].transport.receive() == hb(1, 2, 1)
+            assert streaming, "the first delayed message waited for the stream to stop"
+            rest = await receive_n(m[2].transport, 59)
+            assert [msg.commit for msg in rest] == list(range(2, 61))
+
+
 async def test_delay_and_drop_faults(pki: Pki) -> None:
     faults = Faults(random.Random(3))
     with trio.fail_after(CEILING):
