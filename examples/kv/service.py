@@ -73,7 +73,7 @@ async def kv_get(state: microtrio.State, req: Request) -> Any:
             return bytes(value) if not isinstance(value, str) else value.encode()
         return None
 
-    value = await state.database.read(get, stale=stale)
+    value = await state.database.read(get, stale=stale, inline=True)  # a lookup by key
     if value is None:
         raise microtrio.NotFoundError(f"No key {key!r}")
     return Response(value, status=200, content_type="application/octet-stream")
