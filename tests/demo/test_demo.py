@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import trio
+from _process_support import interrupt_when
 
 CEILING = 120.0
 SUMMARY = re.compile(r"summary: (\d+) members, leader (\S+), (\d+) writes ok, (\d+) failed")
@@ -70,28 +69,8 @@ async def test_demo_forms_leads_writes_and_exits_0(tmp_path: Path, members: int)
 
 async def test_sigint_stops_every_member_and_removes_the_state(tmp_path: Path) -> None:
     root = tmp_path / "demo"
-    seen = b""
-    with trio.fail_after(CEILING):
-        process = await trio.lowlevel.open_process(
-            demo_command(root, "--members", "1"),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-        assert process.stdout is not None
-        try:
-            async with process.stdout:
-                while b"writes ok=" not in seen:  # the live view is up
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, seen.decode()
-                    seen += chunk
-                process.send_signal(signal.SIGINT)
-                while chunk := await process.stdout.receive_some():
-                    seen += chunk
-            code = await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-    output = seen.decode()
+    with trio.fail_after(CEILING):  # SIGINT once the live view is up
+        code, output = await interrupt_when(demo_command(root, "--members", "1"), b"writes ok=")
     assert code == 0, output
     assert "received SIGINT" in output, output
     assert SUMMARY.search(output) is not None, output

@@ -9,13 +9,12 @@ from __future__ import annotations
 import os
 import re
 import shlex
-import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import trio
+from _process_support import interrupt_when
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
@@ -59,31 +58,10 @@ async def _run_demo(tmp_path: Path) -> None:
     (demo,) = [c for c in readme_commands() if "demo" in c]
     argv = shlex.split(demo)
     assert argv[:3] == ["python", "-m", "microtrio"]
-    seen = b""
     env = {**os.environ, "TMPDIR": str(tmp_path), "PYTHONPATH": str(REPO)}
     with trio.fail_after(CEILING):
-        process = await trio.lowlevel.open_process(
-            [sys.executable, *argv[1:]],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-        )
-        assert process.stdout is not None
-        try:
-            async with process.stdout:
-                while b"writes ok=" not in seen:  # the cluster formed and takes writes
-                    chunk = await process.stdout.receive_some()
-                    assert chunk, seen.decode()
-                    seen += chunk
-                process.send_signal(signal.SIGINT)
-                while chunk := await process.stdout.receive_some():
-                    seen += chunk
-            code = await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-    output = seen.decode()
+        # the cluster formed and takes writes
+        code, output = await interrupt_when([sys.executable, *argv[1:]], b"writes ok=", env=env)
     assert code == 0, output
     assert "formed: 3 members" in output, output
     assert re.search(r"leader member\d", output), output
