@@ -27,7 +27,7 @@ def fuzz_settings(examples: int, **extra: Any) -> settings:
     return settings(
         max_examples=examples * SCALE,
         deadline=None,
-        derandomize=SCALE == 1,
+        derandomize=SCALE == 1 and os.environ.get("HYPOTHESIS_PROFILE") is None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
         **extra,
     )
