@@ -151,31 +151,22 @@ class RaftCommitter:
                 logger.debug("leader %d has no known address yet", leader)
             elif leader:
                 result = await self._forward(leader, payload)
-                if isinstance(result, UnavailableError):
-                    raise OutcomeUnknownError(f"forwarded write interrupted: {result}") from result
-                if result is None:
-                    raise OutcomeUnknownError(
-                        f"leader {leader} did not answer a forwarded write (it stopped leading "
-                        f"here, or {self.config.forward_timeout} s passed)"
-                    )
                 if result.status == ForwardStatus.OK:
                     return result.index, result.term
                 logger.debug("leader %d refused a forwarded write (%d)", leader, result.status)
             await self._pause_until(deadline)
 
-    async def _forward(
-        self, leader: int, payload: bytes
-    ) -> ForwardResult | UnavailableError | None:
-        """The leader's answer to a forwarded write; None once this member no longer sees
-        ``leader`` as the leader (a crashed leader is noticed at the election timeout, not
-        after the whole ``forward_timeout``) or when ``forward_timeout`` passes first."""
+    async def _forward(self, leader: int, payload: bytes) -> ForwardResult:
+        """The leader's answer to a forwarded write (see :meth:`_ask`)."""
         return await self._ask(
             leader, partial(self._driver.forward, leader, payload), self.config.forward_timeout
         )
 
-    async def _ask(
-        self, leader: int, call: Callable[[], Awaitable[_A]], limit: float
-    ) -> _A | UnavailableError | None:
+    async def _ask(self, leader: int, call: Callable[[], Awaitable[_A]], limit: float) -> _A:
+        """The leader's answer to a forwarded write. OutcomeUnknownError when the link
+        failed under it, once this member no longer sees ``leader`` as the leader (a crashed
+        leader is noticed at the election timeout, not after the whole ``limit``) or when
+        ``limit`` passes first: the write may have been proposed."""
         driver = self._driver
         outcome: list[_A | UnavailableError] = []
         with trio.move_on_after(limit):
@@ -195,7 +186,15 @@ class RaftCommitter:
                 except UnavailableError as exc:
                     outcome.append(exc)
                 nursery.cancel_scope.cancel()
-        return outcome[0] if outcome else None
+        if not outcome:
+            raise OutcomeUnknownError(
+                f"leader {leader} did not answer a forwarded write (it stopped leading "
+                f"here, or {limit} s passed)"
+            )
+        result = outcome[0]
+        if isinstance(result, UnavailableError):
+            raise OutcomeUnknownError(f"forwarded write interrupted: {result}") from result
+        return result
 
     def serve_remote(self, handler: RemoteHandler) -> None:
         self._driver.serve_remote(handler)
@@ -214,13 +213,6 @@ class RaftCommitter:
                 result = await self._ask(
                     leader, partial(driver.execute_remote, leader, request), timeout
                 )
-                if isinstance(result, UnavailableError):
-                    raise OutcomeUnknownError(f"forwarded write interrupted: {result}") from result
-                if result is None:
-                    raise OutcomeUnknownError(
-                        f"leader {leader} did not answer a forwarded write (it stopped leading "
-                        f"here, or {timeout} s passed)"
-                    )
                 if result.status == ForwardStatus.OK:
                     with trio.move_on_after(self.config.apply_timeout):
                         await driver.wait_applied(result.index)
