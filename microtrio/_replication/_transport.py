@@ -589,7 +589,7 @@ class Transport(Generic[M]):
         # would hold every later frame too, so delays would add up frame after frame.
         send, receive = trio.open_memory_channel[tuple[float, int, list[M]]](1024)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._deliver_with_faults, self._faults, receive)
+            nursery.start_soon(self._deliver_with_faults, self._faults, receive, nursery)
             async with send:
                 await self._receive_loop(socket, send)
 
@@ -613,13 +613,21 @@ class Transport(Generic[M]):
                 await self._deliver(messages)
 
     async def _deliver_with_faults(
-        self, faults: Faults, frames: trio.MemoryReceiveChannel[tuple[float, int, list[M]]]
+        self,
+        faults: Faults,
+        frames: trio.MemoryReceiveChannel[tuple[float, int, list[M]]],
+        nursery: trio.Nursery,
     ) -> None:
         async with frames:
-            async for arrival, sender, messages in frames:
-                if faults.enabled and faults.applies_on_receive(sender):
-                    messages = await self._inbound_faults(faults, sender, arrival, messages)
-                await self._deliver(messages)
+            try:
+                async for arrival, sender, messages in frames:
+                    if faults.enabled and faults.applies_on_receive(sender):
+                        messages = await self._inbound_faults(faults, sender, arrival, messages)
+                    await self._deliver(messages)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                # the inbound channel closed under us (we are shutting down): end this
+                # connection as the direct path does, not with an exception group
+                nursery.cancel_scope.cancel()
 
     async def _deliver(self, messages: list[M]) -> None:
         for msg in messages:

@@ -627,3 +627,32 @@ async def test_revoked_trust_drops_the_inbound_connection(pki: Pki) -> None:
             # Member 2 itself still reaches member 1.
             m[2].transport.send([hb(2, 1, 1)])
             assert await m[1].transport.receive() == hb(2, 1, 1)
+
+
+class _OneFrameSocket:
+    """An accepted connection that delivers one frame, then stays open and silent."""
+
+    def __init__(self, frame: bytes) -> None:
+        self.frames = [frame]
+
+    async def receive(self) -> bytes:
+        if self.frames:
+            return self.frames.pop()
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    async def close(self, code: int, reason: str = "") -> None:
+        raise AssertionError(f"closed with {code}: {reason}")
+
+
+@pytest.mark.parametrize("faults", [None, Faults(random.Random(6))], ids=["direct", "faults"])
+async def test_inbound_ends_quietly_when_the_receiving_side_is_gone(
+    pki: Pki, faults: Faults | None
+) -> None:
+    # Shutting down: nobody receives any more. Both paths (with and without fault rules)
+    # end the connection's handler quietly, not with an error for the web server to log.
+    member = Member(2, pki, faults=faults)
+    await member.transport.inbound.aclose()
+    frame = encode_frame(1, [encode_message(hb(1, 2, 1))])
+    with trio.fail_after(CEILING):
+        await member.transport.handle_inbound(_OneFrameSocket(frame))
