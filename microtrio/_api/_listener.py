@@ -46,7 +46,7 @@ import logging
 import math
 import os
 import socket as stdlib_socket
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, final
@@ -70,6 +70,7 @@ __all__ = [
     "ASGIApp",
     "ListenerLoad",
     "ListenerStatistics",
+    "StreamHandler",
     "TLS_VERSION_1_3",
     "client_certificates",
     "is_trusted_scope",
@@ -85,6 +86,10 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 """An ASGI 3 application ``app(scope, receive, send)``."""
 ShutdownTrigger = Callable[[], Awaitable[object]]
+StreamHandler = Callable[["trio.SSLStream[trio.SocketStream]", dict[str, Any]], Awaitable[None]]
+"""Serves a whole TLS connection whose client chose this handler's ALPN protocol: gets the
+handshaken stream and the connection's scope extensions (``tls``: the client's
+certificates); the listener closes the stream when it returns."""
 
 TLS_VERSION_1_3 = 0x0304
 _EXT = "microtrio"
@@ -423,6 +428,7 @@ async def _serve(
     graceful_timeout: float,
     limits: Limits,
     load: ListenerLoad,
+    stream_handlers: Mapping[str, StreamHandler],
     task_status: trio.TaskStatus[str],
 ) -> None:
     config = _make_config(graceful_timeout, limits)
@@ -447,6 +453,15 @@ async def _serve(
                 await trio.aclose_forcefully(ssl_stream)
                 return
             extensions = _tls_extensions(ssl_stream, server_pem)
+            protocol = ssl_stream.selected_alpn_protocol()
+            if protocol is not None and protocol != "http/1.1":
+                # A non-HTTP protocol on the same port (the Raft channel), chosen by ALPN
+                # during the handshake; one nobody serves here ends the connection.
+                stream_handler = stream_handlers.get(protocol)
+                if stream_handler is not None:
+                    await stream_handler(ssl_stream, extensions)
+                await trio.aclose_forcefully(ssl_stream)
+                return
             served = ssl_stream
         wrapped = ASGIWrapper(_ConnectionApp(app, extensions, load, limits, bound))
         state = ConnectionState(lifespan_state.copy())
@@ -535,6 +550,7 @@ async def serve_tcp(
     graceful_timeout: float = 5.0,
     limits: Limits = DEFAULT_LIMITS,
     load: ListenerLoad | None = None,
+    stream_handlers: Mapping[str, StreamHandler] | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve ``app`` over mutual TLS on ``address`` until cancelled or until
@@ -546,7 +562,10 @@ async def serve_tcp(
     ``task_status.started`` gets the bound ``ip:port``. Raises UnavailableError if the
     address cannot be bound (e.g. something already listens there). With ``lifespan``
     the app's ASGI lifespan runs around serving (turn it off when one app is served on
-    several listeners, or when the owner runs startup itself)."""
+    several listeners, or when the owner runs startup itself). ``stream_handlers`` maps an
+    ALPN protocol name to a :data:`StreamHandler` that serves connections negotiating it
+    (the server's SSL context must offer that protocol); ``http/1.1`` or no ALPN means
+    HTTP."""
     host, port = parse_address(address, default_port=DEFAULT_PORT, allow_port_zero=True)
     try:
         listeners = await trio.open_tcp_listeners(port, host=host)
@@ -568,6 +587,7 @@ async def serve_tcp(
             graceful_timeout=graceful_timeout,
             limits=limits,
             load=load if load is not None else ListenerLoad(),
+            stream_handlers=stream_handlers or {},
             task_status=task_status,
         )
 
@@ -631,6 +651,7 @@ async def serve_unix(
                 graceful_timeout=graceful_timeout,
                 limits=limits,
                 load=load if load is not None else ListenerLoad(),
+                stream_handlers={},
                 task_status=task_status,
             )
     finally:

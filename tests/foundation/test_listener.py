@@ -338,3 +338,55 @@ async def test_drain_deadline_cancels_stuck_requests(server_pair: CertKeyPair) -
             stop.set()
         # serve_tcp returned (the nursery exited) and the client saw the connection drop
         assert len(errors) == 1
+
+
+async def test_alpn_protocol_gets_its_stream_handler(
+    probe: Any, server_pair: CertKeyPair, client_pair: CertKeyPair
+) -> None:
+    """A client that negotiates a registered ALPN protocol gets that protocol's handler
+    (with its certificate in the extensions); HTTP clients on the same port still reach the
+    app; a protocol offered but not served ends the connection."""
+    seen: list[list[str]] = []
+
+    async def echo(stream: trio.SSLStream[Any], extensions: dict[str, Any]) -> None:
+        seen.append(extensions["tls"]["client_cert_chain"])
+        data = await stream.receive_some(100)
+        await stream.send_all(b"echo:" + data)
+
+    holder = SSLContextHolder(server_pair)
+    holder.context.set_alpn_protocols(["x-echo/1", "x-unserved/1", "http/1.1"])
+
+    async def dial(protocol: str) -> trio.SSLStream[trio.SocketStream]:
+        context = client_ssl_context(client_pair, server_pair.cert)
+        context.set_alpn_protocols([protocol])
+        tcp = await trio.open_tcp_stream(host, int(port))
+        stream = trio.SSLStream(tcp, context, server_hostname=None)
+        await stream.do_handshake()
+        return stream
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            address = await nursery.start(
+                partial(serve_tcp, stream_handlers={"x-echo/1": echo}), probe, LOCAL, holder
+            )
+            host, port = address.rsplit(":", 1)
+            stream = await dial("x-echo/1")
+            assert stream.selected_alpn_protocol() == "x-echo/1"
+            await stream.send_all(b"ping")
+            assert await stream.receive_some(100) == b"echo:ping"
+            assert seen == [[client_pair.cert.decode()]]
+            await trio.aclose_forcefully(stream)
+
+            stream = await dial("x-unserved/1")
+            try:  # closed by the server: the write fails, or the read sees the end
+                await stream.send_all(b"ping")
+                reply = await stream.receive_some(100)
+            except trio.BrokenResourceError:
+                reply = b""
+            assert reply == b""
+            await trio.aclose_forcefully(stream)
+
+            async with Client.tls(address, cert=client_pair, pinned=server_pair.cert) as client:
+                info = await client.query("GET", "/core/1.0")
+            assert info["kind"] == "tls"
+            nursery.cancel_scope.cancel()
