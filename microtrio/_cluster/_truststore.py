@@ -83,6 +83,7 @@ class Truststore:
         self._by_der: dict[bytes, TrustedMember] = {}
         self._snapshot: _Snapshot | None = None
         self._lock = threading.Lock()
+        self._generation = 0
 
     # -- loading ---------------------------------------------------------------------
 
@@ -162,6 +163,13 @@ class Truststore:
     def _set(self, members: dict[str, TrustedMember]) -> None:
         self._members = members
         self._by_der = {m.der: m for m in members.values()}
+        self._generation += 1  # after the change: a reader that saw it sees the new entries
+
+    @property
+    def generation(self) -> int:
+        """Changes whenever the entries may have changed (for callers that cache lookups:
+        read it before the lookup)."""
+        return self._generation
 
     # -- lookups ---------------------------------------------------------------------
 
