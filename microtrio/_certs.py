@@ -41,6 +41,7 @@ import os
 import ssl
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, final
@@ -466,17 +467,25 @@ def _accept_any_client_certificate(context: ssl.SSLContext) -> bool:
     return True
 
 
+#: What a listener offers by ALPN unless told otherwise: HTTP/1.1 only.
+HTTP_ALPN: tuple[str, ...] = ("http/1.1",)
+
+
 def server_ssl_context(
-    pair: CertKeyPair, *, client_cas: list[bytes] | None = None
+    pair: CertKeyPair,
+    *,
+    client_cas: list[bytes] | None = None,
+    alpn_protocols: Sequence[str] = HTTP_ALPN,
 ) -> ssl.SSLContext:
     """A TLS 1.3 server context that presents ``pair`` and requests (not requires) any
     client certificate; see the module docstring for how any certificate is accepted.
+    ``alpn_protocols`` are offered by ALPN (the core listener adds the Raft channel's).
 
     Building a context writes the pair to a private temporary directory (the ``ssl``
     module loads chains from files only): a few milliseconds of blocking work."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
-    context.set_alpn_protocols(["http/1.1"])
+    context.set_alpn_protocols(list(alpn_protocols))
     _load_chain(context, pair)
     if not _accept_any_client_certificate(context):
         for ca in client_cas or []:
@@ -528,9 +537,9 @@ async def open_tls_stream(
     """Dial ``address`` (``ip:port``) over mutual TLS, presenting ``cert`` and pinning
     ``pinned`` (server name = its first DNS SAN), with the handshake done.
 
-    For protocols other than HTTP, e.g. the Raft websocket:
-    ``trio_websocket.wrap_client_stream(nursery, stream, host, "/path")``. Bound the wait
-    with ``trio.fail_after``. Failures raise UnavailableError (a pin mismatch says so).
+    No ALPN protocol is offered, so a microtrio listener treats the connection as HTTP
+    (the Raft channel offers its own protocol on its own context). Bound the wait with
+    ``trio.fail_after``. Failures raise UnavailableError (a pin mismatch says so).
     """
     host, port = parse_address(address)
     context = client_ssl_context(cert, pinned)
@@ -586,13 +595,26 @@ class SSLContextHolder:
     """A swappable server SSL context; listeners read :attr:`context` per connection.
 
     ``swap(pair)`` builds a new context for ``pair`` (raising before anything changes if
-    the pair is invalid) and makes every later connection use it.
+    the pair is invalid) and makes every later connection use it. Every context it builds
+    offers the same ``alpn_protocols`` (a swapped core listener still offers the Raft
+    channel).
     """
 
-    def __init__(self, pair: CertKeyPair, *, client_cas: list[bytes] | None = None) -> None:
+    def __init__(
+        self,
+        pair: CertKeyPair,
+        *,
+        client_cas: list[bytes] | None = None,
+        alpn_protocols: Sequence[str] = HTTP_ALPN,
+    ) -> None:
         self._client_cas = client_cas
         self._pair = pair
-        self._context = server_ssl_context(pair, client_cas=client_cas)
+        self._alpn = tuple(alpn_protocols)
+        self._context = server_ssl_context(pair, client_cas=client_cas, alpn_protocols=self._alpn)
+
+    @property
+    def alpn_protocols(self) -> tuple[str, ...]:
+        return self._alpn
 
     @property
     def context(self) -> ssl.SSLContext:
@@ -605,6 +627,6 @@ class SSLContextHolder:
     def swap(self, pair: CertKeyPair, *, client_cas: list[bytes] | None = None) -> None:
         if client_cas is not None:
             self._client_cas = client_cas
-        context = server_ssl_context(pair, client_cas=self._client_cas)
+        context = server_ssl_context(pair, client_cas=self._client_cas, alpn_protocols=self._alpn)
         self._pair, self._context = pair, context
         logger.info("listener certificate swapped (fingerprint %s)", pair.fingerprint)
