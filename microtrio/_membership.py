@@ -26,9 +26,10 @@ Cluster certificate rotation (``_cluster/_rotation.py``): :meth:`MemberCluster.r
 reloads ``cluster.crt`` and the pin bundle (old and new certificates during a rotation) and
 hands them to every client the member builds from then on and to the Raft transport.
 
-The Raft websocket route is mounted on the core listener before any replication exists
-(the listener starts first, at init or join); :class:`RaftRouteProxy` is what the route
-sees: it refuses connections until a transport is attached and follows resets.
+The Raft channel (connections to the core listener that negotiate the ALPN protocol
+``RAFT_ALPN``) is served before any replication exists (the listener starts first, at init
+or join); :class:`RaftChannelProxy` is the listener's stream handler for it: it refuses
+connections until a transport is attached and follows resets.
 """
 
 from __future__ import annotations
@@ -65,7 +66,6 @@ from ._cluster._upgrade import SchemaUpdateTrigger, notify_members
 from ._errors import MicrotrioError, NoLeaderError, UnavailableError
 from ._hooks import HookType
 from ._replication import (
-    RAFT_PATH,
     CommitterConfig,
     DriverConfig,
     Faults,
@@ -73,6 +73,8 @@ from ._replication import (
     node_id_for,
     open_member_replication,
 )
+from ._replication._frames import GOODBYE_GOING_AWAY
+from ._replication._transport import refuse_stream
 from .raft import Role
 
 if TYPE_CHECKING:
@@ -83,7 +85,7 @@ if TYPE_CHECKING:
     from ._replication import Transport
     from ._state import StateDir
 
-__all__ = ["MemberCluster", "RaftRouteProxy", "member_client_factory"]
+__all__ = ["MemberCluster", "RaftChannelProxy", "member_client_factory"]
 
 logger = logging.getLogger("microtrio.cluster")
 
@@ -129,14 +131,10 @@ def member_client_factory(
 
 
 @final
-class RaftRouteProxy:
-    """What the core listener's Raft websocket route talks to: the current transport, or a
-    refusal (503) while none is attached (before the database opens, after a reset)."""
-
-    class _Config:
-        path = RAFT_PATH
-
-    config = _Config()
+class RaftChannelProxy:
+    """The core listener's handler for Raft channel connections: the current transport's
+    :meth:`~microtrio._replication.Transport.serve_stream`, or a refusal ("going away")
+    while none is attached (before the database opens, after a reset)."""
 
     def __init__(self) -> None:
         self._transport: Transport[Any] | None = None
@@ -148,13 +146,12 @@ class RaftRouteProxy:
     def closed(self) -> bool:
         return self._transport is None or self._transport.closed
 
-    def accepts(self, scope: Any) -> bool:
-        return self._transport is not None and self._transport.accepts(scope)
-
-    async def handle_inbound(self, inbound: Any, certificates: Any) -> None:
-        if self._transport is None:
+    async def serve_stream(self, stream: trio.abc.Stream, extensions: Mapping[str, Any]) -> None:
+        transport = self._transport
+        if transport is None:
+            await refuse_stream(stream, GOODBYE_GOING_AWAY, "no raft transport yet")
             return
-        await self._transport.handle_inbound(inbound, certificates)
+        await transport.serve_stream(stream, extensions)
 
 
 def additional_key_pairs(state_dir: StateDir) -> dict[str, KeyPairEntry]:
@@ -177,8 +174,12 @@ def additional_key_pairs(state_dir: StateDir) -> dict[str, KeyPairEntry]:
     return found
 
 
-def _is_trusted(truststore: Truststore) -> Callable[[bytes], bool]:
-    return lambda der: truststore.by_certificate(der) is not None
+def _is_trusted(
+    truststore: Truststore, wall_clock: Callable[[], datetime.datetime]
+) -> Callable[[bytes], bool]:
+    """The Raft channel's trust decision: a truststore certificate, byte for byte, within
+    its validity (as the router decides for HTTP requests)."""
+    return lambda der: truststore.trusted_member([der], now=wall_clock()) is not None
 
 
 @final
@@ -246,7 +247,7 @@ class MemberCluster:
             database_dir=state_dir.database_dir,
             server_files=(state_dir.server_crt, state_dir.server_key),
             cluster_crt=state_dir.cluster_crt,
-            is_trusted=_is_trusted(truststore),
+            is_trusted=_is_trusted(truststore, wall_clock),
             bootstrap=bootstrap,
             driver_config=driver_config,
             committer_config=committer_config,
@@ -491,6 +492,9 @@ class MemberCluster:
                 async with self.round_lock:
                     result = await heartbeat.run_round()
                 heartbeat.last_round = result
+                # A round may have changed the truststore (a member removed): close the
+                # Raft connections of members no longer trusted.
+                self.replication.transport.revalidate_inbound()
                 if not result.skipped:
                     alive = {self._state.name, *result.answered, *result.not_contacted}
                     self._online = {node_id_for(n) for n in alive}

@@ -1,4 +1,13 @@
-"""The Raft channel's wire format, sans-IO: frames, the message codec seam, addresses.
+"""The Raft channel's wire format, sans-IO: frames, stream records, the codec seam, addresses.
+
+The channel is a TLS connection on the core listener that negotiated the ALPN protocol
+:data:`RAFT_ALPN`. Its bytes are *records*, each a big-endian u32 length and that many
+bytes:
+
+* sender to receiver: a frame (below), or an empty record (a keepalive ping);
+* receiver to sender: an empty record (first the welcome: the connection is accepted;
+  then one pong per ping), or, just before the receiver closes, a *goodbye*: one code byte
+  (:data:`GOODBYE_FORBIDDEN`, ...) and a UTF-8 reason.
 
 Frame layout (big-endian)::
 
@@ -21,42 +30,53 @@ from .._errors import ProtocolError, ValidationError
 from ..raft import CodecError, Message, decode_message, encode_message
 
 __all__ = [
-    "CLOSE_GOING_AWAY",
-    "CLOSE_PROTOCOL_ERROR",
-    "CLOSE_TOO_BIG",
-    "CLOSE_UNSUPPORTED_DATA",
+    "CORE_ALPN_PROTOCOLS",
     "DEFAULT_MAX_FRAME_SIZE",
+    "FRAME_HEADER",
+    "FRAME_LENGTH",
     "FRAME_MAGIC",
     "FRAME_VERSION",
+    "GOODBYE_FORBIDDEN",
+    "GOODBYE_GOING_AWAY",
+    "GOODBYE_MAX_SIZE",
+    "GOODBYE_PROTOCOL_ERROR",
+    "GOODBYE_TOO_BIG",
+    "KEEPALIVE",
+    "M",
+    "RAFT_ALPN",
     "RAFT_CODEC",
-    "RAFT_PATH",
     "Frame",
     "MessageLike",
+    "RecordReader",
     "WireCodec",
     "client_certificates",
     "decode_frame",
+    "decode_goodbye",
     "encode_frame",
+    "encode_goodbye",
+    "encode_record",
     "parse_address",
-    "host_header",
-    "FRAME_HEADER",
-    "FRAME_LENGTH",
-    "PING",
-    "M",
 ]
 
-RAFT_PATH: Final = "/core/internal/raft"
+#: The ALPN protocol of the Raft channel on the core listener.
+RAFT_ALPN: Final = "microtrio-raft/1"
+#: What the core listener offers by ALPN: HTTP/1.1 and the Raft channel.
+CORE_ALPN_PROTOCOLS: Final = ("http/1.1", RAFT_ALPN)
 DEFAULT_MAX_FRAME_SIZE: Final = 16 * 1024 * 1024
 FRAME_MAGIC: Final = b"MTRF"
 FRAME_VERSION: Final = 1
 FRAME_HEADER: Final = struct.Struct(">4sBBQI")
 FRAME_LENGTH: Final = struct.Struct(">I")
-PING: Final = struct.Struct(">Q")
+#: An empty record: a ping from the sender; the welcome, or a pong, from the receiver.
+KEEPALIVE: Final = FRAME_LENGTH.pack(0)
 
-# Websocket close codes (RFC 6455, section 7.4.1).
-CLOSE_GOING_AWAY: Final = 1001
-CLOSE_PROTOCOL_ERROR: Final = 1002
-CLOSE_UNSUPPORTED_DATA: Final = 1003
-CLOSE_TOO_BIG: Final = 1009
+# Goodbye codes: why the receiver closes the connection.
+GOODBYE_FORBIDDEN: Final = 1  # no trusted client certificate
+GOODBYE_PROTOCOL_ERROR: Final = 2  # malformed frame or message
+GOODBYE_TOO_BIG: Final = 3  # a record over the maximum frame size
+GOODBYE_GOING_AWAY: Final = 4  # the receiver has no running transport
+#: The largest goodbye record (code and reason).
+GOODBYE_MAX_SIZE: Final = 256
 
 
 # -- frames (sans-IO) ---------------------------------------------------------
@@ -64,7 +84,7 @@ CLOSE_TOO_BIG: Final = 1009
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    """One websocket message on the Raft channel: a batch of encoded messages."""
+    """One record of the Raft channel: a batch of encoded messages from one sender."""
 
     sender: int
     payloads: tuple[bytes, ...]
@@ -76,6 +96,21 @@ def encode_frame(sender: int, payloads: Iterable[bytes]) -> bytes:
     if sender <= 0:
         raise ValidationError(f"sender node id must be positive, got {sender}")
     parts = [FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, 0, sender, len(items))]
+    for payload in items:
+        parts.append(FRAME_LENGTH.pack(len(payload)))
+        parts.append(payload)
+    return b"".join(parts)
+
+
+def encode_record(sender: int, payloads: Iterable[bytes]) -> bytes:
+    """A frame as one stream record (its length, then :func:`encode_frame`'s bytes),
+    built with a single join."""
+    items = list(payloads)
+    if sender <= 0:
+        raise ValidationError(f"sender node id must be positive, got {sender}")
+    size = FRAME_HEADER.size + FRAME_LENGTH.size * len(items) + sum(map(len, items))
+    parts = [FRAME_LENGTH.pack(size)]
+    parts.append(FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, 0, sender, len(items)))
     for payload in items:
         parts.append(FRAME_LENGTH.pack(len(payload)))
         parts.append(payload)
@@ -116,6 +151,62 @@ def decode_frame(data: bytes, *, max_size: int = DEFAULT_MAX_FRAME_SIZE) -> Fram
     return Frame(sender=sender, payloads=tuple(payloads))
 
 
+def encode_goodbye(code: int, reason: str) -> bytes:
+    """The record a receiver sends just before it closes (reason cut to fit)."""
+    body = bytes([code]) + reason.encode("utf-8", "replace")[: GOODBYE_MAX_SIZE - 1]
+    return FRAME_LENGTH.pack(len(body)) + body
+
+
+def decode_goodbye(record: bytes) -> tuple[int, str]:
+    """``(code, reason)`` of a non-empty record from the receiver."""
+    return record[0], record[1:].decode("utf-8", "replace")
+
+
+class RecordReader:
+    """Splits a byte stream into records (sans-IO): :meth:`feed` bytes, get the complete
+    records (``b""`` for a keepalive). A length over ``max_size`` raises
+    :class:`ProtocolError` as soon as the length is read; the reader is then unusable."""
+
+    __slots__ = ("_buffer", "_max", "_need")
+
+    def __init__(self, max_size: int) -> None:
+        self._buffer = bytearray()
+        self._max = max_size
+        self._need = -1  # length of the record being read, -1: its length is not read yet
+
+    def feed(self, data: bytes | bytearray) -> list[bytes]:
+        buffer = self._buffer
+        buffer += data
+        records: list[bytes] = []
+        start = 0
+        end = len(buffer)
+        with memoryview(buffer) as view:
+            while True:
+                if self._need < 0:
+                    if end - start < FRAME_LENGTH.size:
+                        break
+                    (need,) = FRAME_LENGTH.unpack_from(view, start)
+                    if need > self._max:
+                        raise ProtocolError(
+                            f"record of {need} bytes exceeds the maximum of {self._max}"
+                        )
+                    start += FRAME_LENGTH.size
+                    self._need = need
+                if end - start < self._need:
+                    break
+                records.append(bytes(view[start : start + self._need]))
+                start += self._need
+                self._need = -1
+        if start:
+            del buffer[:start]
+        return records
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as a record."""
+        return len(self._buffer)
+
+
 def parse_address(address: str, default_port: int = 8443) -> tuple[str, int]:
     """Split ``"ip:port"`` / ``"[v6]:port"`` (port defaults to 8443, as microcluster)."""
     host, port_text = address, ""
@@ -137,10 +228,6 @@ def parse_address(address: str, default_port: int = 8443) -> tuple[str, int]:
     if not digits or not 0 < int(port_text) < 65536:
         raise ValidationError(f"invalid port in address {address!r}")
     return host, int(port_text)
-
-
-def host_header(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 # -- configuration, codec, statistics ----------------------------------------

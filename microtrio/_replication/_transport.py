@@ -1,41 +1,53 @@
-"""The Raft peer transport: batches of encoded Raft messages over mutual-TLS websockets.
+"""The Raft peer transport: batches of encoded Raft messages over mutual-TLS streams.
 
 Theory of operation
 -------------------
 
-Every member has one cluster address, the core listener (hypercorn, mutual TLS).
-:func:`add_raft_route` mounts a websocket endpoint on it (``/core/internal/raft``).
-Traffic is one-way per connection: member A dials B to send, B dials A to send, so
-each ordered pair of members has its own connection and nothing is multiplexed.
+Every member has one cluster address, the core listener (mutual TLS). Besides HTTP it
+offers the ALPN protocol :data:`RAFT_ALPN`; a connection that negotiates it is handed by
+the listener, right after the TLS handshake, to :meth:`Transport.serve_stream` (the
+listener's ``stream_handlers`` seam), and carries nothing but Raft traffic: no HTTP, no
+websocket. Traffic is one-way per connection: member A dials B to send, B dials A to send,
+so each ordered pair of members has its own connection and nothing is multiplexed.
+
+On the stream (:mod:`._frames`): records, each a u32 length and that many bytes. The
+sender writes frames (one record each) and, every ``ping_interval``, an empty record (a
+ping); the receiver writes back only empty records (pongs) and, when it refuses or drops
+the connection, one goodbye record (a code and a reason) before it closes. The
+receiver's first record is the verdict: empty (welcome: the sender may start) or a
+goodbye; a sender writes nothing before it.
 
 Outbound (the sender side)
     :meth:`Transport.send` never blocks the Raft driver: it routes each message by
     ``msg.dst`` into that peer's bounded queue, and drops (and counts) a message when
     the queue is full; Raft tolerates loss. One sender task per peer, in the peer's
-    own cancel scope, dials the peer (TLS with this member's certificate as client
-    certificate, the cluster certificate pinned by the given SSL context), then
-    loops: wait for a message, drain everything else already queued into one frame
-    (up to the maximum frame size), send it. A background watcher notices a close
-    by the remote side at once, so an idle link reconnects before it is needed.
-    Any link failure ends the connection; the sender redials with exponential
-    backoff and jitter (``backoff_min`` .. ``backoff_max``). Messages in flight on a
-    failed connection are lost, again fine for Raft.
+    own cancel scope, dials the peer (TCP with TCP_NODELAY, as trio's
+    ``open_tcp_stream`` sets it; TLS with this member's certificate as client
+    certificate, the cluster certificate pinned by the given SSL context, ALPN offering
+    the Raft protocol only: a peer that does not select it fails the dial), then loops:
+    wait for a message, drain everything else already queued into one frame (up to the
+    maximum frame size), send it. A watcher task reads the reverse direction, so a
+    close (or a goodbye) by the remote side is noticed at once and an idle link
+    reconnects before it is needed; a keepalive task sends a ping every
+    ``ping_interval`` and drops the link when no pong comes within ``ping_timeout`` (a
+    silent peer). Any link failure ends the connection; the sender redials with
+    exponential backoff and jitter (``backoff_min`` .. ``backoff_max``). Messages in
+    flight on a failed connection are lost, again fine for Raft.
 
 Inbound (the receiver side)
-    The websocket handler refuses the upgrade (HTTP 403) unless one of the caller's
-    client certificates, taken from the listener seam
-    (``scope["extensions"]["tls"]["client_cert_chain"]``), passes ``is_trusted``; no
-    certificate means refused. Each websocket message is one frame. An oversize
-    frame closes the connection with 1009, text with 1003, a malformed frame or
-    message with 1002; all are logged and counted, and never disturb other
-    connections. Decoded messages go, in order, into one bounded inbound channel
-    (back-pressure: a slow driver stops the reading, TCP pushes back, and the
-    senders' queues drop).
-
-Frame layout (big-endian)::
-
-    magic "MTRF" | version u8 (=1) | flags u8 (=0) | sender node id u64 | count u32
-    then ``count`` times: length u32 | encoded Raft message
+    :meth:`Transport.serve_stream` refuses the connection (goodbye "forbidden", then
+    close) unless one of the caller's client certificates, from the listener seam
+    (``extensions["tls"]["client_cert_chain"]``), passes ``is_trusted``; no
+    certificate means refused. A record longer than ``max_frame_size`` (seen from its
+    length, before its bytes are read), a malformed frame or an undecodable message, or
+    a message not from the frame's sender to us, closes that connection with a goodbye;
+    all are logged and counted, and never disturb other connections. A connection
+    silent (not even pings) for ``2 * ping_interval + ping_timeout`` is closed (a sender
+    that vanished without a FIN must not hold a connection slot forever). Decoded
+    messages go, in order, into one bounded inbound channel (back-pressure: a slow
+    driver stops the reading, TCP pushes back, and the senders' queues drop).
+    :meth:`Transport.revalidate_inbound` closes the connections of members no longer
+    trusted (after a truststore change).
 
 Fault injection (:mod:`._faults`) is applied per message in the sender and, for
 senders that do not apply it themselves, in the receiver.
@@ -48,37 +60,30 @@ Wiring (the daemon)::
         config=TransportConfig(server_hostname=pinned_server_name(cluster_cert)),
         is_trusted=lambda der: ...truststore has this exact certificate...,
     )
-    add_raft_route(core_app, transport)          # before the core listener serves
+    holder = SSLContextHolder(cluster_pair, alpn_protocols=CORE_ALPN_PROTOCOLS)
+    nursery.start_soon(partial(serve_tcp, app, address, holder,
+                               stream_handlers={RAFT_ALPN: transport.serve_stream}))
     await nursery.start(transport.run)
     transport.add_peer(peer_id, "10.0.0.2:8443")
     transport.send(ready.messages)               # after persisting, never blocks
     for msg in await transport.receive_batch():  # in the driver
         node.step(msg)
 
-The frame size limit must stay at or below hypercorn's ``websocket_max_message_size``
-(16 MiB by default) and above the largest Raft message (snapshot chunk size and the
-entry batch limit of the core's config).
+``ssl_context`` is the transport's own: it sets the context's ALPN list to the Raft
+protocol (do not share it with an HTTP client). The frame size limit must stay above the
+largest Raft message (snapshot chunk size and the entry batch limit of the core's config).
 """
 
 from __future__ import annotations
 
-import itertools
 import logging
 import random
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Generic, Protocol, final
+from typing import Any, Final, Generic, final
 
 import trio
-from quart import Quart, Response, websocket
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    HandshakeError,
-    WebSocketConnection,
-    wrap_client_stream,
-)
 
 from .._errors import (
     ForbiddenError,
@@ -90,57 +95,69 @@ from .._errors import (
 from .._log import node_label
 from ._faults import DROP, Faults
 from ._frames import (
-    CLOSE_GOING_AWAY,
-    CLOSE_PROTOCOL_ERROR,
-    CLOSE_TOO_BIG,
-    CLOSE_UNSUPPORTED_DATA,
+    CORE_ALPN_PROTOCOLS,
     DEFAULT_MAX_FRAME_SIZE,
     FRAME_HEADER,
     FRAME_LENGTH,
-    PING,
+    GOODBYE_FORBIDDEN,
+    GOODBYE_GOING_AWAY,
+    GOODBYE_MAX_SIZE,
+    GOODBYE_PROTOCOL_ERROR,
+    GOODBYE_TOO_BIG,
+    KEEPALIVE,
+    RAFT_ALPN,
     RAFT_CODEC,
-    RAFT_PATH,
     Frame,
     M,
+    RecordReader,
     WireCodec,
     client_certificates,
     decode_frame,
+    decode_goodbye,
     encode_frame,
-    host_header,
+    encode_goodbye,
+    encode_record,
     parse_address,
 )
 
 __all__ = [
+    "CORE_ALPN_PROTOCOLS",
     "DEFAULT_MAX_FRAME_SIZE",
-    "RAFT_PATH",
-    "Frame",
+    "RAFT_ALPN",
     "RAFT_CODEC",
+    "Frame",
     "PeerStatistics",
     "Transport",
     "TransportConfig",
     "TransportStatistics",
     "WireCodec",
-    "add_raft_route",
     "client_certificates",
     "decode_frame",
     "encode_frame",
     "parse_address",
+    "refuse_stream",
 ]
 
 logger = logging.getLogger("microtrio.replication.transport")
 
+#: How much one read of a stream asks for.
+_RECEIVE_SIZE: Final = 64 * 1024
+#: How long a closing receiver keeps reading (and discarding) after its goodbye, so the
+#: goodbye is not lost to a reset caused by unread data.
+_GOODBYE_LINGER: Final = 1.0
+
 
 @dataclass(frozen=True, slots=True)
 class TransportConfig:
-    path: str = RAFT_PATH
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     peer_queue_size: int = 4096
     inbound_queue_size: int = 4096
     connect_timeout: float = 5.0
     backoff_min: float = 0.05
     backoff_max: float = 2.0
-    #: A link whose peer does not answer a websocket ping within ``ping_timeout``
-    #: (pings every ``ping_interval`` seconds) is dropped and redialled.
+    #: A link whose peer does not answer a ping within ``ping_timeout`` (pings every
+    #: ``ping_interval`` seconds) is dropped and redialled; an inbound connection silent
+    #: for ``2 * ping_interval + ping_timeout`` is closed.
     ping_interval: float = 5.0
     ping_timeout: float = 5.0
     #: Name checked against the peer's certificate (the pinned cluster certificate's
@@ -157,6 +174,11 @@ class TransportConfig:
             raise ValidationError("need 0 < backoff_min <= backoff_max")
         if min(self.connect_timeout, self.ping_interval, self.ping_timeout) <= 0:
             raise ValidationError("timeouts and intervals must be positive")
+
+    @property
+    def idle_timeout(self) -> float:
+        """How long an inbound connection may stay silent (not even a ping)."""
+        return 2 * self.ping_interval + self.ping_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,12 +205,8 @@ class TransportStatistics:
     refused_connections: int
     protocol_errors: int
     fault_dropped: int
-
-
-class _InboundSocket(Protocol):
-    async def receive(self) -> str | bytes: ...
-
-    async def close(self, code: int, reason: str = "") -> None: ...
+    #: Inbound connections closed because nothing (not even a ping) came for too long.
+    idle_closed: int = 0
 
 
 # -- the transport ------------------------------------------------------------
@@ -245,7 +263,7 @@ class Transport(Generic[M]):
         self.config = config if config is not None else TransportConfig()
         self.is_trusted = is_trusted
         self._codec = codec
-        self._ssl_context = ssl_context
+        self._ssl_context = _raft_client_context(ssl_context)
         self._server_hostname = self.config.server_hostname
         self._faults = faults
         if faults is not None:
@@ -258,6 +276,7 @@ class Transport(Generic[M]):
         )
         # Accepted inbound connections: their cancel scope -> the client's certificates.
         self._inbound: dict[trio.CancelScope, tuple[bytes, ...]] = {}
+        self._idle_closed = 0
         self._nursery: trio.Nursery | None = None
         self._closed = False
         self._unroutable = 0
@@ -330,8 +349,10 @@ class Transport(Generic[M]):
         logger.info("%s: raft peer %s removed", self._name, node_label(node_id))
 
     def set_client_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> None:
-        """Use a new client context (e.g. a new cluster certificate) for later dials."""
-        self._ssl_context, self._server_hostname = ssl_context, server_hostname
+        """Use a new client context (e.g. a new cluster certificate) for later dials (its
+        ALPN list is set to the Raft protocol)."""
+        self._ssl_context = _raft_client_context(ssl_context)
+        self._server_hostname = server_hostname
 
     def peers(self) -> dict[int, str]:
         return {node_id: peer.address for node_id, peer in self._peers.items()}
@@ -392,6 +413,7 @@ class Transport(Generic[M]):
             refused_connections=self._refused,
             protocol_errors=self._protocol_errors,
             fault_dropped=self._fault_dropped,
+            idle_closed=self._idle_closed,
         )
 
     # -- sender side --
@@ -427,20 +449,16 @@ class Transport(Generic[M]):
         stream: trio.SSLStream[trio.SocketStream] | None = None
         try:
             async with trio.open_nursery() as nursery:
+                reader = RecordReader(GOODBYE_MAX_SIZE)
                 with trio.fail_after(self.config.connect_timeout):
                     stream = await self._open_tls(host, port)
-                    ws = await wrap_client_stream(
-                        nursery,
-                        stream,
-                        host_header(host, port),
-                        self.config.path,
-                        extra_headers=[(b"X-Microtrio-Raft-Version", b"1")],
-                    )
+                    await _wait_welcome(stream, reader)
+                link = _Link(stream, reader)
                 peer.connected, peer.failures = True, 0
                 logger.debug("%s: raft link to %d connected", self._name, peer.node_id)
-                nursery.start_soon(self._watch_closed, ws)
-                nursery.start_soon(self._keepalive, ws)
-                await self._pump(peer, ws)
+                nursery.start_soon(self._watch, link)
+                nursery.start_soon(self._keepalive, link)
+                await self._pump(peer, link)
         except BaseException as exc:
             mapped = _map_link_error(exc)
             if mapped is None:
@@ -453,40 +471,53 @@ class Transport(Generic[M]):
                 await trio.aclose_forcefully(stream)
 
     async def _open_tls(self, host: str, port: int) -> trio.SSLStream[trio.SocketStream]:
+        # open_tcp_stream sets TCP_NODELAY: a frame leaves at once, no Nagle delay.
         tcp = await trio.open_tcp_stream(host, port)
         name = self._server_hostname or host
         stream = trio.SSLStream(tcp, self._ssl_context, server_hostname=name, https_compatible=True)
         try:
             await stream.do_handshake()
+            protocol = stream.selected_alpn_protocol()
+            if protocol != RAFT_ALPN:
+                raise ProtocolError(
+                    f"the peer does not serve the raft channel (ALPN {protocol!r}, "
+                    f"not {RAFT_ALPN!r})"
+                )
         except BaseException:
             await trio.aclose_forcefully(stream)
             raise
         return stream
 
     @staticmethod
-    async def _watch_closed(ws: WebSocketConnection) -> None:
-        # The remote end never sends data; this returns only when the link closes.
-        try:
-            await ws.get_message()
-        except ConnectionClosed as exc:
-            raise UnavailableError(f"closed by the peer: {exc.reason}") from None
-        raise ProtocolError("the peer sent data on the raft channel")
+    async def _watch(link: _Link) -> None:
+        # The receiver only ever sends pongs, and a goodbye before it closes: read them,
+        # so a close is noticed at once even when there is nothing to send.
+        while True:
+            data = await link.stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                raise UnavailableError("closed by the peer")
+            for record in link.reader.feed(data):
+                if record:
+                    raise _goodbye_error(record)
+                link.pong.set()
 
-    async def _keepalive(self, ws: WebSocketConnection) -> None:
-        for n in itertools.count():
+    async def _keepalive(self, link: _Link) -> None:
+        while True:
             await trio.sleep(self.config.ping_interval)
-            with trio.move_on_after(self.config.ping_timeout) as scope:
-                await ws.ping(PING.pack(n))
-            if scope.cancelled_caught:
-                raise UnavailableError(f"no pong within {self.config.ping_timeout} s")
+            link.pong = trio.Event()
+            with trio.move_on_after(self.config.ping_timeout):
+                await link.send(KEEPALIVE)
+                await link.pong.wait()
+                continue
+            raise UnavailableError(f"no pong within {self.config.ping_timeout} s")
 
-    async def _pump(self, peer: _Peer[M], ws: WebSocketConnection) -> None:
+    async def _pump(self, peer: _Peer[M], link: _Link) -> None:
         while True:
             payloads = await self._next_batch(peer)
             try:
-                await ws.send_message(encode_frame(self.node_id, payloads))
-            except ConnectionClosed:
-                peer.dropped += len(payloads)
+                await link.send(encode_record(self.node_id, payloads))
+            except BaseException:
+                peer.dropped += len(payloads)  # lost with the link (or with us)
                 raise
             peer.sent += len(payloads)
             peer.frames += 1
@@ -541,14 +572,27 @@ class Transport(Generic[M]):
 
     # -- receiver side --
 
-    def accepts(self, scope: Mapping[str, Any]) -> bool:
-        """The trust decision for an inbound upgrade (see :func:`client_certificates`)."""
-        trusted = any(self.is_trusted(der) for der in client_certificates(scope))
-        if not trusted:
+    async def serve_stream(self, stream: trio.abc.Stream, extensions: Mapping[str, Any]) -> None:
+        """Serve one inbound connection that negotiated :data:`RAFT_ALPN` (the core
+        listener's stream handler; ``extensions`` are the connection's, with the client's
+        certificates under ``["tls"]["client_cert_chain"]``): refuse it unless a client
+        certificate is trusted, then receive frames until it ends or we close."""
+        if self._closed:
+            await refuse_stream(stream, GOODBYE_GOING_AWAY, "raft transport is closed")
+            return
+        certificates = client_certificates({"extensions": extensions})
+        if not any(self.is_trusted(der) for der in certificates):
             self._refused += 1
-            client = scope.get("client")
-            logger.warning("%s: refused raft peer %s: no trusted certificate", self._name, client)
-        return trusted
+            logger.warning(
+                "%s: refused raft peer %s: no trusted certificate", self._name, _remote(stream)
+            )
+            await refuse_stream(stream, GOODBYE_FORBIDDEN, "no trusted client certificate")
+            return
+        try:
+            await stream.send_all(KEEPALIVE)  # the welcome: the sender may start
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return
+        await self.handle_inbound(stream, certificates)
 
     def revalidate_inbound(self) -> int:
         """Drop inbound connections whose certificates are no longer trusted (call it
@@ -561,56 +605,96 @@ class Transport(Generic[M]):
         return len(stale)
 
     async def handle_inbound(
-        self, socket: _InboundSocket, certificates: Iterable[bytes] = ()
+        self, stream: trio.abc.Stream, certificates: Iterable[bytes] = ()
     ) -> None:
-        """Receive frames from one accepted connection until it ends or we close.
-
-        ``certificates`` (DER) are those the connection was trusted for, kept for
-        :meth:`revalidate_inbound`.
-        """
+        """Receive frames from one accepted (already trusted) connection until it ends or
+        we close. ``certificates`` (DER) are those the connection was trusted for, kept
+        for :meth:`revalidate_inbound`."""
         if self._closed:
-            await socket.close(CLOSE_GOING_AWAY, "transport closed")
+            await refuse_stream(stream, GOODBYE_GOING_AWAY, "raft transport is closed")
             return
         with trio.CancelScope() as scope:
             self._inbound[scope] = tuple(certificates)
             try:
-                await self._receive_frames(socket)
-            except (trio.ClosedResourceError, trio.BrokenResourceError):
-                pass  # the inbound channel closed under us: we are shutting down
+                await self._receive_frames(_Inbound(stream))
+            except* (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass  # the link broke, or the inbound channel closed under us (shutdown)
             finally:
                 del self._inbound[scope]
 
-    async def _receive_frames(self, socket: _InboundSocket) -> None:
-        if self._faults is None:
-            await self._receive_loop(socket, None)
-            return
-        # With fault rules possible, frames go through a delivery task that applies the
-        # receiver's delays, each from the frame's own arrival: sleeping in the receive loop
-        # would hold every later frame too, so delays would add up frame after frame.
-        send, receive = trio.open_memory_channel[tuple[float, int, list[M]]](1024)
+    async def _receive_frames(self, link: _Inbound) -> None:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._deliver_with_faults, self._faults, receive, nursery)
-            async with send:
-                await self._receive_loop(socket, send)
+            delayed = None
+            if self._faults is not None:
+                # With fault rules possible, frames go through a delivery task that applies
+                # the receiver's delays, each from the frame's own arrival: sleeping in the
+                # receive loop would hold every later frame too, so delays would add up.
+                delayed, frames = trio.open_memory_channel[tuple[float, int, list[M]]](1024)
+                nursery.start_soon(self._deliver_with_faults, self._faults, frames, nursery)
+            async with trio.open_nursery() as reading:
+                reading.start_soon(self._watch_idle, link, reading.cancel_scope)
+                if delayed is None:
+                    await self._receive_loop(link, None)
+                else:
+                    async with delayed:
+                        await self._receive_loop(link, delayed)
+                reading.cancel_scope.cancel()
+
+    async def _watch_idle(self, link: _Inbound, reading: trio.CancelScope) -> None:
+        # A read counter checked once per period costs the receive path nothing; a
+        # connection is closed after one to two periods of silence.
+        period = self.config.idle_timeout
+        while True:
+            seen = link.reads
+            await trio.sleep(period)
+            if link.reads == seen:
+                self._idle_closed += 1
+                logger.info(
+                    "%s: raft connection from %s silent for %.0f s, closed",
+                    self._name,
+                    _remote(link.stream),
+                    period,
+                )
+                reading.cancel()
+                return
 
     async def _receive_loop(
         self,
-        socket: _InboundSocket,
+        link: _Inbound,
         delayed: trio.MemorySendChannel[tuple[float, int, list[M]]] | None,
     ) -> None:
+        stream = link.stream
+        reader = RecordReader(self.config.max_frame_size)
         while True:
-            data = await socket.receive()
+            data = await stream.receive_some(_RECEIVE_SIZE)
+            if not data:
+                return  # the sender closed its side
+            link.reads += 1
             try:
-                messages, sender = self._decode(data)
-            except _Refusal as refusal:
-                self._protocol_errors += 1
-                logger.warning("%s: raft connection dropped: %s", self._name, refusal.reason)
-                await socket.close(refusal.code, refusal.reason[:120])
+                records = reader.feed(data)
+            except ProtocolError as exc:
+                await self._refuse(stream, GOODBYE_TOO_BIG, str(exc))
                 return
-            if delayed is not None:  # in order, behind frames still being delayed
-                await delayed.send((trio.current_time(), sender, messages))
-            else:
-                await self._deliver(messages)
+            for record in records:
+                if not record:
+                    await stream.send_all(KEEPALIVE)  # the pong
+                    continue
+                try:
+                    messages, sender = self._decode(record)
+                except _Refusal as refusal:
+                    await self._refuse(stream, refusal.code, refusal.reason)
+                    return
+                if delayed is not None:  # in order, behind frames still being delayed
+                    await delayed.send((trio.current_time(), sender, messages))
+                else:
+                    await self._deliver(messages)
+
+    async def _refuse(self, stream: trio.abc.Stream, code: int, reason: str) -> None:
+        self._protocol_errors += 1
+        logger.warning(
+            "%s: raft connection from %s dropped: %s", self._name, _remote(stream), reason
+        )
+        await refuse_stream(stream, code, reason)
 
     async def _deliver_with_faults(
         self,
@@ -637,26 +721,19 @@ class Transport(Generic[M]):
             except trio.WouldBlock:
                 await self._inbound_send.send(msg)
 
-    def _decode(self, data: str | bytes | None) -> tuple[list[M], int]:
-        if isinstance(data, str):
-            raise _Refusal(CLOSE_UNSUPPORTED_DATA, "text message on the raft channel")
-        if not isinstance(data, bytes):
-            raise _Refusal(CLOSE_PROTOCOL_ERROR, "empty message on the raft channel")
-        limit = self.config.max_frame_size
-        if len(data) > limit:
-            raise _Refusal(CLOSE_TOO_BIG, f"frame of {len(data)} bytes exceeds {limit}")
+    def _decode(self, data: bytes) -> tuple[list[M], int]:
         try:
-            frame = decode_frame(data, max_size=limit)
+            frame = decode_frame(data, max_size=self.config.max_frame_size)
         except ProtocolError as exc:
-            raise _Refusal(CLOSE_PROTOCOL_ERROR, f"malformed frame: {exc}") from exc
+            raise _Refusal(GOODBYE_PROTOCOL_ERROR, f"malformed frame: {exc}") from exc
         try:
             messages = [self._codec.decode(payload) for payload in frame.payloads]
         except self._codec.errors as exc:
-            raise _Refusal(CLOSE_PROTOCOL_ERROR, f"undecodable message: {exc}") from exc
+            raise _Refusal(GOODBYE_PROTOCOL_ERROR, f"undecodable message: {exc}") from exc
         for msg in messages:
             if msg.dst != self.node_id or msg.src != frame.sender:
                 raise _Refusal(
-                    CLOSE_PROTOCOL_ERROR,
+                    GOODBYE_PROTOCOL_ERROR,
                     f"message {msg.src}->{msg.dst} in a frame from {frame.sender} to us",
                 )
         return messages, frame.sender
@@ -675,11 +752,99 @@ class Transport(Generic[M]):
         return kept
 
 
+# -- one connection -------------------------------------------------------------
+
+
+class _Link:
+    """An outbound connection: its stream and the reader of what the receiver sends, the
+    lock shared by the two writers (the pump and the keepalive), and the event the watcher
+    sets when a pong arrives."""
+
+    __slots__ = ("lock", "pong", "reader", "stream")
+
+    def __init__(self, stream: trio.SSLStream[trio.SocketStream], reader: RecordReader) -> None:
+        self.stream = stream
+        self.reader = reader
+        self.lock = trio.StrictFIFOLock()
+        self.pong = trio.Event()
+
+    async def send(self, data: bytes) -> None:
+        # Taken without a checkpoint when free (nearly always): send_all checkpoints.
+        try:
+            self.lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self.lock.acquire()
+        try:
+            await self.stream.send_all(data)
+        finally:
+            self.lock.release()
+
+
+class _Inbound:
+    """An inbound connection: its stream and how many reads it has had (idle check)."""
+
+    __slots__ = ("reads", "stream")
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.reads = 0
+
+
 class _Refusal(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
+
+
+async def refuse_stream(stream: trio.abc.Stream, code: int, reason: str) -> None:
+    """Say goodbye (``code``, ``reason``) on a Raft channel connection before it is closed,
+    then read and discard what the client still sends until it closes (at most a second):
+    closing a socket with unread data resets the connection, and could lose the goodbye."""
+    with trio.move_on_after(_GOODBYE_LINGER):
+        try:
+            await stream.send_all(encode_goodbye(code, reason))
+            while await stream.receive_some(_RECEIVE_SIZE):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+
+
+def _remote(stream: trio.abc.Stream) -> str:
+    """The remote address of a stream, for log lines."""
+    try:
+        host, port = stream.transport_stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+    except (AttributeError, OSError):
+        return "?"
+    return f"{host}:{port}"
+
+
+def _raft_client_context(context: ssl.SSLContext) -> ssl.SSLContext:
+    context.set_alpn_protocols([RAFT_ALPN])
+    return context
+
+
+async def _wait_welcome(stream: trio.abc.Stream, reader: RecordReader) -> None:
+    """The receiver's first record says whether it accepted us: empty (welcome), or a
+    goodbye. Nothing is sent before it, so a refused sender loses nothing."""
+    while True:
+        data = await stream.receive_some(_RECEIVE_SIZE)
+        if not data:
+            raise UnavailableError("closed by the peer before accepting the raft channel")
+        records = reader.feed(data)
+        if records:
+            if records[0]:
+                raise _goodbye_error(records[0])
+            return
+
+
+def _goodbye_error(record: bytes) -> MicrotrioError:
+    code, reason = decode_goodbye(record)
+    if code == GOODBYE_FORBIDDEN:
+        return ForbiddenError(f"the peer does not trust our certificate: {reason}")
+    if code == GOODBYE_GOING_AWAY:
+        return UnavailableError(f"the peer closed the raft channel: {reason}")
+    return ProtocolError(f"the peer closed the raft channel: {reason}")
 
 
 # -- error mapping at the seam -----------------------------------------------
@@ -690,8 +855,6 @@ _LINK_ERRORS: Final = (
     trio.TooSlowError,
     trio.BrokenResourceError,
     trio.ClosedResourceError,
-    HandshakeError,
-    ConnectionClosed,
     MicrotrioError,
 )
 
@@ -712,36 +875,6 @@ def _map_link_error(exc: BaseException) -> MicrotrioError | None:
     first = leaves[0]
     if isinstance(first, MicrotrioError):
         return first
-    if isinstance(first, ConnectionRejected):
-        if first.status_code == 403:
-            return ForbiddenError("the peer does not trust our certificate (HTTP 403)")
-        return ProtocolError(f"the peer refused the raft channel (HTTP {first.status_code})")
     if isinstance(first, trio.TooSlowError):
         return UnavailableError("connect timed out")
     return UnavailableError(f"link failed: {first!r}")
-
-
-# -- the route on the core listener -------------------------------------------
-
-
-class _QuartInbound:
-    async def receive(self) -> str | bytes:
-        return await websocket.receive()
-
-    async def close(self, code: int, reason: str = "") -> None:
-        await websocket.close(code, reason)
-
-
-def add_raft_route(app: Quart, transport: Transport[Any]) -> None:
-    """Mount the Raft websocket endpoint (``transport.config.path``) on ``app``."""
-
-    async def raft_channel() -> Response | None:
-        if transport.closed:
-            return Response("raft transport is closed", status=503)
-        if not transport.accepts(websocket.scope):
-            return Response("forbidden: untrusted client certificate", status=403)
-        await websocket.accept()
-        await transport.handle_inbound(_QuartInbound(), client_certificates(websocket.scope))
-        return None
-
-    app.add_websocket(transport.config.path, "microtrio_raft", raft_channel)

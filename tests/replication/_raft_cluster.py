@@ -1,7 +1,7 @@
 """Test harness: N replicated members in one trio.run.
 
-Each member has its own state directory, a real hypercorn listener on 127.0.0.1 port 0
-with mutual TLS and the Raft websocket route, the transport, the durable log store, the
+Each member has its own state directory, a real listener on 127.0.0.1 port 0 with mutual
+TLS serving the Raft channel (ALPN ``RAFT_ALPN``) to its transport, the durable log store, the
 driver and a Database whose committer is the RaftCommitter. A member is "killed" by
 cancelling its cancel scope, and restarted on the same directories (a new port: the
 others are told the new address).
@@ -32,12 +32,13 @@ from microtrio._certs import (
 )
 from microtrio._db import Database, ExtensionRegistry
 from microtrio._replication import (
+    CORE_ALPN_PROTOCOLS,
+    RAFT_ALPN,
     CommitterConfig,
     DriverConfig,
     Faults,
     RaftReplication,
     TransportConfig,
-    add_raft_route,
     node_id_for,
 )
 
@@ -121,7 +122,7 @@ class Member:
         return self.replication is None
 
     async def listen(self, nursery: trio.Nursery, bootstrap: Sequence[int] | None) -> None:
-        """Phase 1: the listener with the Raft route (the address becomes known)."""
+        """Phase 1: the listener with the Raft channel (the address becomes known)."""
         self.scope = trio.CancelScope()
         self.killed = False
         self.starts += 1
@@ -146,11 +147,13 @@ class Member:
             rng=random.Random(f"{self.name}/{self.starts}"),
         )
         app = QuartTrio(self.name)
-        add_raft_route(app, replication.transport)
-        holder = SSLContextHolder(self.pki.cluster)
+        holder = SSLContextHolder(self.pki.cluster, alpn_protocols=CORE_ALPN_PROTOCOLS)
+        handlers = {RAFT_ALPN: replication.transport.serve_stream}
         assert self.inner is not None
         self.address = await self.inner.start(
-            lambda task_status: serve_tcp(app, "127.0.0.1:0", holder, task_status=task_status)
+            lambda task_status: serve_tcp(
+                app, "127.0.0.1:0", holder, stream_handlers=handlers, task_status=task_status
+            )
         )
         replication.address = self.address
         self.replication = replication

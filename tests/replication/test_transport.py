@@ -12,12 +12,6 @@ from typing import Any
 import pytest
 import trio
 from quart_trio import QuartTrio
-from trio_websocket import (
-    ConnectionClosed,
-    ConnectionRejected,
-    WebSocketConnection,
-    wrap_client_stream,
-)
 
 from microtrio._api._listener import serve_tcp
 from microtrio._certs import (
@@ -29,12 +23,23 @@ from microtrio._certs import (
 )
 from microtrio._errors import UnavailableError, ValidationError
 from microtrio._replication._faults import Faults
+from microtrio._replication._frames import (
+    CORE_ALPN_PROTOCOLS,
+    FRAME_LENGTH,
+    GOODBYE_FORBIDDEN,
+    GOODBYE_GOING_AWAY,
+    GOODBYE_PROTOCOL_ERROR,
+    GOODBYE_TOO_BIG,
+    KEEPALIVE,
+    RAFT_ALPN,
+    RecordReader,
+    decode_goodbye,
+    encode_record,
+)
 from microtrio._replication._transport import (
     RAFT_CODEC,
-    RAFT_PATH,
     Transport,
     TransportConfig,
-    add_raft_route,
     encode_frame,
 )
 from microtrio.raft import Message, MsgHeartbeat, MsgReadIndex, encode_message
@@ -94,10 +99,10 @@ class Member:
             name=f"member{node_id}",
         )
         self.app = QuartTrio(f"member{node_id}")
-        add_raft_route(self.app, self.transport)
-        # Like the core API app: a catch-all HTTP route must not shadow the websocket.
+        # Like the core API app: HTTP on the same listener, by ALPN http/1.1 or none.
         self.app.add_url_rule("/<path:path>", "any", _not_found, methods=["GET", "POST"])
-        self.server_context = SSLContextHolder(pki.cluster)
+        self.server_context = SSLContextHolder(pki.cluster, alpn_protocols=CORE_ALPN_PROTOCOLS)
+        self.handlers = {RAFT_ALPN: self.transport.serve_stream}
         self.port = 0
         self.listener_scope = trio.CancelScope()
 
@@ -108,7 +113,11 @@ class Member:
     async def _listen(self, *, task_status: trio.TaskStatus[str]) -> None:
         with self.listener_scope:
             await serve_tcp(
-                self.app, f"127.0.0.1:{self.port}", self.server_context, task_status=task_status
+                self.app,
+                f"127.0.0.1:{self.port}",
+                self.server_context,
+                stream_handlers=self.handlers,
+                task_status=task_status,
             )
 
     async def start_listener(self, nursery: trio.Nursery) -> None:
@@ -141,28 +150,39 @@ async def cluster(
         nursery.cancel_scope.cancel()
 
 
-@asynccontextmanager
-async def raw_client(port: int, context: ssl.SSLContext) -> AsyncIterator[WebSocketConnection]:
-    """A bare websocket client on the raft path that always closes its socket.
+def raft_context(context: ssl.SSLContext) -> ssl.SSLContext:
+    context.set_alpn_protocols([RAFT_ALPN])
+    return context
 
-    (trio-websocket's own open_websocket leaves the socket open when the server closes
-    first; a handshake rejection surfaces here as a bare ConnectionRejected.)
-    """
+
+@asynccontextmanager
+async def raw_client(
+    port: int, context: ssl.SSLContext
+) -> AsyncIterator[trio.SSLStream[trio.SocketStream]]:
+    """A bare TLS client (ALPN: whatever ``context`` offers) that always closes its socket."""
     tcp = await trio.open_tcp_stream("127.0.0.1", port)
     stream = trio.SSLStream(tcp, context, server_hostname="127.0.0.1", https_compatible=True)
     try:
-        try:
-            async with trio.open_nursery() as nursery:
-                ws = await wrap_client_stream(nursery, stream, f"127.0.0.1:{port}", RAFT_PATH)
-                yield ws
-                nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            rejected, rest = group.split(ConnectionRejected)
-            if rejected is None or rest is not None:
-                raise
-            raise rejected.exceptions[0] from None
+        await stream.do_handshake()
+        yield stream
     finally:
         await trio.aclose_forcefully(stream)
+
+
+async def read_goodbye(stream: trio.abc.Stream) -> int | None:
+    """What the receiver says before it closes: the goodbye code, None for a bare close.
+    Pongs on the way are skipped; after a goodbye the stream must end."""
+    reader = RecordReader(1024)
+    while True:
+        data = await stream.receive_some(4096)
+        if not data:
+            return None
+        for record in reader.feed(data):
+            if record:
+                code, _ = decode_goodbye(record)
+                while await stream.receive_some(4096):  # nothing after it but the end
+                    raise AssertionError("data after a goodbye")
+                return code
 
 
 async def wait_for(predicate: Callable[[], bool]) -> None:
@@ -234,23 +254,27 @@ async def test_messages_queued_while_down_are_delivered_after_reconnect(pki: Pki
             assert await receive_n(m[2].transport, 5) == [hb(1, 2, i) for i in range(5)]
 
 
-async def _handshake_status(member: Member, context: ssl.SSLContext) -> int:
-    with pytest.raises(ConnectionRejected) as info:
-        async with raw_client(member.port, context):
-            pass
-    return info.value.status_code
+async def _refusal(member: Member, context: ssl.SSLContext) -> int | None:
+    async with raw_client(member.port, raft_context(context)) as stream:
+        return await read_goodbye(stream)
 
 
 async def test_untrusted_or_missing_client_certificate_is_refused(pki: Pki) -> None:
     with trio.fail_after(CEILING):
         async with cluster(pki, (1, 2)) as (_, m):
-            assert await _handshake_status(m[2], pki.client_context(pki.stranger)) == 403
-            assert await _handshake_status(m[2], pki.client_context(None)) == 403
+            forbidden = GOODBYE_FORBIDDEN
+            assert await _refusal(m[2], pki.client_context(pki.stranger)) == forbidden
+            assert await _refusal(m[2], pki.client_context(None)) == forbidden
             assert m[2].transport.statistics().refused_connections == 2
-            # A trusted certificate is accepted on the same endpoint.
-            async with raw_client(m[2].port, pki.client_context(pki.members[1])) as ws:
-                await ws.send_message(encode_frame(1, [encode_message(hb(1, 2, 7))]))
+            assert m[2].transport.statistics().inbound_connections == 1  # member 1's own
+            # A trusted certificate is accepted on the same listener.
+            trusted = raft_context(pki.client_context(pki.members[1]))
+            async with raw_client(m[2].port, trusted) as stream:
+                assert await stream.receive_some(4096) == KEEPALIVE  # the welcome
+                await stream.send_all(encode_record(1, [encode_message(hb(1, 2, 7))]))
                 assert await m[2].transport.receive() == hb(1, 2, 7)
+                await stream.send_all(KEEPALIVE)  # a ping is answered with a pong
+                assert await stream.receive_some(4096) == KEEPALIVE
 
 
 async def test_a_transport_with_an_untrusted_certificate_never_delivers(pki: Pki) -> None:
@@ -268,35 +292,97 @@ async def test_a_transport_with_an_untrusted_certificate_never_delivers(pki: Pki
                 m[2].transport.inbound.receive_nowait()
 
 
-async def _expect_close_code(ws: Any, code: int) -> None:
-    with pytest.raises(ConnectionClosed) as info:
-        await ws.get_message()
-    assert info.value.reason.code == code
+def _record(data: bytes) -> bytes:
+    return FRAME_LENGTH.pack(len(data)) + data
 
 
 async def test_bad_frames_close_that_connection_only(pki: Pki) -> None:
     small = TransportConfig(backoff_min=0.01, backoff_max=0.1, max_frame_size=64 * 1024)
-    bad: list[tuple[str | bytes, int]] = [
-        (b"garbage, not a frame", 1002),
-        (b"\0" * (100 * 1024), 1009),  # oversize
-        ("text is refused", 1003),
-        (encode_frame(1, [b"\xffnot a raft message"]), 1002),
-        (encode_frame(1, [encode_message(hb(1, 3, 1))]), 1002),  # not addressed to us
-        (encode_frame(3, [encode_message(hb(1, 2, 1))]), 1002),  # src is not the sender
+    bad: list[tuple[bytes, int]] = [
+        (_record(b"garbage, not a frame"), GOODBYE_PROTOCOL_ERROR),
+        (_record(b"\0" * (100 * 1024)), GOODBYE_TOO_BIG),  # oversize
+        (FRAME_LENGTH.pack(2**32 - 1), GOODBYE_TOO_BIG),  # refused from the length alone
+        (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", GOODBYE_TOO_BIG),  # HTTP on the raft ALPN
+        (_record(encode_frame(1, [b"\xffnot a raft message"])), GOODBYE_PROTOCOL_ERROR),
+        (encode_record(1, [encode_message(hb(1, 3, 1))]), GOODBYE_PROTOCOL_ERROR),  # not to us
+        (encode_record(3, [encode_message(hb(1, 2, 1))]), GOODBYE_PROTOCOL_ERROR),  # src != sender
     ]
     with trio.fail_after(CEILING):
         async with cluster(pki, (1, 2), config=small) as (_, m):
-            trusted = pki.client_context(pki.members[1])
+            trusted = raft_context(pki.client_context(pki.members[1]))
             for seq, (payload, code) in enumerate(bad, start=1):
-                async with raw_client(m[2].port, trusted) as ws:
-                    await ws.send_message(payload)
-                    await _expect_close_code(ws, code)
+                async with raw_client(m[2].port, trusted) as stream:
+                    await stream.send_all(payload)
+                    assert await read_goodbye(stream) == code, payload[:30]
                 # The member's regular link keeps working after each bad connection.
                 m[1].transport.send([hb(1, 2, seq)])
                 assert await m[2].transport.receive() == hb(1, 2, seq)
             stats = m[2].transport.statistics()
             assert stats.protocol_errors == len(bad)
             assert stats.received == len(bad)
+            assert m[1].transport.statistics().peers[2].reconnects == 0
+
+
+async def test_http_still_served_and_raft_needs_its_alpn(pki: Pki) -> None:
+    # The core listener serves HTTP (ALPN http/1.1, or none) beside the raft channel.
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            for alpn in (["http/1.1"], None):
+                context = pki.client_context(pki.members[1])
+                if alpn is not None:
+                    context.set_alpn_protocols(alpn)
+                async with raw_client(m[2].port, context) as stream:
+                    assert stream.selected_alpn_protocol() == (alpn[0] if alpn else None)
+                    await stream.send_all(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+                    head = await stream.receive_some(4096)
+                    assert head.startswith(b"HTTP/1.1 404"), head[:40]
+            assert m[2].transport.statistics().protocol_errors == 0
+
+
+async def test_a_server_without_the_raft_protocol_fails_the_dial(
+    pki: Pki, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A listener that offers HTTP only (e.g. a member too old, or another server): the
+    # handshake succeeds without the raft protocol, and the sender gives up that dial.
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1,)) as (nursery, m):
+            http_only = Member(2, pki)
+            http_only.server_context = SSLContextHolder(pki.cluster)  # http/1.1 only
+            await http_only.start_listener(nursery)
+            m[1].transport.add_peer(2, http_only.address)
+            m[1].transport.send([hb(1, 2, 1)])
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            await wait_for(lambda: link().reconnects >= 3)
+            assert not link().connected and link().sent == 0 and link().queued == 1
+            assert http_only.transport.statistics().received == 0
+            assert any("does not serve the raft channel" in r.getMessage() for r in caplog.records)
+
+
+async def test_tcp_nodelay_on_both_ends(pki: Pki) -> None:
+    import socket
+
+    def nodelay(stream: trio.SocketStream) -> int:
+        return int(stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    seen: list[int] = []
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            serve = m[2].transport.serve_stream
+
+            async def spy(stream: trio.SSLStream[trio.SocketStream], ext: Any) -> None:
+                seen.append(nodelay(stream.transport_stream))
+                await serve(stream, ext)
+
+            m[2].handlers[RAFT_ALPN] = spy  # the listener reads the mapping per connection
+            m[1].transport.remove_peer(2)
+            m[1].transport.add_peer(2, m[2].address)
+            m[1].transport.send([hb(1, 2, 1)])
+            assert await m[2].transport.receive() == hb(1, 2, 1)
+            assert seen == [1]
+            # The sender dials with trio.open_tcp_stream, which sets it too.
+            client = await trio.open_tcp_stream("127.0.0.1", m[2].port)
+            async with client:
+                assert nodelay(client) == 1
 
 
 async def test_oversize_message_is_dropped_by_the_sender(pki: Pki) -> None:
@@ -485,8 +571,9 @@ async def test_aclose_is_prompt_and_ends_receive(pki: Pki) -> None:
                 await wait_for(lambda: not m[1].transport.statistics().peers[2].connected)
             with pytest.raises(UnavailableError):
                 await m[2].transport.receive()
-            # The endpoint now answers 503 rather than accepting.
-            assert await _handshake_status(m[2], pki.client_context(pki.members[1])) == 503
+            # The listener now says "going away" rather than accepting.
+            refusal = await _refusal(m[2], pki.client_context(pki.members[1]))
+            assert refusal == GOODBYE_GOING_AWAY
 
 
 async def test_pipelined_batch_is_delivered_in_order(pki: Pki) -> None:
@@ -629,20 +716,26 @@ async def test_revoked_trust_drops_the_inbound_connection(pki: Pki) -> None:
             assert await m[1].transport.receive() == hb(2, 1, 1)
 
 
-class _OneFrameSocket:
+class _OneFrameStream(trio.abc.Stream):
     """An accepted connection that delivers one frame, then stays open and silent."""
 
-    def __init__(self, frame: bytes) -> None:
-        self.frames = [frame]
+    def __init__(self, record: bytes) -> None:
+        self.records = [record]
 
-    async def receive(self) -> bytes:
-        if self.frames:
-            return self.frames.pop()
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        if self.records:
+            return self.records.pop()
         await trio.sleep_forever()
         raise AssertionError("unreachable")
 
-    async def close(self, code: int, reason: str = "") -> None:
-        raise AssertionError(f"closed with {code}: {reason}")
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        raise AssertionError(f"wrote {bytes(data)!r}")
+
+    async def wait_send_all_might_not_block(self) -> None:
+        raise AssertionError("not used")
+
+    async def aclose(self) -> None:
+        pass
 
 
 @pytest.mark.parametrize("faults", [None, Faults(random.Random(6))], ids=["direct", "faults"])
@@ -650,9 +743,9 @@ async def test_inbound_ends_quietly_when_the_receiving_side_is_gone(
     pki: Pki, faults: Faults | None
 ) -> None:
     # Shutting down: nobody receives any more. Both paths (with and without fault rules)
-    # end the connection's handler quietly, not with an error for the web server to log.
+    # end the connection's handler quietly, not with an error for the listener to log.
     member = Member(2, pki, faults=faults)
     await member.transport.inbound.aclose()
-    frame = encode_frame(1, [encode_message(hb(1, 2, 1))])
+    record = encode_record(1, [encode_message(hb(1, 2, 1))])
     with trio.fail_after(CEILING):
-        await member.transport.handle_inbound(_OneFrameSocket(frame))
+        await member.transport.handle_inbound(_OneFrameStream(record))

@@ -12,6 +12,19 @@ from hypothesis import strategies as st
 
 from microtrio._errors import ProtocolError, ValidationError
 from microtrio._replication._faults import DROP, Faults, LinkRule
+from microtrio._replication._frames import (
+    CORE_ALPN_PROTOCOLS,
+    FRAME_LENGTH,
+    GOODBYE_FORBIDDEN,
+    GOODBYE_MAX_SIZE,
+    GOODBYE_PROTOCOL_ERROR,
+    KEEPALIVE,
+    RAFT_ALPN,
+    RecordReader,
+    decode_goodbye,
+    encode_goodbye,
+    encode_record,
+)
 from microtrio._replication._transport import (
     Frame,
     TransportConfig,
@@ -173,3 +186,60 @@ def test_client_certificates_seam() -> None:
     assert client_certificates({"extensions": {"tls": {}}}) == []
     assert client_certificates(tls(_pem(der))) == []
     assert client_certificates(tls([42])) == []
+
+
+# -- stream records (the raw ALPN channel) ------------------------------------------------
+
+
+@settings(deadline=None)  # no wall-clock deadline on a loaded CI machine
+@given(
+    records=st.lists(st.binary(max_size=300), max_size=12),
+    cuts=st.lists(st.integers(0, 4000), max_size=10),
+)
+def test_records_survive_any_split_of_the_stream(records: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(FRAME_LENGTH.pack(len(r)) + r for r in records)
+    points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
+    reader = RecordReader(max_size=300)
+    got: list[bytes] = []
+    for start, end in zip(points, points[1:], strict=False):
+        got.extend(reader.feed(stream[start:end]))
+    assert got == records
+    assert reader.buffered == 0
+
+
+def test_record_over_the_limit_is_refused_from_its_length() -> None:
+    reader = RecordReader(max_size=1024)
+    assert reader.feed(FRAME_LENGTH.pack(1024) + b"x" * 10) == []  # at the limit: waits
+    with pytest.raises(ProtocolError, match="exceeds"):
+        RecordReader(max_size=1024).feed(FRAME_LENGTH.pack(1025))  # no body needed
+    with pytest.raises(ProtocolError, match="exceeds"):
+        RecordReader(max_size=1 << 20).feed(b"GET / HTTP/1.1\r\n")  # HTTP is not a record
+
+
+@settings(deadline=None)  # no wall-clock deadline on a loaded CI machine
+@given(sender=st.integers(1, 2**64 - 1), payloads=payload_lists)
+def test_encode_record_is_the_length_then_the_frame(sender: int, payloads: list[bytes]) -> None:
+    frame = encode_frame(sender, payloads)
+    record = encode_record(sender, payloads)
+    assert record == FRAME_LENGTH.pack(len(frame)) + frame
+    (got,) = RecordReader(len(frame)).feed(record)
+    assert decode_frame(got) == Frame(sender=sender, payloads=tuple(payloads))
+    with pytest.raises(ValidationError):
+        encode_record(0, payloads)
+
+
+def test_goodbye_round_trip_and_cap() -> None:
+    (record,) = RecordReader(GOODBYE_MAX_SIZE).feed(encode_goodbye(GOODBYE_FORBIDDEN, "no"))
+    assert decode_goodbye(record) == (GOODBYE_FORBIDDEN, "no")
+    long = encode_goodbye(GOODBYE_PROTOCOL_ERROR, "é" * 1000)
+    (record,) = RecordReader(GOODBYE_MAX_SIZE).feed(long)
+    assert len(record) <= GOODBYE_MAX_SIZE
+    code, reason = decode_goodbye(record)
+    assert code == GOODBYE_PROTOCOL_ERROR and reason.startswith("éé")
+    assert KEEPALIVE == FRAME_LENGTH.pack(0)
+    assert RecordReader(8).feed(KEEPALIVE * 2) == [b"", b""]
+
+
+def test_core_listener_offers_http_and_raft() -> None:
+    assert CORE_ALPN_PROTOCOLS == ("http/1.1", RAFT_ALPN)
+    assert RAFT_ALPN == "microtrio-raft/1"

@@ -29,17 +29,21 @@ from typing import Any
 import pytest
 import trio
 from member.conftest import CEILING, Member, call, make_args, start_member
-from quart import Request, websocket
-from trio_websocket import ConnectionRejected, wrap_client_stream
+from quart import Request
 
 import microtrio
 import microtrio._daemon
 from microtrio import Endpoint, EndpointAction, Resources, Server
 from microtrio._api._router import Access, ListenerContext, ListenerKind, build_app
 from microtrio._certs import CertKeyPair, cert_pem, client_ssl_context, pinned_server_name
-from microtrio._replication._frames import RAFT_PATH
+from microtrio._replication._frames import (
+    GOODBYE_FORBIDDEN,
+    RAFT_ALPN,
+    RecordReader,
+    decode_goodbye,
+)
 
-from .conftest import TLS_CALLERS, WRONG_HOST, Caller, CallerPool
+from .conftest import TLS_CALLERS, Caller, CallerPool
 
 OPEN, TRUSTED = Access.OPEN, Access.TRUSTED
 U, N, P, X = ListenerKind.UNIX, ListenerKind.CORE, ListenerKind.PRE_INIT, ListenerKind.EXTRA
@@ -47,8 +51,8 @@ CORE_ALL = frozenset({U, N, P})
 UN = frozenset({U, N})
 
 #: ``(method, path pattern) -> (listeners it is mounted on, access)``. Rows for routes that
-#: are not mounted yet (join admission, heartbeats, the Raft websocket) are kept so that
-#: they are checked the moment they appear.
+#: are not mounted yet are kept so that they are checked the moment they appear. (The Raft
+#: channel is no HTTP route: see test_raft_channel_refuses_untrusted.)
 MATRIX: dict[tuple[str, str], tuple[frozenset[ListenerKind], Access]] = {
     # /core/control: the control socket only
     ("POST", "/core/control"): (frozenset({U}), TRUSTED),
@@ -67,7 +71,6 @@ MATRIX: dict[tuple[str, str], tuple[frozenset[ListenerKind], Access]] = {
     ("POST", "/core/internal/heartbeat"): (UN, TRUSTED),  # unlike microcluster
     ("POST", "/core/internal/cluster-certificate"): (UN, TRUSTED),  # rotation steps
     ("GET", "/core/internal/cluster-certificate"): (UN, TRUSTED),  # missed rotations
-    ("GET", "/core/internal/raft"): (frozenset({N}), TRUSTED),  # websocket upgrade
     # /core/1.0
     ("GET", "/core/1.0"): (CORE_ALL, OPEN),
     ("GET", "/core/1.0/ready"): (CORE_ALL, TRUSTED),
@@ -307,8 +310,6 @@ async def test_access_matrix(cluster: Cluster, stranger_pair: CertKeyPair) -> No
             for target in targets(cluster):
                 ctx, app = cluster.recorded.of(target.member, target.kind)[-1]
                 for method, pattern in sorted(enumerate_routes(ctx, app)):
-                    if _is_websocket(app, pattern):
-                        continue  # see test_raft_websocket_refuses_untrusted
                     for caller in target.callers:
                         allowed = (
                             MATRIX[(method, pattern)][1] is OPEN or caller in target.trusted_callers
@@ -330,10 +331,6 @@ async def test_access_matrix(cluster: Cluster, stranger_pair: CertKeyPair) -> No
             assert status == 200, body
 
 
-def _is_websocket(app: Any, pattern: str) -> bool:
-    return any(r.websocket and r.rule == pattern for r in app.url_map.iter_rules())
-
-
 def _app_key(method: str, pattern: str) -> str | None:
     return {
         ("GET", "/1.0/hello"): "hello",
@@ -348,68 +345,48 @@ def _before_init(target: Target) -> bool:
     return target.member.address == ""
 
 
-async def probe_websocket(
-    address: str, pinned: bytes, pair: CertKeyPair | None, host_header: str
-) -> int:
-    """Open a websocket to ``RAFT_PATH``: 101 if accepted, else the refusal's status."""
+async def probe_raft_channel(address: str, pinned: bytes, pair: CertKeyPair | None) -> str:
+    """Dial the Raft channel (ALPN ``RAFT_ALPN``): "welcome", "forbidden", or what else the
+    listener answered first."""
     host, _, port = address.rpartition(":")
     tcp = await trio.open_tcp_stream(host, int(port))
-    stream = trio.SSLStream(
-        tcp, client_ssl_context(pair, pinned), server_hostname=pinned_server_name(pinned)
-    )
+    context = client_ssl_context(pair, pinned)
+    context.set_alpn_protocols([RAFT_ALPN])
+    stream = trio.SSLStream(tcp, context, server_hostname=pinned_server_name(pinned))
     try:
-        async with trio.open_nursery() as nursery:
-            ws = await wrap_client_stream(nursery, stream, host_header, RAFT_PATH)
-            await ws.aclose()
-            return 101
-    except ConnectionRejected as exc:
-        return int(exc.status_code)
-    except BaseExceptionGroup as group:  # raised by the connection's reader task
-        rejected, _ = group.split(ConnectionRejected)
-        if rejected is None:
-            raise
-        leaf = rejected.exceptions[0]
-        while isinstance(leaf, BaseExceptionGroup):
-            leaf = leaf.exceptions[0]
-        assert isinstance(leaf, ConnectionRejected)
-        return int(leaf.status_code)
+        await stream.do_handshake()
+        assert stream.selected_alpn_protocol() == RAFT_ALPN
+        reader = RecordReader(1024)
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                return "closed"
+            for record in reader.feed(data):
+                if not record:
+                    return "welcome"
+                code, reason = decode_goodbye(record)
+                return "forbidden" if code == GOODBYE_FORBIDDEN else f"goodbye {code}: {reason}"
     finally:
         await trio.aclose_forcefully(stream)
 
 
-async def test_raft_websocket_refuses_untrusted(
-    cluster: Cluster, stranger_pair: CertKeyPair
-) -> None:
-    """The Raft channel (a websocket on the core listener) accepts trusted members only.
-
-    Until the daemon mounts the real route, a stand-in websocket is mounted at the same path
-    on the daemon's core app: the router's guard, which runs before any websocket handler,
-    is what is tested then; once the real route is there, it is probed as it is."""
+async def test_raft_channel_refuses_untrusted(cluster: Cluster, stranger_pair: CertKeyPair) -> None:
+    """The Raft channel (ALPN ``RAFT_ALPN`` on the core listener, no HTTP) accepts trusted
+    members only: a truststore certificate within its validity. It has no Host header, so
+    the wrong-Host caller is just a trusted certificate there."""
     member = cluster.member
-    _, app = cluster.recorded.of(member, N)[-1]
-    if not any(r.websocket and r.rule == RAFT_PATH for r in app.url_map.iter_rules()):
-
-        async def stand_in() -> None:
-            await websocket.accept()
-
-        app.add_websocket(RAFT_PATH, "raft_stand_in", stand_in)
-    trusted = member.server_pair()
     pairs: dict[Caller, CertKeyPair | None] = {
-        Caller.TRUSTED: trusted,
+        Caller.TRUSTED: member.server_pair(),
         Caller.UNKNOWN: stranger_pair,
         Caller.NO_CERT: None,
         Caller.EXPIRED: cluster.expired,
-        Caller.WRONG_HOST: trusted,
     }
     answers = {}
     with trio.fail_after(CEILING):
         for caller, pair in pairs.items():
-            host = WRONG_HOST if caller is Caller.WRONG_HOST else member.address
-            answers[caller] = await probe_websocket(
-                member.address, member.cluster_cert(), pair, host
-            )
-    assert answers.pop(Caller.TRUSTED) == 101
-    assert answers == {caller: 403 for caller in answers}, answers
+            answers[caller] = await probe_raft_channel(member.address, member.cluster_cert(), pair)
+    assert answers.pop(Caller.TRUSTED) == "welcome"
+    assert answers == {caller: "forbidden" for caller in answers}, answers
 
 
 def test_core_policy_overrides_allow_untrusted(caplog: pytest.LogCaptureFixture) -> None:
