@@ -4,15 +4,17 @@ and the Raft committer of the replicated database (DESIGN.md sections 1-3).
 Public names for the layers above:
 
 * :class:`RaftReplication` - one member's replication (storage + transport + driver);
-  ``Database(committer_factory=replication.committer_factory)``, mount
-  ``add_raft_route(app, replication.transport)`` on the core listener, then
+  ``Database(committer_factory=replication.committer_factory)``, serve
+  ``{RAFT_ALPN: replication.transport.serve_stream}`` as the core listener's
+  ``stream_handlers`` (its context offering ``CORE_ALPN_PROTOCOLS``), then
   ``await nursery.start(replication.run)`` after ``db.run``. Membership hooks:
   ``add_member``, ``promote``, ``demote``, ``remove_member``, ``transfer_leadership``,
   ``leader()``, ``status()``, ``set_address``.
 * :class:`RaftCommitter`, :class:`CommitterConfig` - the database's Committer.
 * :class:`RaftDriver`, :class:`DriverConfig` - the Ready loop.
 * :func:`node_id_for` - a member's stable Raft id from its name.
-* :func:`add_raft_route`, :class:`Transport`, :class:`TransportConfig`, :class:`Faults`.
+* :data:`RAFT_ALPN`, :data:`CORE_ALPN_PROTOCOLS`, :class:`Transport`,
+  :class:`TransportConfig`, :class:`Faults`.
 * :class:`LogStore`, :class:`AsyncLogStore`, :func:`open_log_store`.
 """
 
@@ -30,15 +32,16 @@ from ._raftdb import open_member_replication as open_member_replication
 from ._storage import AsyncLogStore as AsyncLogStore
 from ._storage import LogStore as LogStore
 from ._storage import open_log_store as open_log_store
-from ._transport import RAFT_PATH as RAFT_PATH
+from ._transport import CORE_ALPN_PROTOCOLS as CORE_ALPN_PROTOCOLS
+from ._transport import RAFT_ALPN as RAFT_ALPN
 from ._transport import Transport as Transport
 from ._transport import TransportConfig as TransportConfig
-from ._transport import add_raft_route as add_raft_route
 from ._wire import WIRE_CODEC as WIRE_CODEC
 from ._wire import Wire as Wire
 
 __all__ = [
-    "RAFT_PATH",
+    "CORE_ALPN_PROTOCOLS",
+    "RAFT_ALPN",
     "WIRE_CODEC",
     "AsyncLogStore",
     "CommitterConfig",
@@ -52,7 +55,6 @@ __all__ = [
     "Transport",
     "TransportConfig",
     "Wire",
-    "add_raft_route",
     "node_id_for",
     "open_log_store",
     "open_member_replication",

@@ -4,8 +4,8 @@ Theory of operation
 -------------------
 
 :class:`RaftReplication` owns one member's Raft pieces: the durable log store (``<state>/
-database/raft/``), the peer :class:`~._transport.Transport` (mount its websocket route on the
-core listener with ``add_raft_route(app, replication.transport)``) and the
+database/raft/``), the peer :class:`~._transport.Transport` (the core listener hands it the
+connections that negotiate ``RAFT_ALPN``: ``stream_handlers={RAFT_ALPN: transport.serve_stream}``) and the
 :class:`~._driver.RaftDriver`. The :class:`~microtrio._db.Database` is built with
 ``committer_factory=replication.committer_factory``: that is where the driver meets the
 database's :class:`~microtrio._db.Applier`. Then ``await nursery.start(db.run)`` and
