@@ -15,7 +15,7 @@ additional servers on ``PUT /core/1.0/daemon/servers``).
   after PreInit rolls back: PreRemove(force) and an in-process reset to a fresh daemon.
 * The database is built in ONE place (:meth:`open_database`): replicated through Raft by the
   member's :class:`~._membership.MemberCluster`, which also runs admission, removal,
-  heartbeats and roles. The core listener carries the Raft websocket route.
+  heartbeats and roles. The core listener carries the Raft channel (ALPN ``RAFT_ALPN``).
 * An initialised member restarts with its state: same listeners, database opened again.
 * Stop (signal handled by the CLI, ``POST /core/control/shutdown``, or :meth:`shutdown`):
   new requests get 503, the database closes, listeners drain under ``drain_timeout``, then the
@@ -64,9 +64,9 @@ from ._errors import (
 from ._hooks import HookRunner, HookType
 from ._join import initialise_member
 from ._log import member_context
-from ._membership import MemberCluster, RaftRouteProxy
+from ._membership import MemberCluster, RaftChannelProxy
 from ._metrics import MetricsRegistry
-from ._replication import DriverConfig, add_raft_route, node_id_for
+from ._replication import CORE_ALPN_PROTOCOLS, RAFT_ALPN, DriverConfig, node_id_for
 from ._replication._metrics import install_raft_metrics
 from ._replication_state import ReplicationState, replication_state
 from ._state import DaemonConfig, ServerConfig, StateDir
@@ -101,7 +101,7 @@ class Daemon:
         )
         self._db: Database | None = None
         self._cluster: MemberCluster | None = None
-        self._raft_route = RaftRouteProxy()
+        self._raft_route = RaftChannelProxy()
         self._reset_lock = trio.Lock()
         self._db_closed = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -324,7 +324,7 @@ class Daemon:
         # The Host check compares with the bound address (known once bound: port 0 works).
         app = build_app(self._context(kind, resources, running))
         if kind is ListenerKind.CORE:
-            add_raft_route(app, self._raft_route)  # type: ignore[arg-type]  # a proxy
+            kwargs["stream_handlers"] = {RAFT_ALPN: self._raft_route.serve_stream}
         await serve_tcp(
             app,
             address,
@@ -344,7 +344,9 @@ class Daemon:
         if not crt.exists():
             crt, key = self._dir.server_crt, self._dir.server_key
         pair = await trio.to_thread.run_sync(load_cert_key_pair, crt, key)
-        holder = await trio.to_thread.run_sync(SSLContextHolder, pair)
+        holder = await trio.to_thread.run_sync(
+            partial(SSLContextHolder, pair, alpn_protocols=CORE_ALPN_PROTOCOLS)
+        )
         resources = [*self._cluster_routes(), internal_resources(), public_resources()]
         resources += self._app_resources(unix=False)
         return await self._start_listener(
