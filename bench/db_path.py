@@ -9,7 +9,8 @@ websockets on 127.0.0.1, durable log with fdatasync, APSW) with the production
 (after a 1 s warm-up) on the chosen members. Prints ops/s, p50/p99 latency, the process CPU
 per operation (all three members together: ``time.process_time``, so a busy shared machine
 inflates wall-clock figures much more than this one) and how many worker-thread hand-offs
-(``trio.to_thread.run_sync`` calls, all members) each operation cost.
+(``trio.to_thread.run_sync`` calls, all members) and how many Raft-channel messages (all
+members, by type) each operation cost.
 """
 
 from __future__ import annotations
@@ -34,8 +35,24 @@ sys.path.insert(0, str(ROOT))
 from _raft_cluster import Member, open_cluster  # noqa: E402
 
 from microtrio._replication import DriverConfig  # noqa: E402
+from microtrio._replication._transport import Transport  # noqa: E402
 
 _hops = 0
+_messages: dict[str, int] = {}
+
+
+def _count_messages() -> None:
+    """Count every message the members hand to their transports, by type."""
+    original = Transport.send
+
+    def counted(self: Any, messages: Any) -> None:
+        messages = list(messages)
+        for msg in messages:
+            kind = type(msg).__name__
+            _messages[kind] = _messages.get(kind, 0) + 1
+        original(self, messages)
+
+    Transport.send = counted  # type: ignore[method-assign]
 
 
 def _count_hops() -> None:
@@ -118,6 +135,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 prof = cProfile.Profile() if args.profile else None
                 if prof is not None:
                     prof.enable()
+                msgs0 = dict(_messages)
                 hops0, cpu0, wall0 = _hops, time.process_time(), time.perf_counter()
                 await trio.sleep(args.duration)
                 if prof is not None:
@@ -125,6 +143,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     stats = pstats.Stats(prof, stream=sys.stderr)
                     stats.sort_stats(args.profile).print_stats(40)
                 ops = len(latencies)
+                msgs = {k: v - msgs0.get(k, 0) for k, v in _messages.items()}
                 hops, cpu, wall = (
                     _hops - hops0,
                     time.process_time() - cpu0,
@@ -144,6 +163,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_ms_per_op": round(cpu * 1000 / max(ops, 1), 3),
         "cpu_pct": round(100 * cpu / wall, 1),
         "thread_hops_per_op": round(hops / max(ops, 1), 2),
+        "messages_per_op": round(sum(msgs.values()) / max(ops, 1), 2),
+        "messages_by_type": {k: round(v / max(ops, 1), 2) for k, v in sorted(msgs.items()) if v},
         "errors": counters["errors"],
         "error_kinds": kinds,
     }
@@ -164,6 +185,7 @@ def main() -> None:
     )
     args = p.parse_args()
     _count_hops()
+    _count_messages()
     print(json.dumps(trio.run(run, args)))
 
 

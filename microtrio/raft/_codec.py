@@ -23,6 +23,7 @@ Schema version 1, all integers big-endian and unsigned::
     11 TimeoutNow     (empty)
     12 ReadIndex      bytes
     13 ReadIndexResp  index:u64 bytes
+    14 AppNoAck       as App (an App with ``ack=False``: answered only when it mismatches)
 
 Decoding rejects unknown versions and kinds, truncated input and trailing bytes with
 :class:`CodecError`. A CONF_CHANGE entry's data is ``version:u8 conf`` (see
@@ -163,7 +164,7 @@ def _body(out: bytearray, msg: Message) -> int:
         case MsgApp():
             out += _Q3.pack(msg.prev_index, msg.prev_term, msg.commit)
             _entries(out, msg.entries)
-            return 1
+            return 1 if msg.ack else 14
         case MsgAppResp():
             out += _U64.pack(msg.index) + _U8.pack(msg.reject)
             out += _Q2.pack(msg.reject_hint, msg.log_term)
@@ -224,6 +225,12 @@ def _d_app(r: _Reader, s: int, d: int, t: int) -> Message:
     return MsgApp(s, d, t, prev_index, prev_term, entries, commit)
 
 
+def _d_app_no_ack(r: _Reader, s: int, d: int, t: int) -> Message:
+    app = _d_app(r, s, d, t)
+    assert isinstance(app, MsgApp)
+    return MsgApp(s, d, t, app.prev_index, app.prev_term, app.entries, app.commit, ack=False)
+
+
 def _d_app_resp(r: _Reader, s: int, d: int, t: int) -> Message:
     index = r.u64()
     reject = r.flag()
@@ -277,6 +284,7 @@ _DECODERS: dict[int, Callable[[_Reader, int, int, int], Message]] = {
     11: lambda r, s, d, t: MsgTimeoutNow(s, d, t),
     12: lambda r, s, d, t: MsgReadIndex(s, d, t, r.raw()),
     13: _d_read_resp,
+    14: _d_app_no_ack,
 }
 
 

@@ -32,7 +32,12 @@ __all__ = [
 @final
 @dataclass(frozen=True, slots=True)
 class MsgApp:
-    """AppendEntries: ``entries`` follow (prev_index, prev_term); leader's commit index."""
+    """AppendEntries: ``entries`` follow (prev_index, prev_term); leader's commit index.
+
+    ``ack=False`` (only on an append without entries that the leader sends to move a
+    replicating follower's commit index) asks for no answer when it matches: the leader
+    learns nothing from that answer (its flow control counts only appends with entries).
+    A mismatch is always answered."""
 
     src: int
     dst: int
@@ -41,6 +46,7 @@ class MsgApp:
     prev_term: int
     entries: tuple[Entry, ...]
     commit: int
+    ack: bool = True
 
 
 @final

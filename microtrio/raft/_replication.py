@@ -89,16 +89,21 @@ class Replication:
         commit = self._log.committed
         for node, pr in self.prs.items():
             if node != self.id:
-                self._send_appends(node, pr, pr.sent_commit < commit)
+                self._send_appends(node, pr, pr.sent_commit < commit, commit_only=True)
 
-    def _send_appends(self, to: int, pr: Progress, allow_empty: bool = False) -> None:
-        """Send as many appends as flow control allows (one when probing)."""
-        sent = self._send_append(to, pr, allow_empty)
+    def _send_appends(
+        self, to: int, pr: Progress, allow_empty: bool = False, *, commit_only: bool = False
+    ) -> None:
+        """Send as many appends as flow control allows (one when probing). ``commit_only``:
+        an empty append would only carry a new commit index (no loss recovery, no probe)."""
+        sent = self._send_append(to, pr, allow_empty, commit_only)
         last = self._log.last_index
         while sent and pr.state is ProgressState.REPLICATE and pr.next <= last:
             sent = self._send_append(to, pr, False)
 
-    def _send_append(self, to: int, pr: Progress, allow_empty: bool) -> bool:
+    def _send_append(
+        self, to: int, pr: Progress, allow_empty: bool, commit_only: bool = False
+    ) -> bool:
         if pr.is_paused():
             return False
         log = self._log
@@ -110,7 +115,17 @@ class Replication:
         if nxt > last:
             if pr.state is ProgressState.REPLICATE and not allow_empty:
                 return False
-            self._msgs.append(MsgApp(self.id, to, self.term, nxt - 1, prev_term, (), log.committed))
+            # A replicating follower's answer to an append that only moves its commit
+            # index tells us nothing: it takes no slot of flow control (sent_entries below
+            # records nothing in REPLICATE), its match is what it acknowledged already or
+            # what its in-flight appends will acknowledge, and liveness (check_quorum,
+            # leases, read rounds) counts heartbeat answers. So it is not asked for. A
+            # mismatch (an earlier append was lost) is still answered, and heartbeat
+            # answers re-send appends to a follower that lags. Probes always want one.
+            ack = not (commit_only and pr.state is ProgressState.REPLICATE)
+            self._msgs.append(
+                MsgApp(self.id, to, self.term, nxt - 1, prev_term, (), log.committed, ack)
+            )
             pr.sent_entries(nxt - 1)
             pr.sent_commit = log.committed
             return True
@@ -177,7 +192,7 @@ class Replication:
             if m.src == self.lead_transferee and pr.match == self._log.last_index:
                 self._msgs.append(MsgTimeoutNow(self.id, m.src, self.term))
                 self._block_lease()
-        self._send_appends(m.src, pr, pr.sent_commit < self._log.committed)
+        self._send_appends(m.src, pr, pr.sent_commit < self._log.committed, commit_only=True)
 
     def _handle_heartbeat_resp(self, m: MsgHeartbeatResp) -> None:
         pr = self.prs.get(m.src)
@@ -302,7 +317,8 @@ class Replication:
         if last_new >= 0:
             if first_written is not None:
                 self._on_follower_append(first_written)
-            self._msgs.append(MsgAppResp(self.id, m.src, self.term, last_new))
+            if m.ack or m.entries:
+                self._msgs.append(MsgAppResp(self.id, m.src, self.term, last_new))
             return
         hint = log.find_conflict_by_term(min(m.prev_index, log.last_index), m.prev_term)
         hint_term = log.term(hint) or 0
