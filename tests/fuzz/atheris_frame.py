@@ -1,7 +1,6 @@
 """Atheris harness: the Raft transport frame and the messages inside it.
 
-What the inbound websocket handler does with each binary message: decode the frame, then
-every payload. Only ProtocolError (CodecError is one) may come out. Run it with
+What the inbound Raft channel does with each record: decode the frame, then every payload. Only ProtocolError (CodecError is one) may come out. Run it with
 ``python -m tests.fuzz._atheris frame`` (see tests/fuzz/_atheris.py).
 """
 
