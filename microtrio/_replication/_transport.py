@@ -81,7 +81,7 @@ import random
 import ssl
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final, Generic, final
+from typing import Any, Generic, final
 
 import trio
 
@@ -113,11 +113,21 @@ from ._frames import (
     WireCodec,
     client_certificates,
     decode_frame,
-    decode_goodbye,
     encode_frame,
-    encode_goodbye,
     encode_record,
     parse_address,
+)
+from ._links import (
+    RECEIVE_SIZE,
+    Inbound,
+    Link,
+    goodbye_error,
+    leaves,
+    map_link_error,
+    raft_client_context,
+    refuse_stream,
+    remote_address,
+    wait_welcome,
 )
 
 __all__ = [
@@ -139,12 +149,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("microtrio.replication.transport")
-
-#: How much one read of a stream asks for.
-_RECEIVE_SIZE: Final = 64 * 1024
-#: How long a closing receiver keeps reading (and discarding) after its goodbye, so the
-#: goodbye is not lost to a reset caused by unread data.
-_GOODBYE_LINGER: Final = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,7 +267,7 @@ class Transport(Generic[M]):
         self.config = config if config is not None else TransportConfig()
         self.is_trusted = is_trusted
         self._codec = codec
-        self._ssl_context = _raft_client_context(ssl_context)
+        self._ssl_context = raft_client_context(ssl_context)
         self._server_hostname = self.config.server_hostname
         self._faults = faults
         if faults is not None:
@@ -351,7 +355,7 @@ class Transport(Generic[M]):
     def set_client_tls(self, ssl_context: ssl.SSLContext, server_hostname: str | None) -> None:
         """Use a new client context (e.g. a new cluster certificate) for later dials (its
         ALPN list is set to the Raft protocol)."""
-        self._ssl_context = _raft_client_context(ssl_context)
+        self._ssl_context = raft_client_context(ssl_context)
         self._server_hostname = server_hostname
 
     def peers(self) -> dict[int, str]:
@@ -452,19 +456,19 @@ class Transport(Generic[M]):
                 reader = RecordReader(GOODBYE_MAX_SIZE)
                 with trio.fail_after(self.config.connect_timeout):
                     stream = await self._open_tls(host, port)
-                    await _wait_welcome(stream, reader)
-                link = _Link(stream, reader)
+                    await wait_welcome(stream, reader)
+                link = Link(stream, reader)
                 peer.connected, peer.failures = True, 0
                 logger.debug("%s: raft link to %d connected", self._name, peer.node_id)
                 nursery.start_soon(self._watch, link)
                 nursery.start_soon(self._keepalive, link)
                 await self._pump(peer, link)
         except BaseException as exc:
-            mapped = _map_link_error(exc)
+            mapped = map_link_error(exc)
             if mapped is None:
                 raise
             # Our own errors (from the watcher or keepalive) are raised as they are.
-            raise mapped from (None if mapped in _leaves(exc) else exc)
+            raise mapped from (None if mapped in leaves(exc) else exc)
         finally:
             peer.connected = False
             if stream is not None:
@@ -489,19 +493,19 @@ class Transport(Generic[M]):
         return stream
 
     @staticmethod
-    async def _watch(link: _Link) -> None:
+    async def _watch(link: Link) -> None:
         # The receiver only ever sends pongs, and a goodbye before it closes: read them,
         # so a close is noticed at once even when there is nothing to send.
         while True:
-            data = await link.stream.receive_some(_RECEIVE_SIZE)
+            data = await link.stream.receive_some(RECEIVE_SIZE)
             if not data:
                 raise UnavailableError("closed by the peer")
             for record in link.reader.feed(data):
                 if record:
-                    raise _goodbye_error(record)
+                    raise goodbye_error(record)
                 link.pong.set()
 
-    async def _keepalive(self, link: _Link) -> None:
+    async def _keepalive(self, link: Link) -> None:
         while True:
             await trio.sleep(self.config.ping_interval)
             link.pong = trio.Event()
@@ -511,7 +515,7 @@ class Transport(Generic[M]):
                 continue
             raise UnavailableError(f"no pong within {self.config.ping_timeout} s")
 
-    async def _pump(self, peer: _Peer[M], link: _Link) -> None:
+    async def _pump(self, peer: _Peer[M], link: Link) -> None:
         while True:
             payloads = await self._next_batch(peer)
             try:
@@ -584,7 +588,9 @@ class Transport(Generic[M]):
         if not any(self.is_trusted(der) for der in certificates):
             self._refused += 1
             logger.warning(
-                "%s: refused raft peer %s: no trusted certificate", self._name, _remote(stream)
+                "%s: refused raft peer %s: no trusted certificate",
+                self._name,
+                remote_address(stream),
             )
             await refuse_stream(stream, GOODBYE_FORBIDDEN, "no trusted client certificate")
             return
@@ -616,13 +622,13 @@ class Transport(Generic[M]):
         with trio.CancelScope() as scope:
             self._inbound[scope] = tuple(certificates)
             try:
-                await self._receive_frames(_Inbound(stream))
+                await self._receive_frames(Inbound(stream))
             except* (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass  # the link broke, or the inbound channel closed under us (shutdown)
             finally:
                 del self._inbound[scope]
 
-    async def _receive_frames(self, link: _Inbound) -> None:
+    async def _receive_frames(self, link: Inbound) -> None:
         async with trio.open_nursery() as nursery:
             delayed = None
             if self._faults is not None:
@@ -640,7 +646,7 @@ class Transport(Generic[M]):
                         await self._receive_loop(link, delayed)
                 reading.cancel_scope.cancel()
 
-    async def _watch_idle(self, link: _Inbound, reading: trio.CancelScope) -> None:
+    async def _watch_idle(self, link: Inbound, reading: trio.CancelScope) -> None:
         # A read counter checked once per period costs the receive path nothing; a
         # connection is closed after one to two periods of silence.
         period = self.config.idle_timeout
@@ -652,7 +658,7 @@ class Transport(Generic[M]):
                 logger.info(
                     "%s: raft connection from %s silent for %.0f s, closed",
                     self._name,
-                    _remote(link.stream),
+                    remote_address(link.stream),
                     period,
                 )
                 reading.cancel()
@@ -660,13 +666,13 @@ class Transport(Generic[M]):
 
     async def _receive_loop(
         self,
-        link: _Inbound,
+        link: Inbound,
         delayed: trio.MemorySendChannel[tuple[float, int, list[M]]] | None,
     ) -> None:
         stream = link.stream
         reader = RecordReader(self.config.max_frame_size)
         while True:
-            data = await stream.receive_some(_RECEIVE_SIZE)
+            data = await stream.receive_some(RECEIVE_SIZE)
             if not data:
                 return  # the sender closed its side
             link.reads += 1
@@ -692,7 +698,7 @@ class Transport(Generic[M]):
     async def _refuse(self, stream: trio.abc.Stream, code: int, reason: str) -> None:
         self._protocol_errors += 1
         logger.warning(
-            "%s: raft connection from %s dropped: %s", self._name, _remote(stream), reason
+            "%s: raft connection from %s dropped: %s", self._name, remote_address(stream), reason
         )
         await refuse_stream(stream, code, reason)
 
@@ -752,129 +758,8 @@ class Transport(Generic[M]):
         return kept
 
 
-# -- one connection -------------------------------------------------------------
-
-
-class _Link:
-    """An outbound connection: its stream and the reader of what the receiver sends, the
-    lock shared by the two writers (the pump and the keepalive), and the event the watcher
-    sets when a pong arrives."""
-
-    __slots__ = ("lock", "pong", "reader", "stream")
-
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream], reader: RecordReader) -> None:
-        self.stream = stream
-        self.reader = reader
-        self.lock = trio.StrictFIFOLock()
-        self.pong = trio.Event()
-
-    async def send(self, data: bytes) -> None:
-        # Taken without a checkpoint when free (nearly always): send_all checkpoints.
-        try:
-            self.lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.lock.acquire()
-        try:
-            await self.stream.send_all(data)
-        finally:
-            self.lock.release()
-
-
-class _Inbound:
-    """An inbound connection: its stream and how many reads it has had (idle check)."""
-
-    __slots__ = ("reads", "stream")
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.reads = 0
-
-
 class _Refusal(Exception):
     def __init__(self, code: int, reason: str) -> None:
         super().__init__(reason)
         self.code = code
         self.reason = reason
-
-
-async def refuse_stream(stream: trio.abc.Stream, code: int, reason: str) -> None:
-    """Say goodbye (``code``, ``reason``) on a Raft channel connection before it is closed,
-    then read and discard what the client still sends until it closes (at most a second):
-    closing a socket with unread data resets the connection, and could lose the goodbye."""
-    with trio.move_on_after(_GOODBYE_LINGER):
-        try:
-            await stream.send_all(encode_goodbye(code, reason))
-            while await stream.receive_some(_RECEIVE_SIZE):
-                pass
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-
-
-def _remote(stream: trio.abc.Stream) -> str:
-    """The remote address of a stream, for log lines."""
-    try:
-        host, port = stream.transport_stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
-    except (AttributeError, OSError):
-        return "?"
-    return f"{host}:{port}"
-
-
-def _raft_client_context(context: ssl.SSLContext) -> ssl.SSLContext:
-    context.set_alpn_protocols([RAFT_ALPN])
-    return context
-
-
-async def _wait_welcome(stream: trio.abc.Stream, reader: RecordReader) -> None:
-    """The receiver's first record says whether it accepted us: empty (welcome), or a
-    goodbye. Nothing is sent before it, so a refused sender loses nothing."""
-    while True:
-        data = await stream.receive_some(_RECEIVE_SIZE)
-        if not data:
-            raise UnavailableError("closed by the peer before accepting the raft channel")
-        records = reader.feed(data)
-        if records:
-            if records[0]:
-                raise _goodbye_error(records[0])
-            return
-
-
-def _goodbye_error(record: bytes) -> MicrotrioError:
-    code, reason = decode_goodbye(record)
-    if code == GOODBYE_FORBIDDEN:
-        return ForbiddenError(f"the peer does not trust our certificate: {reason}")
-    if code == GOODBYE_GOING_AWAY:
-        return UnavailableError(f"the peer closed the raft channel: {reason}")
-    return ProtocolError(f"the peer closed the raft channel: {reason}")
-
-
-# -- error mapping at the seam -----------------------------------------------
-
-
-_LINK_ERRORS: Final = (
-    OSError,
-    trio.TooSlowError,
-    trio.BrokenResourceError,
-    trio.ClosedResourceError,
-    MicrotrioError,
-)
-
-
-def _leaves(exc: BaseException) -> Iterable[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            yield from _leaves(sub)
-    else:
-        yield exc
-
-
-def _map_link_error(exc: BaseException) -> MicrotrioError | None:
-    """Our error for a failed link, or None when ``exc`` is not a link failure."""
-    leaves = list(_leaves(exc))
-    if not leaves or not all(isinstance(leaf, _LINK_ERRORS) for leaf in leaves):
-        return None
-    first = leaves[0]
-    if isinstance(first, MicrotrioError):
-        return first
-    if isinstance(first, trio.TooSlowError):
-        return UnavailableError("connect timed out")
-    return UnavailableError(f"link failed: {first!r}")
