@@ -153,6 +153,11 @@ class Applier:
         finally:
             self._limiter.release_on_behalf_of(self)
 
+    def run_inline(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
+        """Run short, bounded ``fn`` on the event loop if the writer connection is free
+        (no thread hand-off); (False, None) when it is busy (use :meth:`run_sync`)."""
+        return self._run_inline(fn)
+
     @property
     def applied_index(self) -> int:
         """Index of the last applied entry."""

@@ -38,7 +38,15 @@ from ._apply import read_applied
 from ._payload import Op, OpKind, WriteBatch
 from ._sql import QUERY_PRAGMAS
 
-__all__ = ["PRIVATE_TABLES", "TxnOutcome", "drain", "execute_batch", "rollback"]
+__all__ = [
+    "BUDGET_EVERY",
+    "PRIVATE_TABLES",
+    "StepBudget",
+    "TxnOutcome",
+    "drain",
+    "execute_batch",
+    "rollback",
+]
 
 logger = logging.getLogger("microtrio.db")
 
@@ -221,8 +229,46 @@ def _sequences(conn: apsw.Connection) -> dict[str, int]:
     return {str(n): int(s) for n, s in conn.execute("SELECT name, seq FROM sqlite_sequence")}
 
 
+class _OverBudget(Exception):
+    """A :class:`StepBudget` ran out: the batch stops (SQLite rolled it back)."""
+
+
+#: Progress-handler granularity of a :class:`StepBudget` (SQLite VM steps; ~5 us here).
+BUDGET_EVERY = 1000
+
+
+class StepBudget:
+    """A bound on the SQLite work of client functions run on the event loop.
+
+    Install :meth:`progress` as the connection's progress handler (called every
+    :data:`BUDGET_EVERY` virtual-machine steps) and pass the budget to
+    :func:`execute_batch`: the statements of client functions (and only those: never the
+    savepoint bookkeeping or the final rollback) are interrupted once ``steps`` are spent,
+    and :attr:`exceeded` tells the caller to throw the batch's results away and run it
+    again where it may take its time (a worker thread). Everything is rolled back anyway.
+    """
+
+    __slots__ = ("armed", "exceeded", "left")
+
+    def __init__(self, steps: int) -> None:
+        self.left = steps // BUDGET_EVERY
+        self.armed = False
+        self.exceeded = False
+
+    def progress(self) -> bool:
+        if not self.armed:
+            return False
+        self.left -= 1
+        if self.left < 0:
+            self.exceeded = True
+        return self.exceeded
+
+
 def _run_one(
-    conn: apsw.Connection, fn: Callable[[apsw.Connection], Any], seqs: dict[str, int]
+    conn: apsw.Connection,
+    fn: Callable[[apsw.Connection], Any],
+    seqs: dict[str, int],
+    budget: StepBudget | None = None,
 ) -> tuple[TxnOutcome, list[Op]]:
     recorder = _Recorder(conn)
     conn.execute(f"SAVEPOINT {_SAVEPOINT}")
@@ -230,12 +276,24 @@ def _run_one(
     conn.exec_trace = recorder.exec_trace
     try:
         recorder.start()
-        value = drain(fn(conn))
+        if budget is None:
+            value = drain(fn(conn))
+        else:
+            budget.armed = True
+            try:
+                value = drain(fn(conn))
+            finally:
+                budget.armed = False
+            if budget.exceeded:
+                raise _OverBudget
         recorder.finish()
     except Exception as exc:
         conn.exec_trace = None
         conn.authorizer = None
         recorder.discard()
+        if budget is not None and budget.exceeded:
+            # SQLite rolled the whole transaction back when it interrupted a statement
+            raise _OverBudget from exc
         conn.execute(f"ROLLBACK TO {_SAVEPOINT}; RELEASE {_SAVEPOINT}")
         return TxnOutcome(error=exc), []
     finally:
@@ -253,13 +311,17 @@ def _run_one(
 
 
 def execute_batch(
-    conn: apsw.Connection, fns: Sequence[Callable[[apsw.Connection], Any]]
+    conn: apsw.Connection,
+    fns: Sequence[Callable[[apsw.Connection], Any]],
+    budget: StepBudget | None = None,
 ) -> tuple[list[TxnOutcome], WriteBatch]:
     """Run ``fns`` as one batch on ``conn`` (blocking) and roll it all back.
 
     Returns each transaction's outcome and the captured effects of the successful
     ones, in order, stamped with the state they ran on (``changed_idx``).
-    Exceptions of a client function are returned, not raised.
+    Exceptions of a client function are returned, not raised. With a ``budget`` that
+    runs out, the batch stops early and its results are meaningless (see
+    :class:`StepBudget`).
     """
     outcomes: list[TxnOutcome] = []
     ops: list[Op] = []
@@ -268,7 +330,10 @@ def execute_batch(
         base_index = read_applied(conn).changed_index
         seqs = _sequences(conn)
         for fn in fns:
-            outcome, txn_ops = _run_one(conn, fn, seqs)
+            try:
+                outcome, txn_ops = _run_one(conn, fn, seqs, budget)
+            except _OverBudget:
+                break
             outcomes.append(outcome)
             ops.extend(txn_ops)
     finally:

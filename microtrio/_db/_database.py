@@ -34,10 +34,18 @@ from .._errors import (
     UnavailableError,
 )
 from ._apply import APPLIED_TABLE_SQL, Applier, DatabaseSnapshot
-from ._capture import PRIVATE_TABLES, TxnOutcome, drain, execute_batch, rollback
+from ._capture import (
+    BUDGET_EVERY,
+    PRIVATE_TABLES,
+    StepBudget,
+    TxnOutcome,
+    drain,
+    execute_batch,
+    rollback,
+)
 from ._committer import Committer, LocalCommitter
 from ._extensions import ExtensionRegistry
-from ._payload import encode_batch
+from ._payload import WriteBatch, encode_batch
 from ._schema import (
     INTERNAL_UPDATES,
     MemberVersions,
@@ -81,6 +89,11 @@ T = TypeVar("T")
 _MAX_ATTEMPTS = 64
 #: How long a reader waits for a lock (a worker thread; inline reads never wait).
 _READER_BUSY_MS = 10_000
+#: How long the writer waits for a lock (worker thread only: inline batches never wait).
+_WRITER_BUSY_MS = 10_000
+#: SQLite VM steps a write batch of statements may take on the event loop (~0.5 ms here);
+#: a batch that needs more is interrupted, thrown away and run in a worker thread.
+INLINE_BATCH_STEPS = 100_000
 #: How long a member waiting for others to upgrade sleeps between checks (reference 6.4).
 UPGRADE_RETRY_SECONDS = 30.0
 
@@ -88,22 +101,29 @@ UPGRADE_RETRY_SECONDS = 30.0
 @dataclass(frozen=True, slots=True)
 class DatabaseStatistics:
     """``commits``: write batches committed (attempts included); ``transactions``: client
-    transactions run by the writer; ``queued``: waiting for the writer."""
+    transactions run by the writer; ``queued``: waiting for the writer; ``inline_batches``:
+    write batches of statements run on the event loop (no thread hand-off)."""
 
     commits: int
     transactions: int
     queued: int
     applied_index: int
+    inline_batches: int = 0
 
 
 class _Request:
-    __slots__ = ("done", "fenced", "fn", "outcome")
+    __slots__ = ("done", "fenced", "fn", "inline", "outcome")
 
-    def __init__(self, fn: Callable[[apsw.Connection], Any], *, fenced: bool) -> None:
+    def __init__(
+        self, fn: Callable[[apsw.Connection], Any], *, fenced: bool, inline: bool = False
+    ) -> None:
         self.fn = fn
         #: A client transaction: acknowledged without a commit only on a state at least
         #: as new as a read index (internal start-up writes are not fenced).
         self.fenced = fenced
+        #: Pure SQL (statements): may run on the event loop under a step budget, and run
+        #: again in a thread if it exceeds it (no Python side effects to repeat).
+        self.inline = inline
         self.done = trio.Event()
         self.outcome: TxnOutcome | None = None
 
@@ -160,6 +180,8 @@ class Database:
         self._upgrade = trio.Event()
         self._commits = 0
         self._transactions = 0
+        #: Write batches that ran on the event loop (statistics, tests).
+        self._inline_batches = 0
 
     # -- status --------------------------------------------------------------------
     @property
@@ -187,6 +209,7 @@ class Database:
             transactions=self._transactions,
             queued=self._recv.statistics().current_buffer_used,
             applied_index=self._applier.applied_index if self._applier is not None else 0,
+            inline_batches=self._inline_batches,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -358,7 +381,9 @@ class Database:
         committer = self._get_committer()
         reply = await committer.execute_remote(encode_request(request.statements, request.flags))
         if reply is None:  # this member leads (or is alone): join the local writer's batch
-            return await self._submit(partial(run_request, request=request), fenced=True)
+            return await self._submit(
+                partial(run_request, request=request), fenced=True, inline=True
+            )
         return decode_reply(reply)
 
     async def _serve_remote(self, data: bytes) -> tuple[bytes, int]:
@@ -367,7 +392,9 @@ class Database:
         waits for before it answers (the state that includes this write)."""
         try:
             request = decode_request(data)
-            results = await self._submit(partial(run_request, request=request), fenced=True)
+            results = await self._submit(
+                partial(run_request, request=request), fenced=True, inline=True
+            )
             return encode_reply(results), self._get_applier().applied_index
         except MicrotrioError as exc:
             return encode_error_reply(exc), 0
@@ -426,7 +453,7 @@ class Database:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
             conn = apsw.Connection(str(self._path), statementcachesize=0)
-            conn.set_busy_timeout(10_000)
+            conn.set_busy_timeout(_WRITER_BUSY_MS)
             conn.pragma("journal_mode", "wal")
             conn.pragma("synchronous", "full")
             conn.pragma("foreign_keys", True)
@@ -468,10 +495,12 @@ class Database:
                 return
             request.resolve(TxnOutcome(error=DatabaseNotOpenError(str(self.status))))
 
-    async def _submit(self, fn: Callable[[apsw.Connection], T], *, fenced: bool = False) -> T:
+    async def _submit(
+        self, fn: Callable[[apsw.Connection], T], *, fenced: bool = False, inline: bool = False
+    ) -> T:
         if not self._running:
             raise DatabaseNotOpenError(str(self.status))
-        request = _Request(fn, fenced=fenced)
+        request = _Request(fn, fenced=fenced, inline=inline)
         try:
             await self._send.send(request)
         except trio.ClosedResourceError:
@@ -538,7 +567,12 @@ class Database:
                     outcomes = [TxnOutcome(error=exc)] * len(batch)
                     break
             try:
-                outcomes, write = await applier.run_sync(partial(execute_batch, conn, fns))
+                ran = None
+                if all(r.inline for r in batch):
+                    ran = self._execute_inline(applier, conn, fns)
+                if ran is None:
+                    ran = await applier.run_sync(partial(execute_batch, conn, fns))
+                outcomes, write = ran
             except apsw.Error as exc:
                 logger.error("%s: write batch failed: %s", self._member, exc, exc_info=True)
                 outcomes = [TxnOutcome(error=exc)] * len(batch)
@@ -563,6 +597,38 @@ class Database:
             outcomes = [o if o.error is not None else TxnOutcome(error=err) for o in outcomes]
         for request, outcome in zip(batch, outcomes, strict=True):
             request.resolve(outcome)
+
+    def _execute_inline(
+        self,
+        applier: Applier,
+        conn: apsw.Connection,
+        fns: Sequence[Callable[[apsw.Connection], Any]],
+    ) -> tuple[list[TxnOutcome], WriteBatch] | None:
+        """Run a batch of statement requests on the event loop, saving the thread hand-off
+        of a small batch; None when it must go to a worker thread: the writer is busy (an
+        apply or checkpoint there), the batch needed more than ``INLINE_BATCH_STEPS``, or
+        a lock was not free at once (inline never waits). Nothing of it stays: a batch is
+        always rolled back, and statements have no effect outside the database."""
+        budget = StepBudget(INLINE_BATCH_STEPS)
+
+        def run() -> tuple[list[TxnOutcome], WriteBatch] | None:
+            conn.set_progress_handler(budget.progress, BUDGET_EVERY)
+            conn.set_busy_timeout(0)
+            try:
+                return execute_batch(conn, fns, budget)
+            except apsw.BusyError:
+                return None
+            finally:
+                conn.set_progress_handler(None)
+                conn.set_busy_timeout(_WRITER_BUSY_MS)
+
+        done, ran = applier.run_inline(run)
+        if not done or ran is None or budget.exceeded:
+            return None
+        if any(isinstance(o.error, apsw.BusyError) for o in ran[0]):
+            return None  # a statement met a lock: let it wait for it in a thread
+        self._inline_batches += 1
+        return ran
 
     async def _run_patch(self) -> None:
         path = self._patch_path
