@@ -287,17 +287,25 @@ class RaftDriver:
         self._inbox_send.send_nowait(_Request(action, Reply()))
 
     async def forward(self, leader: int, data: bytes) -> ForwardResult:
-        """Send ``data`` to ``leader`` for proposing; wait for its answer (bound the wait)."""
-        self._check_running()
+        """Send ``data`` to ``leader`` for proposing; wait for its answer (bound the wait).
+        Raises :class:`UnavailableError` when ``leader`` is not (or stops being) the leader
+        this member knows before it answered: the outcome is then unknown."""
+        self._check_leader(leader)
         return await self._forwarding.forward(leader, data)
+
+    def _check_leader(self, leader: int) -> None:
+        self._check_running()
+        if self._leader != leader:
+            raise UnavailableError(f"{self._name}: {leader} is no longer the leader here")
 
     def serve_remote(self, handler: RemoteHandler) -> None:
         """Run statement requests forwarded by other members with ``handler`` (leader)."""
         self._forwarding.serve_remote(handler)
 
     async def execute_remote(self, leader: int, data: bytes) -> ExecuteResult:
-        """Send a statement request to ``leader``; wait for its answer (bound the wait)."""
-        self._check_running()
+        """Send a statement request to ``leader``; wait for its answer (bound the wait).
+        Raises :class:`UnavailableError` as :meth:`forward` does."""
+        self._check_leader(leader)
         return await self._forwarding.execute_remote(leader, data)
 
     async def read_index(self) -> int:
@@ -486,6 +494,8 @@ class RaftDriver:
                     node_label(ss.leader_id),
                     node.term,
                 )
+            if ss.leader_id != self._leader:
+                self._forwarding.leader_changed(ss.leader_id)
             self._leader, self._role = ss.leader_id, ss.role
             self._term = node.term
             self._notify()

@@ -22,6 +22,7 @@ from typing import final
 
 import trio
 
+from .._errors import UnavailableError
 from ..raft import Message, NotLeaderError, ProposalDroppedError, RaftNode, StateRole
 from ._driver_config import RemoteHandler
 from ._reply import Reply
@@ -95,6 +96,18 @@ class Forwarding:
             forward.fail(error)
         for _, execute in self._executes.values():
             execute.fail(error)
+
+    def leader_changed(self, leader: int) -> None:
+        """This member now sees ``leader`` (0: none) as the leader: requests waiting for
+        an answer from another member fail with :class:`UnavailableError` (their outcome
+        is unknown: the old leader may have run them)."""
+        error = UnavailableError(f"{self._name}: the leader changed while it was asked")
+        for asked, forward in self._forwards.values():
+            if asked != leader:
+                forward.fail(error)
+        for asked, execute in self._executes.values():
+            if asked != leader:
+                execute.fail(error)
 
     # -- the driver task --
 

@@ -164,37 +164,18 @@ class RaftCommitter:
 
     async def _ask(self, leader: int, call: Callable[[], Awaitable[_A]], limit: float) -> _A:
         """The leader's answer to a forwarded write. OutcomeUnknownError when the link
-        failed under it, once this member no longer sees ``leader`` as the leader (a crashed
-        leader is noticed at the election timeout, not after the whole ``limit``) or when
-        ``limit`` passes first: the write may have been proposed."""
-        driver = self._driver
-        outcome: list[_A | UnavailableError] = []
+        failed under it, once this member no longer sees ``leader`` as the leader (the
+        driver fails the request then: a crashed leader is noticed at the election timeout,
+        not after the whole ``limit``) or when ``limit`` passes first: the write may have
+        been proposed."""
         with trio.move_on_after(limit):
-            async with trio.open_nursery() as nursery:
-
-                async def ask() -> None:
-                    try:
-                        outcome.append(await call())
-                    except UnavailableError as exc:
-                        outcome.append(exc)
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(ask)
-                try:
-                    while driver.leader_id == leader:
-                        await driver.wait_changed()
-                except UnavailableError as exc:
-                    outcome.append(exc)
-                nursery.cancel_scope.cancel()
-        if not outcome:
-            raise OutcomeUnknownError(
-                f"leader {leader} did not answer a forwarded write (it stopped leading "
-                f"here, or {limit} s passed)"
-            )
-        result = outcome[0]
-        if isinstance(result, UnavailableError):
-            raise OutcomeUnknownError(f"forwarded write interrupted: {result}") from result
-        return result
+            try:
+                return await call()
+            except UnavailableError as exc:
+                raise OutcomeUnknownError(f"forwarded write interrupted: {exc}") from exc
+        raise OutcomeUnknownError(
+            f"leader {leader} did not answer a forwarded write within {limit} s"
+        )
 
     def serve_remote(self, handler: RemoteHandler) -> None:
         self._driver.serve_remote(handler)
