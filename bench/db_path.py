@@ -1,7 +1,7 @@
 """The database + replication path alone, without HTTP: a 3-member cluster in ONE process.
 
     python bench/db_path.py [--op execute|transaction|read|stale] [-c 1] [-t 5]
-                            [--on leader|follower|all] [--lease-read] [--json]
+                            [--on leader|follower|all] [--lease-read] [--inline]
 
 Members are the test harness's (``tests/replication/_raft_cluster.py``: real mutual-TLS
 websockets on 127.0.0.1, durable log with fdatasync, APSW) with the production
@@ -66,7 +66,7 @@ def _count_hops() -> None:
     trio.to_thread.run_sync = counted  # type: ignore[assignment]
 
 
-async def _op(member: Member, op: str, key: int, serial: int) -> None:
+async def _op(member: Member, op: str, key: int, serial: int, inline: bool) -> None:
     db = member.db
     if op == "execute":
         await db.execute(
@@ -84,6 +84,7 @@ async def _op(member: Member, op: str, key: int, serial: int) -> None:
         await db.read(
             lambda conn: conn.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchall(),
             stale=op == "stale",
+            inline=inline,
         )
 
 
@@ -118,7 +119,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                     counters["serial"] += 1
                     start = time.perf_counter()
                     try:
-                        await _op(member, args.op, n % 64, counters["serial"])
+                        await _op(member, args.op, n % 64, counters["serial"], args.inline)
                     except Exception as exc:  # noqa: BLE001 - counted, the run goes on
                         counters["errors"] += 1
                         kind = f"{type(exc).__name__}: {str(exc)[:60]}"
@@ -157,6 +158,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "on": args.on,
         "c": args.concurrency,
         "lease_read": args.lease_read,
+        "inline": args.inline,
         "ops_per_s": round(ops / wall, 1),
         "p50_ms": round(q[49] * 1000, 2),
         "p99_ms": round(q[98] * 1000, 2),
@@ -177,6 +179,9 @@ def main() -> None:
     p.add_argument("-t", "--duration", type=float, default=5.0)
     p.add_argument("--on", default="leader", choices=["leader", "follower", "all"])
     p.add_argument("--lease-read", action="store_true")
+    p.add_argument(
+        "--inline", action="store_true", help="reads run on the event loop (as examples/kv's GET)"
+    )
     p.add_argument("--dir", default=None, help="parent of the temporary state directory")
     p.add_argument(
         "--profile",

@@ -160,6 +160,8 @@ class RaftNode(Membership):
         self._round_floor = 0
         self._lease_acks: dict[int, int] = {}
         self._lease_blocked_until = 0
+        #: The highest read round sent in a heartbeat (reads share rounds: _leader_read).
+        self._read_sent = 0
         self._randomized_timeout = config.election_tick
         self.lead_transferee = 0
         self._term_start = 0

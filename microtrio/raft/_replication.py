@@ -63,6 +63,7 @@ class Replication:
     _round_floor: int
     _lease_acks: dict[int, int]
     _lease_blocked_until: int
+    _read_sent: int
 
     # Implemented by RaftNode.
     def _maybe_commit(self) -> bool:
@@ -140,6 +141,7 @@ class Replication:
 
     def _broadcast_heartbeat(self, read_round: int) -> None:
         commit = self._log.committed
+        self._read_sent = max(self._read_sent, read_round)
         if self.config.lease_read:
             # every heartbeat gets its own round, so that acknowledgements tell which send
             # tick they vouch for (an ack of round R also acknowledges earlier reads)
@@ -213,8 +215,13 @@ class Replication:
         sent = self._round_ticks.get(m.read_round) if m.read_round else None
         if sent is not None and m.src in self.conf.voters:
             self._lease_acks[m.src] = max(self._lease_acks.get(m.src, sent), sent)
-        for read in self._readonly.ack(m.src, m.read_round, self.conf.voters):
+        released = self._readonly.ack(m.src, m.read_round, self.conf.voters)
+        for read in released:
             self._respond_read(read.index, read.ctx, read.requester)
+        pending = self._readonly.pending
+        if released and pending and pending[-1].round > self._read_sent:
+            # reads that arrived while that round was out: one new round for all of them
+            self._broadcast_heartbeat(pending[-1].round)
 
     # -- snapshots ----------------------------------------------------------------------------
 
@@ -339,7 +346,17 @@ class Replication:
         if self.config.lease_read and self._lease_valid():
             self._respond_read(log.committed, ctx, requester)
             return
+        pending = self._readonly.pending
+        in_flight = bool(pending) and pending[0].round <= self._read_sent
         rnd = self._readonly.add(log.committed, ctx, requester, self.id, self.id in voters)
+        if in_flight:
+            # One read round out at a time: this read waits for a round sent AFTER it
+            # arrived (its own number, higher than any sent so far, so no answer to an
+            # earlier round releases it); that round leaves when the one out is answered
+            # (see _handle_heartbeat_resp) or with the next heartbeat, and serves every
+            # read that arrived meanwhile. Fewer heartbeat rounds when reads come from
+            # several members at once; a lost round is retried by heartbeats as before.
+            return
         self._broadcast_heartbeat(rnd)
 
     def _lease_valid(self) -> bool:
