@@ -41,7 +41,7 @@ import apsw
 import trio
 
 from .._errors import CorruptionError, DatabaseNotOpenError, DivergenceError, StateError
-from ._payload import Op, OpKind, decode_batch
+from ._payload import Op, OpKind, WriteBatch, decode_batch
 
 __all__ = ["APPLIED_TABLE_SQL", "Applier", "DatabaseSnapshot"]
 
@@ -129,18 +129,20 @@ class Applier:
         self._wal_pages = pages
         return apsw.SQLITE_OK
 
-    def _can_inline(self, payload: bytes | None) -> bool:
+    def _inline_batch(self, payload: bytes | None) -> tuple[bool, WriteBatch | None]:
+        """Whether the entry may be applied on the event loop, and its decoded batch
+        (decoded once: the apply itself reuses it)."""
         if not self._inline:
-            return False
+            return False, None
         if not payload:
-            return True
+            return True, None
         if len(payload) > INLINE_APPLY_BYTES:
-            return False
+            return False, None
         try:
             batch = decode_batch(payload)
         except CorruptionError:
-            return False  # the thread path reports it
-        return all(op.kind is not OpKind.SQL for op in batch.ops)
+            return False, None  # the thread path reports it
+        return all(op.kind is not OpKind.SQL for op in batch.ops), batch
 
     def _run_inline(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
         """Run ``fn`` here if the writer connection is free (else (False, None))."""
@@ -208,8 +210,11 @@ class Applier:
                 return
             try:
                 done, state = False, None
-                if self._can_inline(payload):
-                    done, state = self._run_inline(lambda: self._apply_sync(index, term, payload))
+                inline, decoded = self._inline_batch(payload)
+                if inline:
+                    done, state = self._run_inline(
+                        lambda: self._apply_sync(index, term, payload, decoded)
+                    )
                 if done:
                     # (taking the lock above is a checkpoint: a catch-up of thousands of
                     # small entries still lets heartbeats and the transport run in between)
@@ -239,13 +244,16 @@ class Applier:
             callback()
 
     # -- blocking part -------------------------------------------------------------
-    def _apply_sync(self, index: int, term: int, payload: bytes | None) -> AppliedState:
+    def _apply_sync(
+        self, index: int, term: int, payload: bytes | None, batch: WriteBatch | None = None
+    ) -> AppliedState:
         conn = self._conn
         state = self._state
         ops: tuple[Op, ...] = ()
         if payload:
             try:
-                batch = decode_batch(payload)
+                if batch is None:
+                    batch = decode_batch(payload)
             except CorruptionError as exc:
                 raise DivergenceError(f"entry {index}: {exc}") from exc
             if batch.ops and batch.base_index < state.changed_index:

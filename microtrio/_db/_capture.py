@@ -338,7 +338,38 @@ def execute_batch(
             ops.extend(txn_ops)
     finally:
         rollback(conn)
-    return outcomes, WriteBatch(base_index=base_index, ops=tuple(ops))
+    return outcomes, WriteBatch(base_index=base_index, ops=tuple(merge_changesets(ops)))
+
+
+def merge_changesets(ops: Sequence[Op]) -> list[Op]:
+    """Adjacent changesets of one batch become one (SQLite's changegroup): applying it is
+    applying them in order, but every member then applies one changeset per entry instead
+    of one per client transaction. Ops of other kinds (schema statements, sequences) keep
+    their place, so a changeset never crosses a schema change."""
+    merged: list[Op] = []
+    run: list[bytes] = []
+
+    def flush() -> None:
+        if len(run) == 1:
+            merged.append(Op(OpKind.CHANGESET, run[0]))
+        elif run:
+            builder = apsw.ChangesetBuilder()  # type: ignore[no-untyped-call]
+            try:
+                for changeset in run:
+                    builder.add(changeset)
+                merged.append(Op(OpKind.CHANGESET, builder.output()))
+            finally:
+                builder.close()
+        run.clear()
+
+    for op in ops:
+        if op.kind is OpKind.CHANGESET:
+            run.append(op.data)
+        else:
+            flush()
+            merged.append(op)
+    flush()
+    return merged
 
 
 def drain(value: Any) -> Any:
