@@ -1,13 +1,21 @@
 """The HTTP path's cost per request: the kv example's routes through Quart or fast.
 
-    python bench/http_paths.py [--seconds 5] [-c 16] [--rounds 2]
+    python bench/http_paths.py [--seconds 5] [-c 16] [--rounds 2] [--variants quart,asgi,fast]
 
-One single-member kv daemon per variant (a separate process, mutual TLS on 127.0.0.1), the
-kv actions through Quart (``fast=False``) or through the bare ASGI dispatcher
-(``fast=True``, as the example ships), driven by the shared load client: ``GET
-/1.0/kv/{key}?stale=1`` (a local read: little besides HTTP, TLS and one SQLite lookup) and
-``PUT`` (a replicated write on one member: adds the write path). Variants alternate, round
-after round; prints one JSON line per run and the server CPU per request.
+One single-member kv daemon per variant (a separate process, mutual TLS on 127.0.0.1),
+driven by the shared load client: ``GET /1.0/kv/{key}?stale=1`` (a local read: little
+besides HTTP, TLS and one SQLite lookup) and ``PUT`` (a replicated write on one member:
+adds the write path). Variants:
+
+* ``quart``: the kv actions through Quart (``fast=False``), on hypercorn;
+* ``asgi``: the actions fast, but every request still through hypercorn + h11 + the ASGI
+  dispatcher (the listener's direct HTTP/1.1 path switched off: how fast endpoints were
+  served before it);
+* ``fast``: as the example ships: fast actions answered by the listener's direct
+  HTTP/1.1 path.
+
+Variants alternate, round after round; prints one JSON line per run and the server CPU per
+request.
 """
 
 from __future__ import annotations
@@ -42,11 +50,16 @@ def _kv_args(fast: bool) -> object:
     return dataclasses.replace(service.daemon_args(), servers={"kv": server})
 
 
-def serve(state_dir: Path, fast: bool) -> None:
+def serve(state_dir: Path, fast: bool, direct: bool) -> None:
     """Child process: run one member until SIGTERM; print its address once bootstrapped."""
     import trio
 
     import microtrio
+
+    if not direct:  # the 'asgi' variant: the listener never finds the direct path
+        from microtrio._api import _listener
+
+        _listener._direct_app = lambda app: None
 
     async def main() -> None:
         app = microtrio.App(state_dir, args=_kv_args(fast))  # type: ignore[arg-type]
@@ -63,11 +76,14 @@ def serve(state_dir: Path, fast: bool) -> None:
     trio.run(main)
 
 
-def measure(fast: bool, mode: str, path: str, args: argparse.Namespace) -> dict[str, object]:
+VARIANTS = {"quart": [], "asgi": ["--fast", "--no-direct"], "fast": ["--fast"]}
+
+
+def measure(variant: str, mode: str, path: str, args: argparse.Namespace) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix="microtrio-http.") as tmp:
         state = Path(tmp) / "member1"
         child = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(state)] + (["--fast"] if fast else []),
+            [sys.executable, __file__, "--serve", str(state), *VARIANTS[variant]],
             stdout=subprocess.PIPE,
         )
         try:
@@ -79,7 +95,7 @@ def measure(fast: bool, mode: str, path: str, args: argparse.Namespace) -> dict[
                 [sys.executable, str(LOAD), "--system", "http-kv", "--path-template", path,
                  "--urls", f"https://{address}", "--mode", mode, "-c", str(args.concurrency),
                  "-t", str(args.seconds), "--warmup", "1", "--keys", "100",
-                 "--watch-pids", str(child.pid), "--label", "fast" if fast else "quart", *tls],
+                 "--watch-pids", str(child.pid), "--label", variant, *tls],
                 capture_output=True, check=True, timeout=args.seconds + 120,
             )  # fmt: skip
         finally:
@@ -103,16 +119,18 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--modes", default="read,write", help="read (stale GET), write (PUT)")
     p.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--variants", default="quart,asgi,fast", help=", ".join(VARIANTS))
     p.add_argument("--fast", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-direct", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve is not None:
-        serve(args.serve, args.fast)
+        serve(args.serve, args.fast, not args.no_direct)
         return
     for _ in range(args.rounds):
         for mode in args.modes.split(","):
             path = "/1.0/kv/{key}?stale=1" if mode == "read" else "/1.0/kv/{key}"
-            for fast in (False, True):
-                print(json.dumps(measure(fast, mode, path, args)), flush=True)
+            for variant in args.variants.split(","):
+                print(json.dumps(measure(variant, mode, path, args)), flush=True)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,14 @@ is much of the request's CPU. An action marked ``EndpointAction(fast=True)`` ski
    the headers Quart would send (lower-case names, ``content-type`` then
    ``content-length``).
 
+4. On our own listeners the dispatcher is also a :class:`~microtrio._api._http1.DirectApp`:
+   the listener's direct HTTP/1.1 path asks :meth:`FastDispatcher.match_direct` about each
+   request head and has :meth:`FastDispatcher.respond_direct` answer the fast ones, so
+   those never reach hypercorn, h11 or the ASGI wrapper (steps 2 and 3 are the same).
+
 Everything the listener enforces happens before either path (connection cap, in-flight cap,
-the client-certificate seam): the dispatcher sits inside the listener's connection wrapper.
+the client-certificate seam): the dispatcher sits inside the listener's connection wrapper,
+or behind the direct path, which applies the same limits.
 One difference: Quart cancels a view when the client disconnects mid-request; a fast
 handler runs to its end (its answer is then dropped: a client gone before its body arrived
 gets a 400 nobody reads), which for a write is the better outcome anyway.
@@ -34,8 +40,8 @@ gets a 400 nobody reads), which for a write is the better outcome anyway.
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any, final
+from collections.abc import MutableMapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import trio
 from quart import Response
@@ -51,12 +57,21 @@ from werkzeug.exceptions import (
 from werkzeug.sansio.request import Request as SansIORequest
 
 from ._envelope import EnvelopeResponse
+from ._http1 import ResponseParts
 from ._listener import ASGIApp
 
 if TYPE_CHECKING:
     from ._router import ListenerContext, _Route
 
 __all__ = ["FastDispatcher", "FastRequest", "has_fast_actions"]
+
+
+@final
+class _Unknown:
+    """``FastRequest(content_length=...)`` not given: read it from the headers."""
+
+
+_UNKNOWN: Final = _Unknown()
 
 
 @final
@@ -76,11 +91,9 @@ class FastRequest(SansIORequest):
         *,
         max_body_size: int,
         body_timeout: float,
+        content_length: int | None | _Unknown = _UNKNOWN,
     ) -> None:
-        headers = Headers()
-        headers["Remote-Addr"] = (scope.get("client") or ["<local>"])[0]
-        for name, value in scope["headers"]:
-            headers.add(name.decode("latin1").title(), value.decode("latin1"))
+        self._headers: Headers | None = None
         super().__init__(
             scope["method"],
             scope.get("scheme", "https"),
@@ -88,8 +101,8 @@ class FastRequest(SansIORequest):
             scope.get("root_path", ""),
             scope["path"],
             scope.get("query_string", b""),
-            headers,
-            headers.get("Remote-Addr"),
+            None,  # type: ignore[arg-type]  # built when first read (see headers)
+            (scope.get("client") or ["<local>"])[0],
         )
         self.scope = scope
         self.view_args: dict[str, str] | None = None
@@ -97,6 +110,31 @@ class FastRequest(SansIORequest):
         self._max_body_size = max_body_size
         self._body_timeout = body_timeout
         self._body: bytes | None = None
+        self._content_length = content_length
+
+    @property
+    def headers(self) -> Headers:
+        """The request headers (title-case names, plus ``Remote-Addr``), built on first use:
+        most fast handlers never read them."""
+        if self._headers is None:
+            headers = Headers()
+            headers["Remote-Addr"] = self.remote_addr or ""
+            for name, value in self.scope["headers"]:
+                headers.add(name.decode("latin1").title(), value.decode("latin1"))
+            self._headers = headers
+        return self._headers
+
+    @headers.setter
+    def headers(self, value: Headers | None) -> None:
+        self._headers = value
+
+    @property
+    def content_length(self) -> int | None:
+        """As werkzeug's; given by the listener's HTTP/1.1 path, which parsed it already
+        (None: no ``Content-Length``)."""
+        if isinstance(self._content_length, _Unknown):
+            return super().content_length
+        return self._content_length
 
     async def _read_body(self) -> bytes:
         length = self.content_length
@@ -163,38 +201,93 @@ def _response_parts(outcome: Response | EnvelopeResponse) -> tuple[int, list[Any
     return outcome.status_code, encode_headers(outcome.headers), None
 
 
+def _is_variable(segment: str) -> bool:
+    return segment.startswith("{") and segment.endswith("}")
+
+
+def _may_overlap(a: tuple[str, ...], b: tuple[str, ...]) -> bool:
+    """Whether some path could match both route patterns."""
+    return len(a) == len(b) and all(
+        x == y or _is_variable(x) or _is_variable(y) for x, y in zip(a, b, strict=True)
+    )
+
+
+_FAST_METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH")
+
+
+def _fast_index(routes: Sequence[_Route]) -> list[tuple[_Route, list[_Route]]]:
+    """Every route with a fast action, in match order, with the earlier routes that could
+    match the same paths (an earlier one with a fast action is tried first anyway)."""
+    index = []
+    for i, route in enumerate(routes):
+        actions = (route.endpoint.action(m) for m in _FAST_METHODS)
+        if any(a is not None and a.fast for a in actions):
+            earlier = [r for r in routes[:i] if _may_overlap(r.segments, route.segments)]
+            index.append((route, earlier))
+    return index
+
+
 @final
 class FastDispatcher:
     """``app.asgi_app = FastDispatcher(ctx, app.asgi_app)``: answers the fast actions of
     ``ctx``'s routes itself and hands everything else to ``fallback``."""
 
     def __init__(self, ctx: ListenerContext, fallback: ASGIApp) -> None:
-        from ._router import answer  # the router imports this module
+        from ._router import _match, answer  # the router imports this module
 
         self._ctx = ctx
         self._fallback = fallback
         self._answer = answer
+        self._match = _match
+        self._fast_index = _fast_index(ctx.router._routes)
 
     def _fast_route(self, scope: MutableMapping[str, Any]) -> tuple[_Route, dict[str, str]] | None:
         if scope.get("type") != "http":
             return None
-        found = self._ctx.router._lookup(scope.get("path", ""))
-        if found is None:
-            return None
-        action = found[0].endpoint.action(scope.get("method", ""))
-        return found if action is not None and action.fast else None
+        return self.match_direct(scope.get("method", ""), scope.get("path", ""))
 
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        found = self._fast_route(scope)
-        if found is None:
-            await self._fallback(scope, receive, send)
-            return
+    def match_direct(self, method: str, path: str) -> tuple[_Route, dict[str, str]] | None:
+        """The route when ``method path`` is a fast action (the listener's direct HTTP/1.1
+        path answers it through :meth:`respond_direct`), else None.
+
+        The same answer as looking ``path`` up in the router (first matching route wins)
+        and checking its action, but only the routes with a fast action are tried, each
+        with the earlier routes that could take the same paths (usually none)."""
+        if not path.startswith("/"):
+            return None
+        segments = path.split("/")[1:]
+        match = self._match
+        for route, earlier in self._fast_index:
+            variables = match(route.segments, segments)
+            if variables is None:
+                continue
+            if any(match(other.segments, segments) is not None for other in earlier):
+                return None  # an earlier route takes this path, and it has no fast action
+            action = route.endpoint.action(method)
+            return (route, variables) if action is not None and action.fast else None
+        return None
+
+    async def respond_direct(
+        self, route: object, scope: dict[str, Any], receive: Any, content_length: int | None
+    ) -> ResponseParts:
+        """Answer one request of a route :meth:`match_direct` returned."""
+        found = cast("tuple[_Route, dict[str, str]]", route)
+        return await self._respond(found, scope, receive, content_length)
+
+    async def _respond(
+        self,
+        found: tuple[_Route, dict[str, str]],
+        scope: MutableMapping[str, Any],
+        receive: Any,
+        content_length: int | None | _Unknown = _UNKNOWN,
+    ) -> ResponseParts:
         ctx = self._ctx
         req = FastRequest(
             scope,
             receive,
             max_body_size=ctx.limits.max_body_size,
             body_timeout=ctx.limits.body_timeout,
+            content_length=content_length,
         )
         outcome = await self._answer(ctx, req, found)
         status, headers, body = _response_parts(outcome)
@@ -205,5 +298,13 @@ class FastDispatcher:
                 body = data.data[data.begin : data.end]
             else:
                 body = await outcome.get_data(as_text=False)
+        return status, headers, body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        found = self._fast_route(scope)
+        if found is None:
+            await self._fallback(scope, receive, send)
+            return
+        status, headers, body = await self._respond(found, scope, receive)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -12,7 +12,12 @@ worker_serve``): for every accepted TCP connection we
    next connection: live reload, reference 7.9),
 2. complete the TLS handshake ourselves (under ``ssl_handshake_timeout``) and read the
    peer certificate,
-3. hand the stream to hypercorn's ``TCPServer`` with an app wrapper made for THIS
+3. when the app offers fast endpoints (a :class:`~microtrio._api._http1.DirectApp` as
+   its ``asgi_app``, see ``_fast``), read request heads ourselves
+   (:func:`~microtrio._api._http1.serve_http1`) and answer the fast ones on the spot;
+   the first request that is anything else hands the connection, with the bytes read so
+   far, to step 4 (unix-socket connections alike);
+4. hand the stream to hypercorn's ``TCPServer`` with an app wrapper made for THIS
    connection, which copies the connection's facts into every request's scope
    (HTTP and websocket alike).
 
@@ -29,11 +34,14 @@ Scope contract (what handlers read):
 
 :func:`is_trusted_scope` is the trust decision of reference 2.2 built on this contract;
 it refuses whenever it cannot positively see a listener type and, for TLS, a certificate.
+A TLS connection's scope also carries a private memo of its truststore lookup (the
+certificate is parsed once per connection and truststore generation, not per request).
 
 Limits (:class:`~microtrio._api._limits.Limits`, issue 8): the accept loop closes a
 connection over ``max_connections`` at once (before TLS); the connection wrapper answers an
 HTTP request over ``max_in_flight`` with a 503 envelope without calling the app; hypercorn's
-timers cut slow request heads (``header_timeout``) and TLS handshakes. A
+timers cut slow request heads (``header_timeout``) and TLS handshakes. The direct HTTP/1.1
+path applies the same limits itself (see ``_http1``). A
 :class:`ListenerLoad` passed in counts all of it (``statistics()``).
 """
 
@@ -46,9 +54,11 @@ import logging
 import math
 import os
 import socket as stdlib_socket
+import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
 from typing import Any, final
 
 import trio
@@ -59,11 +69,12 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from .._certs import SSLContextHolder, cert_pem
+from .._certs import SSLContextHolder, cert_pem, load_certificate
 from .._cluster._names import DEFAULT_PORT, format_address, parse_address
 from .._cluster._truststore import TrustedMember, Truststore
 from .._errors import UnavailableError
 from ._envelope import error_response
+from ._http1 import DirectApp, DirectConnections, HTTPDate, ListenerFacts, serve_http1
 from ._limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -121,7 +132,52 @@ def trusted_member_for_scope(
     """The truststore member a TLS request authenticated as, or None."""
     if listener_kind(scope) != "tls":
         return None
-    return truststore.trusted_member(client_certificates(scope), now=now)
+    chain = client_certificates(scope)
+    memo = scope["extensions"][_EXT].get("trust")
+    if isinstance(memo, _TrustMemo) and chain:
+        return memo.trusted_member(truststore, chain, now)
+    return truststore.trusted_member(chain, now=now)
+
+
+@final
+class _TrustMemo:
+    """One connection's truststore lookup, kept until the truststore or the chain changes.
+
+    ``Truststore.trusted_member`` parses the client's certificate and the member's on every
+    call; a connection's certificate never changes, so the lookup (which members match, and
+    their validity periods) is done once per truststore generation, and only the validity
+    check against ``now`` runs per request. Same answer as ``trusted_member``: the first
+    certificate of the chain whose member is valid at ``now``.
+    """
+
+    __slots__ = ("_chain", "_generation", "_matches", "_store")
+
+    def __init__(self) -> None:
+        self._store: Truststore | None = None
+        self._generation = -1
+        self._chain: list[str] = []
+        self._matches: list[tuple[TrustedMember, datetime, datetime]] = []
+
+    def trusted_member(
+        self, truststore: Truststore, chain: list[str], now: datetime | None
+    ) -> TrustedMember | None:
+        generation = truststore.generation  # before the lookup (see Truststore.generation)
+        if self._store is not truststore or self._generation != generation or self._chain != chain:
+            matches = []
+            for cert in chain:
+                member = truststore.by_certificate(cert)
+                if member is not None:
+                    parsed = load_certificate(member.certificate)
+                    matches.append(
+                        (member, parsed.not_valid_before_utc, parsed.not_valid_after_utc)
+                    )
+            self._store, self._generation, self._chain = truststore, generation, chain
+            self._matches = matches
+        moment = now if now is not None else datetime.now(UTC)
+        for member, start, end in self._matches:
+            if start <= moment <= end:
+                return member
+        return None
 
 
 def is_trusted_scope(
@@ -255,7 +311,7 @@ def _tls_extensions(stream: trio.SSLStream[Any], server_pem: str) -> dict[str, A
     der = stream.getpeercert(binary_form=True)
     chain = [cert_pem(der)] if der else []
     return {
-        _EXT: {"listener": "tls"},
+        _EXT: {"listener": "tls", "trust": _TrustMemo()},
         "tls": {
             "server_cert": server_pem,
             "client_cert_chain": chain,
@@ -278,6 +334,9 @@ def _make_config(graceful_timeout: float, limits: Limits) -> Config:
     # Hand hypercorn our own logger: its default ("-") would install a stderr handler,
     # and only the CLI configures logging.
     config.accesslog = None
+    # No "server: hypercorn-h11" header: it tells callers nothing they need, and the direct
+    # HTTP/1.1 path (which is not hypercorn) writes the same responses.
+    config.include_server_header = False
     config.errorlog = logging.getLogger("microtrio.api.hypercorn")
     return config
 
@@ -294,7 +353,8 @@ def _is_final_response_head(data: bytes | bytearray | memoryview) -> bool:
 class _CoalescingStream:
     """What hypercorn's connection writes to: sends a response's head and the first piece
     of its body as ONE write (one TLS record, one system call) instead of two, and drops
-    empty writes.
+    empty writes. ``replay`` (bytes the direct HTTP/1.1 path read before handing the
+    connection over) is what the first ``receive_some`` returns.
 
     hypercorn writes a response as three ``send_all`` calls from one task: the head (h11
     ``Response``, sent only once the app sends its first body message), the body (``Data``)
@@ -305,9 +365,10 @@ class _CoalescingStream:
     it expects; an attribute the stream lacks is still missing (hypercorn probes for them).
     """
 
-    def __init__(self, stream: trio.abc.Stream) -> None:
+    def __init__(self, stream: trio.abc.Stream, replay: bytes = b"") -> None:
         self._stream = stream
         self._held = b""
+        self._replay = replay
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._stream, name)
@@ -322,6 +383,10 @@ class _CoalescingStream:
             await self._stream.send_all(data)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if self._replay:  # what the direct HTTP/1.1 path read before handing over
+            await trio.lowlevel.checkpoint()
+            data, self._replay = self._replay, b""
+            return data
         return await self._stream.receive_some(max_bytes)
 
     async def _flush(self) -> None:
@@ -417,6 +482,13 @@ class _TCPServer(TCPServer):
 # -- the serve loop ----------------------------------------------------------------------
 
 
+def _direct_app(app: ASGIApp) -> DirectApp | None:
+    """The fast-endpoint dispatcher in front of a Quart app (its ``asgi_app``, Quart's
+    middleware seam), whose requests the direct HTTP/1.1 path answers; None otherwise."""
+    candidate = getattr(app, "asgi_app", None)
+    return candidate if isinstance(candidate, DirectApp) else None
+
+
 async def _serve(
     app: ASGIApp,
     listener: trio.SocketListener,
@@ -435,6 +507,11 @@ async def _serve(
     context = WorkerContext(None)
     lifespan_state: dict[str, Any] = {}
     life = Lifespan(ASGIWrapper(app), config, lifespan_state) if lifespan else None
+    direct = _direct_app(app)
+    facts = None
+    if direct is not None:
+        connections = DirectConnections()
+        facts = ListenerFacts(direct, limits, load, bound, connections, HTTPDate(time.time))
 
     async def handle(stream: trio.SocketStream) -> None:
         extensions: dict[str, Any] = {_EXT: {"listener": "unix"}}
@@ -463,9 +540,20 @@ async def _serve(
                 await trio.aclose_forcefully(ssl_stream)
                 return
             served = ssl_stream
+        if facts is None:
+            await serve_hypercorn(served, extensions, b"")
+            return
+        await serve_http1(served, facts, extensions, partial(serve_hypercorn, served, extensions))
+        if holder is not None:  # a TLS close_notify, as hypercorn sends (if it goes out soon)
+            with trio.move_on_after(1.0):
+                await served.aclose()
+
+    async def serve_hypercorn(
+        served: trio.abc.Stream, extensions: dict[str, Any], replay: bytes
+    ) -> None:
         wrapped = ASGIWrapper(_ConnectionApp(app, extensions, load, limits, bound))
         state = ConnectionState(lifespan_state.copy())
-        coalesced = _CoalescingStream(served)
+        coalesced = _CoalescingStream(served, replay)
         await _TCPServer(wrapped, config, context, state, coalesced)
 
     async def counted(stream: trio.SocketStream) -> None:
@@ -496,6 +584,8 @@ async def _serve(
             # before they are cancelled.
             await listener.aclose()
             await context.terminated.set()
+            if facts is not None:
+                facts.connections.terminate()
             server_nursery.cancel_scope.deadline = trio.current_time() + graceful_timeout
         if life is not None:
             await life.wait_for_shutdown()
