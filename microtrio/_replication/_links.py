@@ -71,13 +71,15 @@ class Link:
 
 
 class Inbound:
-    """An inbound connection: its stream and how many reads it has had (idle check)."""
+    """An inbound connection: its stream, and for the idle check, a counter of the receive
+    loop's steps (a read started or ended) and whether it is waiting for bytes now."""
 
-    __slots__ = ("reads", "stream")
+    __slots__ = ("steps", "stream", "waiting")
 
     def __init__(self, stream: trio.abc.Stream) -> None:
         self.stream = stream
-        self.reads = 0
+        self.steps = 0
+        self.waiting = False
 
 
 async def refuse_stream(stream: trio.abc.Stream, code: int, reason: str) -> None:

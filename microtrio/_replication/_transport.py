@@ -647,13 +647,15 @@ class Transport(Generic[M]):
                 reading.cancel_scope.cancel()
 
     async def _watch_idle(self, link: Inbound, reading: trio.CancelScope) -> None:
-        # A read counter checked once per period costs the receive path nothing; a
-        # connection is closed after one to two periods of silence.
+        # A counter checked once per period costs the receive path nearly nothing; a
+        # connection is closed after one to two periods of silence. Silence means waiting
+        # for bytes the whole period: a loop held up by a slow driver (back-pressure) is
+        # not idle, however long it waits.
         period = self.config.idle_timeout
         while True:
-            seen = link.reads
+            seen = link.steps
             await trio.sleep(period)
-            if link.reads == seen:
+            if link.steps == seen and link.waiting:
                 self._idle_closed += 1
                 logger.info(
                     "%s: raft connection from %s silent for %.0f s, closed",
@@ -672,10 +674,13 @@ class Transport(Generic[M]):
         stream = link.stream
         reader = RecordReader(self.config.max_frame_size)
         while True:
+            link.steps += 1
+            link.waiting = True
             data = await stream.receive_some(RECEIVE_SIZE)
+            link.waiting = False
+            link.steps += 1
             if not data:
                 return  # the sender closed its side
-            link.reads += 1
             try:
                 records = reader.feed(data)
             except ProtocolError as exc:

@@ -694,6 +694,41 @@ async def test_a_silent_peer_is_detected_by_ping_and_redialled(pki: Pki) -> None
             assert await m[2].transport.receive() == hb(1, 2, 2)
 
 
+async def test_a_silent_inbound_connection_is_closed(pki: Pki) -> None:
+    # A sender that vanished without a FIN (no pings any more) must not hold a connection
+    # slot forever: closed after 2 * ping_interval + ping_timeout (0.2 s here) of silence.
+    config = TransportConfig(
+        backoff_min=0.01, backoff_max=0.1, ping_interval=0.05, ping_timeout=0.1
+    )
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (2,), config=config) as (_, m):
+            trusted = raft_context(pki.client_context(pki.members[1]))
+            async with raw_client(m[2].port, trusted) as stream:
+                assert await stream.receive_some(4096) == KEEPALIVE  # the welcome
+                assert await read_goodbye(stream) is None  # then silence, then closed
+            stats = m[2].transport.statistics()
+            assert stats.idle_closed == 1 and stats.protocol_errors == 0
+
+
+async def test_a_receiver_held_up_by_back_pressure_is_not_idle(pki: Pki) -> None:
+    # The receiver stops reading while its driver is slow: that is back-pressure, not a
+    # silent sender, however long it lasts (here three idle periods).
+    slow = TransportConfig(inbound_queue_size=1, ping_interval=0.25, ping_timeout=0.5)
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1,)) as (nursery, m):
+            receiver = Member(2, pki, config=slow)
+            await receiver.start_listener(nursery)
+            await nursery.start(receiver.transport.run)
+            m[1].transport.add_peer(2, receiver.address)
+            m[1].transport.send([hb(1, 2, i) for i in range(20)])
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            await wait_for(lambda: link().sent == 20)
+            await trio.sleep(3 * slow.idle_timeout)  # the driver is busy elsewhere
+            assert await receive_n(receiver.transport, 20) == [hb(1, 2, i) for i in range(20)]
+            assert receiver.transport.statistics().idle_closed == 0
+            assert link().connected and link().reconnects == 0
+
+
 async def test_revoked_trust_drops_the_inbound_connection(pki: Pki) -> None:
     with trio.fail_after(CEILING):
         async with cluster(pki, (1, 2)) as (_, m):
