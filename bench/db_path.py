@@ -142,7 +142,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 if prof is not None:
                     prof.disable()
                     stats = pstats.Stats(prof, stream=sys.stderr)
-                    stats.sort_stats(args.profile).print_stats(40)
+                    stats.sort_stats(args.profile).print_stats(args.top)
                 ops = len(latencies)
                 msgs = {k: v - msgs0.get(k, 0) for k, v in _messages.items()}
                 hops, cpu, wall = (
@@ -188,6 +188,7 @@ def main() -> None:
         choices=["tottime", "cumtime"],
         help="cProfile the event-loop thread over the measured window (printed on stderr)",
     )
+    p.add_argument("--top", type=int, default=40, help="profile lines to print")
     args = p.parse_args()
     _count_hops()
     _count_messages()
