@@ -104,6 +104,10 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A field value: visible ASCII, obs-text, spaces and tabs inside (h11 accepts the same).
 _VALUE = re.compile(rb"[\x21-\x7e\x80-\xff]([\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
+_HEADER_BLOCK = re.compile(
+    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: "
+    rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?\r\n)*"
+)
 _HAND_OFF_FIELDS: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 
@@ -206,6 +210,14 @@ class HTTPDate:
         return self._value
 
 
+def _valid_block(block: bytes, count: int) -> bool:
+    """``count`` header lines, each one ``token: value``: no CR or LF inside a header (a
+    value must not smuggle in a line of its own)."""
+    return block.count(b"\n") == count == block.count(b"\r") and (
+        _HEADER_BLOCK.fullmatch(block) is not None
+    )
+
+
 def encode_response(
     status: int,
     headers: Sequence[tuple[bytes, bytes]],
@@ -213,23 +225,20 @@ def encode_response(
     date: bytes,
     *,
     close: bool,
-) -> bytes:
-    """Head and body as h11 writes them for hypercorn (``date`` after the app's headers)."""
-    parts = [b"HTTP/1.1 %d \r\n" % status]
-    for name, value in headers:
-        parts += (name, b": ", value, b"\r\n")
-    parts += (b"date: ", date, b"\r\n")
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts += (b"\r\n", body)
-    return b"".join(parts)
-
-
-def _valid_headers(headers: Sequence[tuple[bytes, bytes]]) -> bool:
-    return all(
-        _TOKEN.fullmatch(name) is not None and (not value or _VALUE.fullmatch(value) is not None)
-        for name, value in headers
-    )
+) -> bytes | None:
+    """Head and body as h11 writes them for hypercorn (``date`` after the app's headers),
+    or None when the status or a header is not valid HTTP (names are tokens, values have
+    no control characters; surrounding blanks are stripped, as hypercorn strips them)."""
+    block = b"".join([b"%s: %s\r\n" % pair for pair in headers])
+    if not _valid_block(block, len(headers)):
+        stripped = [(name.strip(), value.strip()) for name, value in headers]
+        block = b"".join([b"%s: %s\r\n" % pair for pair in stripped])
+        if not _valid_block(block, len(headers)):
+            return None
+    if not 200 <= status <= 999:
+        return None
+    closing = b"Connection: close\r\n" if close else b""
+    return b"HTTP/1.1 %d \r\n%sdate: %s\r\n%s\r\n%s" % (status, block, date, closing, body)
 
 
 def _envelope_parts(status: int, message: str, *, retry: bool = False) -> ResponseParts:
@@ -358,7 +367,8 @@ class _Connection:
                 return bytes(self._buffer)
             del self._buffer[: end + 4]
             self._body_left = head.content_length or 0
-            self._body_deadline = trio.current_time() + self._limits.body_timeout
+            if self._body_left:
+                self._body_deadline = trio.current_time() + self._limits.body_timeout
             parts = await self._answer(head, route)
             close = not head.keep_alive or self._facts.connections.terminated
             await self._send(parts, close=close)
@@ -481,15 +491,17 @@ class _Connection:
             return _envelope_parts(500, "")
         finally:
             load.in_flight -= 1
-        if not _valid_headers(headers):
-            logger.error("%s: %s %s: invalid response header", self._facts.bound, head.method,
-                         head.path)  # fmt: skip
-            return _envelope_parts(500, "")
         return status, headers, body
 
     async def _send(self, parts: ResponseParts, *, close: bool) -> None:
         status, headers, body = parts
         data = encode_response(status, headers, body, self._facts.date.value(), close=close)
+        if data is None:
+            logger.error("%s: invalid response status or header: %d %r", self._facts.bound,
+                         status, headers)  # fmt: skip
+            status, headers, body = _envelope_parts(500, "")
+            data = encode_response(status, headers, body, self._facts.date.value(), close=close)
+            assert data is not None
         try:
             await self._stream.send_all(data)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -499,6 +511,7 @@ class _Connection:
         """hypercorn's answer to a head it cannot take (empty body), then close."""
         headers = [(b"content-length", b"0"), (b"connection", b"close")]
         data = encode_response(status, headers, b"", self._facts.date.value(), close=False)
+        assert data is not None
         try:
             with trio.move_on_after(self._limits.header_timeout):
                 await self._stream.send_all(data)

@@ -61,6 +61,10 @@ class FakeApp:
             await self.release.wait()
         elif route == "/fast/boom":
             raise RuntimeError("handler bug")
+        elif route == "/fast/badheader":
+            return 200, [(b"x-split", b"a\r\nx-injected: 1")], b""
+        elif route == "/fast/badstatus":
+            return 42, [], b""
         self.seen.append((scope["method"], scope["path"], body))
         self.scopes.append(scope)
         out = b"%s %s ?%s|%s" % (
@@ -362,7 +366,7 @@ async def test_in_flight_cap_answers_503_and_keeps_the_connection() -> None:
             nursery.cancel_scope.cancel()
 
 
-async def test_handler_error_is_500_envelope() -> None:
+async def test_handler_error_and_invalid_response_are_500_envelopes() -> None:
     served = Served(LIMITS)
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
@@ -371,6 +375,10 @@ async def test_handler_error_is_500_envelope() -> None:
             head, body = (await served.responses(1))[0]
             assert head.startswith(b"HTTP/1.1 500 ") and b'"error_code":500' in body
             assert b"handler bug" not in body  # internals are not leaked
+            for path in ("/fast/badheader", "/fast/badstatus"):  # never written as given
+                await served.send(request("GET", path))
+                head, body = (await served.responses(1))[0]
+                assert head.startswith(b"HTTP/1.1 500 ") and b"injected" not in head
             await served.send(request("GET", "/fast/fine"))
             assert (await served.responses(1))[0][1] == b"GET /fast/fine ?|"
             nursery.cancel_scope.cancel()
