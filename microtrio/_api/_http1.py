@@ -36,7 +36,8 @@ for a head close at once, and the others close after their current answer.
 
 Responses are written as h11 writes them (``HTTP/1.1 <status> `` with an empty reason,
 lower-case header names from the app, then ``date``), so a client cannot tell the two
-paths apart.
+paths apart. The scope a fast handler sees has hypercorn's keys (``client`` and
+``server`` are None on a unix socket) except the lifespan ``state``.
 """
 
 from __future__ import annotations
@@ -302,16 +303,16 @@ async def serve_http1(
 
 
 def _addresses(stream: trio.abc.Stream) -> tuple[Any, Any]:
+    """The scope's ``client`` and ``server``, as hypercorn gives them (None on a unix
+    socket)."""
     transport = getattr(stream, "transport_stream", stream)
     sock = getattr(transport, "socket", None)
-    if sock is None:
+    if sock is None or sock.family not in (trio.socket.AF_INET, trio.socket.AF_INET6):
         return None, None
     try:
         peer, local = sock.getpeername(), sock.getsockname()
     except OSError:
         return None, None
-    if sock.family == trio.socket.AF_UNIX:
-        return None, (local, None)
     return (peer[0], peer[1]), (local[0], local[1])
 
 

@@ -55,6 +55,11 @@ async def _echo(state: microtrio.State, req: Any) -> Any:
         "header": req.headers.get("X-Test"),
         "name": (req.view_args or {}).get("name"),
         "length": req.content_length,
+        # what the listener saw of the connection (the ports differ between the members)
+        "remote": req.remote_addr,
+        "scheme": req.scheme,
+        "server": req.server is not None,
+        "version": req.scope.get("http_version"),
     }
 
 
@@ -150,6 +155,7 @@ def script(fast_host: str, slow_host: str) -> list[tuple[str, str, dict[str, Any
             200,
         ),
         ("POST", "/1.0/echo/n1", {"content": b"{}"}, 200),  # not JSON content: None
+        ("POST", "/1.0/echo/n2", {"json_body": [1], "via": "unix"}, 200),
         (
             "POST",
             "/1.0/echo/n1",
