@@ -390,3 +390,38 @@ async def test_alpn_protocol_gets_its_stream_handler(
                 info = await client.query("GET", "/core/1.0")
             assert info["kind"] == "tls"
             nursery.cancel_scope.cancel()
+
+
+async def test_trust_memo_follows_the_truststore_and_the_clock(
+    tmp_path: Path, client_pair: CertKeyPair, other_pair: CertKeyPair
+) -> None:
+    """A TLS connection keeps its truststore lookup, but the validity period is checked
+    at every request's ``now`` and any truststore change drops the memo."""
+    import datetime
+
+    from microtrio._api._listener import _TrustMemo, trusted_member_for_scope
+    from microtrio._certs import load_certificate
+
+    store = Truststore(tmp_path / "truststore")
+    store.add(TrustedMember("cli.example", "127.0.0.1:1", client_pair.cert.decode()))
+    memo = _TrustMemo()
+    scope = {
+        "type": "http",
+        "extensions": {
+            "microtrio": {"listener": "tls", "trust": memo},
+            "tls": {"client_cert_chain": [client_pair.cert.decode()]},
+        },
+    }
+    cert = load_certificate(client_pair.cert)
+    inside = cert.not_valid_before_utc + datetime.timedelta(days=1)
+    after = cert.not_valid_after_utc + datetime.timedelta(seconds=1)
+    found = trusted_member_for_scope(scope, store, now=inside)
+    assert found is not None and found.name == "cli.example"
+    assert trusted_member_for_scope(scope, store, now=after) is None  # expired: refused
+    assert trusted_member_for_scope(scope, store, now=inside) is not None
+    store.remove("cli.example")
+    assert trusted_member_for_scope(scope, store, now=inside) is None  # removed: refused
+    store.add(TrustedMember("cli.example", "127.0.0.1:1", other_pair.cert.decode()))
+    assert trusted_member_for_scope(scope, store, now=inside) is None  # another cert now
+    # and the memo gives what the truststore itself says, in every case above
+    assert store.trusted_member([client_pair.cert.decode()], now=inside) is None
