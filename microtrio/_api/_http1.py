@@ -61,8 +61,10 @@ __all__ = [
     "DirectApp",
     "DirectConnections",
     "HTTPDate",
+    "ListenerFacts",
     "RequestHead",
     "ResponseParts",
+    "encode_response",
     "parse_head",
     "serve_http1",
 ]
