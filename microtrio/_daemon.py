@@ -206,8 +206,12 @@ class Daemon:
             bootstrap=bootstrap,
             interval=args.heartbeat,
             wall_clock=args.wall_clock,
-            driver_config=DriverConfig(lease_read=args.lease_read),
+            driver_config=DriverConfig(
+                lease_read=args.lease_read,
+                snapshot_chunk_size=args.limits.snapshot_chunk_size,
+            ),
             faults=args.faults,
+            max_frame_size=args.limits.max_raft_frame_size,
         )
         db = Database(
             self._dir.database_dir / "db.bin",

@@ -239,6 +239,7 @@ class MemberCluster:
         driver_config: DriverConfig | None = None,
         committer_config: CommitterConfig | None = None,
         faults: Faults | None = None,
+        max_frame_size: int | None = None,
     ) -> MemberCluster:
         """Build the member's replication (see the module docstring, step 1)."""
         replication = await open_member_replication(
@@ -252,6 +253,7 @@ class MemberCluster:
             driver_config=driver_config,
             committer_config=committer_config,
             faults=faults,
+            max_frame_size=max_frame_size,
         )
         for member in truststore.members():
             if member.name != state.name and member.address:

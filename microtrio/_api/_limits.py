@@ -22,8 +22,9 @@ Where each limit is enforced
   ``MAX_CONTENT_LENGTH``). Nothing is changed either way.
 * ``max_sql_length``: ``POST /core/internal/sql`` with a longer ``query`` answers 400.
 * ``max_raft_frame_size`` / ``snapshot_chunk_size``: the Raft transport's frame cap and the
-  Raft snapshot chunk; :meth:`Limits.transport_config` and :meth:`Limits.raft_config` apply
-  them. A chunk always fits in a frame (checked here).
+  Raft snapshot chunk: a daemon applies both to its replication (:meth:`Limits.transport_config`
+  and :meth:`Limits.raft_config` apply them to other configs). A chunk always fits in a frame
+  (checked here).
 """
 
 from __future__ import annotations

@@ -412,7 +412,7 @@ async def _forward(ctx: ListenerContext, req: Request, action: EndpointAction, t
 
 
 def websocket_allowed(ctx: ListenerContext, scope: MutableMapping[str, Any]) -> bool:
-    """The same decision for a websocket upgrade (the Raft channel): its path's rule from
+    """The same decision for a websocket upgrade: its path's rule from
     :data:`CORE_POLICY` (``GET``; any other websocket is ``TRUSTED``), then :func:`is_trusted`."""
     path = str(scope.get("path", ""))
     access = CORE_POLICY.get(("GET", path), Access.TRUSTED)
@@ -422,9 +422,9 @@ def websocket_allowed(ctx: ListenerContext, scope: MutableMapping[str, Any]) -> 
 def build_app(ctx: ListenerContext) -> QuartTrio:
     """A Quart-Trio app whose one catch-all route hands every request to :func:`dispatch`.
 
-    Websocket routes added to it later (``add_raft_route``) are guarded by
-    :func:`websocket_allowed` before their own handler runs: an untrusted upgrade is
-    refused with a 403 error envelope."""
+    Websocket routes added to it later are guarded by :func:`websocket_allowed` before their
+    own handler runs: an untrusted upgrade is refused with a 403 error envelope. (The Raft
+    channel is not a websocket: the listener hands it its TLS stream, chosen by ALPN.)"""
     app = QuartTrio(f"microtrio.{ctx.kind.value}")
 
     @app.before_websocket

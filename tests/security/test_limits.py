@@ -406,3 +406,17 @@ async def test_oversized_request_head_is_refused(tmp_path: Path) -> None:
             fresh = await served.connect()
             assert (await request_on(fresh)).startswith(b"HTTP/1.1 200")
             await fresh.aclose()
+
+
+async def test_daemon_applies_raft_limits(tmp_path: Path) -> None:
+    """A member's Raft channel and snapshot chunks follow DaemonArgs.limits."""
+    limits = Limits(max_raft_frame_size=4 << 20, snapshot_chunk_size=256 << 10)
+    with trio.fail_after(CEILING):
+        async with trio.open_nursery() as nursery:
+            member = await start_member(nursery, tmp_path / "m", make_args(limits=limits))
+            daemon = member.app.daemon
+            assert daemon is not None and daemon._cluster is not None
+            replication = daemon._cluster.replication
+            assert replication.transport.config.max_frame_size == 4 << 20
+            assert replication.driver.config.snapshot_chunk_size == 256 << 10
+            nursery.cancel_scope.cancel()
