@@ -346,6 +346,13 @@ class Replication:
         if self.config.lease_read and self._lease_valid():
             self._respond_read(log.committed, ctx, requester)
             return
+        if requester != self.id and len(voters) <= 3 and {self.id, requester} <= voters:
+            # A voter asked while it followed us (its lead is reset by any term change), after
+            # its reads arrived; we still lead that term. The two of us are a quorum, so no
+            # later term's leader existed when it asked: our commit index now covers all
+            # that was committed before its reads arrived, without a heartbeat round.
+            self._respond_read(log.committed, ctx, requester)
+            return
         pending = self._readonly.pending
         in_flight = bool(pending) and pending[0].round <= self._read_sent
         rnd = self._readonly.add(log.committed, ctx, requester, self.id, self.id in voters)

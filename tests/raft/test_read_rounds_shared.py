@@ -1,7 +1,8 @@
 """ReadIndex rounds are shared: while one heartbeat round for reads is out, reads that
 arrive wait for ONE later round (sent when the first is answered), never for the round
 already out, which was sent before they arrived (that would not prove leadership at
-their arrival: the unsafe variant this test catches)."""
+their arrival: the unsafe variant this test catches). Five voters: with three, a follower's
+request is its own acknowledgement and needs no round (test_read_index_requester_quorum)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _drain(net: Net) -> list[object]:
 
 
 def test_reads_arriving_during_a_round_share_the_next_round() -> None:
-    net = Net([1, 2, 3])
+    net = Net([1, 2, 3, 4, 5])
     net.elect(1)
     index = net.propose(b"a")
     leader = net.nodes[1]
@@ -33,7 +34,7 @@ def test_reads_arriving_during_a_round_share_the_next_round() -> None:
     leader.read_index(b"first")
     out = _drain(net)
     first = {m.read_round for m in out if isinstance(m, MsgHeartbeat)}
-    assert len(first) == 1 and len([m for m in out if isinstance(m, MsgHeartbeat)]) == 2
+    assert len(first) == 1 and len([m for m in out if isinstance(m, MsgHeartbeat)]) == 4
     (r1,) = first
 
     # two followers ask while that round is out: no new heartbeats yet
@@ -43,6 +44,7 @@ def test_reads_arriving_during_a_round_share_the_next_round() -> None:
 
     # an answer to the round sent BEFORE they arrived releases only the first read
     leader.step(MsgHeartbeatResp(2, 1, term, r1))
+    leader.step(MsgHeartbeatResp(4, 1, term, r1))
     rd = leader.ready()
     leader.advance(rd)
     assert list(rd.read_states) == [ReadState(index, b"first")]
@@ -52,6 +54,8 @@ def test_reads_arriving_during_a_round_share_the_next_round() -> None:
     (r2,) = second
 
     leader.step(MsgHeartbeatResp(3, 1, term, r2))
+    assert not [m for m in _drain(net) if isinstance(m, MsgReadIndexResp)]  # 2 of 5 acked
+    leader.step(MsgHeartbeatResp(5, 1, term, r2))
     answers = [m for m in _drain(net) if isinstance(m, MsgReadIndexResp)]
     assert sorted((m.dst, m.ctx, m.index) for m in answers) == [
         (2, b"from-2", index),
@@ -60,13 +64,13 @@ def test_reads_arriving_during_a_round_share_the_next_round() -> None:
 
 
 def test_a_lost_shared_round_is_retried_by_the_next_heartbeat() -> None:
-    net = Net([1, 2, 3])
+    net = Net([1, 2, 3, 4, 5])
     net.elect(1)
     index = net.propose(b"a")
     lost = {"n": 0}
 
     def lose_first_round(m: object) -> bool:
-        if isinstance(m, MsgHeartbeatResp) and m.read_round and lost["n"] < 2:
+        if isinstance(m, MsgHeartbeatResp) and m.read_round and lost["n"] < 4:
             lost["n"] += 1
             return True
         return False
