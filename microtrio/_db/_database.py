@@ -515,7 +515,13 @@ class Database:
         return cast(T, outcome.value)
 
     async def _read(self, fn: Callable[[apsw.Connection], T], *, inline: bool = False) -> T:
-        async with self._reader_limiter:
+        limiter = self._reader_limiter
+        try:
+            # a free reader is taken without the scheduler round trip of ``acquire()``
+            limiter.acquire_nowait()
+        except trio.WouldBlock:
+            await limiter.acquire()
+        try:
             conn = self._readers.pop()
             try:
                 if inline:
@@ -531,6 +537,8 @@ class Database:
                 raise map_sqlite_error(exc) from exc
             finally:
                 self._readers.append(conn)
+        finally:
+            limiter.release()
 
     async def _writer_loop(self) -> None:
         while True:
