@@ -6,8 +6,8 @@ Theory of operation
 Everything that touches the :class:`~microtrio.raft.RaftNode` happens in the driver task
 (:meth:`RaftDriver.run`). Other tasks talk to it through one bounded inbox channel:
 
-* inbound peer traffic (a forwarder task moves the transport's inbound messages into the
-  inbox, so a slow driver pushes back on the transport);
+* inbound peer traffic (the transport's receive loops put messages straight into the inbox,
+  :meth:`Transport.deliver_to`, so a slow driver pushes back on the connections);
 * local requests (propose, read index, membership change, leadership transfer, status),
   each carrying a :class:`Reply` the caller waits on (with its own deadline).
 
@@ -18,7 +18,7 @@ else is queued, and then handles one Ready in contract order:
 1. persist snapshot, entries and hard state in one call of the storage thread (one group
    fsync for the entries) - :meth:`AsyncLogStore.persist`;
 2. install a received snapshot into the state machine (``restore``);
-3. only then send the messages;
+3. only then send the messages (a leader's commit-only appends: after step 4);
 4. apply the committed entries in order (``apply(index, data, term=...)``; no-op and
    configuration entries advance the index only) and resolve whoever waits for them;
 5. answer read-index requests, then ``advance``.
@@ -99,12 +99,7 @@ class _Request:
     reply: Reply[Any]
 
 
-@dataclass(frozen=True, slots=True)
-class _Inbound:
-    msg: Wire
-
-
-_Event = _Request | _Inbound
+_Event = _Request | Wire  # a local request, or a message from a peer
 
 
 @final
@@ -344,9 +339,13 @@ class RaftDriver:
             async with trio.open_nursery() as nursery:
                 self._forwarding.nursery = nursery
                 nursery.start_soon(self._forward_inbound)
+                # peers' messages come straight into the inbox from now on (one hop less
+                # each; the task above forwards whatever is left in the transport's queue)
+                self._transport.deliver_to(self._inbox_send)
                 task_status.started()
                 await self._loop()
         finally:
+            self._transport.deliver_to(None)
             self._forwarding.nursery = None
             self._running = False
             self._stopped = True
@@ -404,7 +403,7 @@ class RaftDriver:
 
     async def _forward_inbound(self) -> None:
         async for msg in self._transport.inbound:
-            await self._inbox_send.send(_Inbound(msg))
+            await self._inbox_send.send(msg)
 
     async def _loop(self) -> None:
         node = self._node
@@ -459,14 +458,22 @@ class RaftDriver:
                 logger.warning("%s: request failed: %r", self._name, exc, exc_info=True)
                 event.reply.fail(exc)
             return
-        msg = self._forwarding.handle(node, event.msg)
+        msg = self._forwarding.handle(node, event)
         if msg is not None:
             node.step(msg)
 
     async def _handle_ready(self, node: RaftNode, rd: Ready) -> None:
         messages: Sequence[Message] = rd.messages
         if messages and rd.entries and rd.soft_state.role is StateRole.LEADER:
+            before = len(messages)
             messages = self._send_appends_early(messages)
+            if len(messages) < before:
+                # Let the sender tasks write those appends before the storage thread starts:
+                # once it runs, it holds the GIL for its own Python work (encoding, writes)
+                # until the fsync, and the followers would get the entries that much later.
+                # Two passes: the senders run in the next one whichever order trio picks.
+                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
         if rd.snapshot is not None or rd.entries:
             await self._store.persist(rd.hard_state, rd.entries, rd.snapshot)
         elif rd.hard_state is not None and not self._store.persist_inline(rd.hard_state):
@@ -475,6 +482,9 @@ class RaftDriver:
             self._term, self._commit = rd.hard_state.term, rd.hard_state.commit
         if rd.snapshot is not None:
             await self._install(rd.snapshot.meta.index, rd.snapshot.data)
+        late: Sequence[Message] = ()
+        if messages and rd.committed_entries and rd.soft_state.role is StateRole.LEADER:
+            messages, late = _commit_only_last(messages)
         if messages:
             self._transport.send(messages)
         for entry in rd.committed_entries:
@@ -483,6 +493,8 @@ class RaftDriver:
             data = entry.data if entry.type is EntryType.NORMAL else None
             await self._sm.apply(entry.index, data, term=entry.term)
             self._record_applied(entry.index, entry.term)
+        if late:
+            self._transport.send(late)
         if rd.read_states:
             self._reads.answered(rd.read_states)
         ss = rd.soft_state
@@ -580,6 +592,27 @@ class RaftDriver:
             if isinstance(event, _Request):
                 event.reply.fail(stopped)
         self._notify()
+
+
+def _commit_only_last(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
+    """Split a leader's messages into (now, after the apply): the appends that only move a
+    follower's commit index (no entries, no answer wanted) leave after the committed entries
+    are applied here and whoever waits for them is woken.
+
+    Why: at one write at a time the leader's answer to its client waits for the apply, and
+    the apply's first checkpoint let the sender tasks write those appends to their sockets
+    first (a system call that wakes another process each). Nothing waits for them that the
+    apply could delay: the followers learn the same commit index a few hundred microseconds
+    later at most (the apply runs inline, or in one thread hop), the sends are queued before
+    this Ready ends, and delaying a message is always safe in Raft."""
+    now: list[Message] = []
+    late: list[Message] = []
+    for m in messages:
+        if isinstance(m, MsgApp) and not m.entries and not m.ack:
+            late.append(m)
+        else:
+            now.append(m)
+    return now, late
 
 
 def _trim(persisted: PersistedState) -> PersistedState:

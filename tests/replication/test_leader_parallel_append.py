@@ -3,14 +3,15 @@ thesis 10.2.1), and still commits nothing before its own write returned."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import pytest
 import trio
 from _raft_cluster import open_cluster, sql
 
-from microtrio._replication import AsyncLogStore, DriverConfig
-from microtrio.raft import Entry, HardState, Snapshot
+from microtrio._replication import AsyncLogStore, DriverConfig, _transport
+from microtrio.raft import Entry, HardState, Message, MsgApp, Snapshot
 
 CEILING = 60.0
 # a leader held in its own write sends no heartbeats: keep the followers patient meanwhile
@@ -58,3 +59,46 @@ async def test_followers_persist_while_the_leader_is_still_writing(tmp_path: Pat
                 release.set()
             rows = await leader.db.read(sql("SELECT k FROM t"))
             assert rows == [(1,)]
+
+
+async def test_the_appends_are_written_to_the_links_before_the_leader_persists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender tasks get to write the appends before the storage thread starts (it would
+    hold the GIL for its own work until the fsync, delaying the followers' copy)."""
+    with trio.fail_after(CEILING):
+        async with open_cluster(tmp_path, 3, driver_config=DriverConfig()) as cluster:
+            leader = await cluster.leader()
+            await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
+            store = leader.repl._store
+            transport = leader.repl.driver._transport
+            real = store.persist
+            real_send = transport.send
+            late: list[int] = []  # writes whose appends had not been written at the persist
+            frames = [0, 0]  # frames the leader's senders encoded (written at once), at queueing
+
+            def encode(node_id: int, payloads: list[bytes]) -> bytes:
+                if node_id == leader.id:
+                    frames[0] += 1
+                return real_encode(node_id, payloads)
+
+            def send(messages: Iterable[Message]) -> None:
+                messages = list(messages)
+                if any(isinstance(m, MsgApp) and m.entries for m in messages):
+                    frames[1] = frames[0]
+                real_send(messages)
+
+            async def watched(
+                hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
+            ) -> None:
+                if entries and frames[0] < frames[1] + 2:  # one frame to each follower
+                    late.append(entries[0].index)
+                await real(hard_state, entries, snapshot)
+
+            real_encode = _transport.encode_record
+            store.persist = watched  # type: ignore[method-assign]
+            transport.send = send  # type: ignore[method-assign]
+            monkeypatch.setattr(_transport, "encode_record", encode)
+            for k in range(20):
+                await leader.db.execute("INSERT INTO t VALUES (?)", (k,))
+            assert late == []
