@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any, final
 from urllib.parse import quote
 
+import httpcore
 import httpx
 import trio
 
@@ -39,6 +40,88 @@ DEFAULT_USER_AGENT = "microtrio"
 DEFAULT_TIMEOUT = 30.0
 # Keep-alive off, as microcluster: every call sees the current certificates and members.
 _NO_KEEPALIVE = httpx.Limits(max_keepalive_connections=0)
+
+
+class _ClosingStream(httpcore.AsyncNetworkStream):
+    """A TCP stream whose TLS upgrade closes the socket on ANY failure, cancellation
+    included: httpcore 1.0's trio stream closes it only on ``Exception``, so a request
+    cancelled during the TLS handshake (trio's Cancelled is a BaseException: a heartbeat
+    round's deadline, a member shutting down) left the connected socket open until the
+    garbage collector found it."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkStream) -> None:
+        self._inner = inner
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self._inner.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await self._inner.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._inner.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            with trio.CancelScope() as scope:
+                scope.cancel()  # close now, without waiting (trio.aclose_forcefully)
+                await self._inner.aclose()
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _ClosingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's trio backend with :class:`_ClosingStream` for TCP connections."""
+
+    def __init__(self) -> None:
+        self._inner = httpcore.TrioBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _ClosingStream(stream)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,  # noqa: ASYNC109 - httpcore's interface
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _http_transport(
+    *, verify: ssl.SSLContext | None = None, uds: str | None = None
+) -> httpx.AsyncHTTPTransport:
+    """An httpx transport without keep-alive on :class:`_ClosingBackend`."""
+    transport = httpx.AsyncHTTPTransport(limits=_NO_KEEPALIVE, uds=uds)
+    # httpx builds its pool on httpcore's default backend and takes no backend argument:
+    # the same pool (our TLS context, no keep-alive), on ours.
+    transport._pool = httpcore.AsyncConnectionPool(
+        ssl_context=verify,
+        max_keepalive_connections=0,
+        uds=uds,
+        network_backend=_ClosingBackend(),
+    )
+    return transport
 
 
 @final
@@ -72,7 +155,7 @@ class Client:
     def unix(cls, socket_path: str | os.PathLike[str]) -> Client:
         """A client of the control socket at ``socket_path``."""
         path = os.fspath(socket_path)
-        transport = httpx.AsyncHTTPTransport(uds=path, limits=_NO_KEEPALIVE)
+        transport = _http_transport(uds=path)
         http = httpx.AsyncClient(
             transport=transport, base_url="http://control.socket", timeout=DEFAULT_TIMEOUT
         )
@@ -85,7 +168,7 @@ class Client:
         host, port = parse_address(address)
         context = client_ssl_context(cert, pinned)
         url_host = f"[{host}]" if ":" in host else host
-        transport = httpx.AsyncHTTPTransport(verify=context, limits=_NO_KEEPALIVE)
+        transport = _http_transport(verify=context)
         http = httpx.AsyncClient(
             transport=transport,
             base_url=f"https://{url_host}:{port}",

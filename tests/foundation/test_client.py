@@ -258,3 +258,31 @@ async def test_wait_ready_polls_until_ready(tmp_path: Path) -> None:
                 await client.wait_ready(poll_interval=0.01)
             nursery.cancel_scope.cancel()
     assert calls == 3
+
+
+async def test_cancelled_tls_handshake_closes_the_socket(
+    server_pair: CertKeyPair, client_pair: CertKeyPair
+) -> None:
+    """A request cancelled while its TLS handshake waits closes its socket at once (the
+    server sees the end of the stream), instead of leaving it to the garbage collector."""
+    accepted: trio.MemorySendChannel[trio.SocketStream]
+    accepted, incoming = trio.open_memory_channel[trio.SocketStream](1)
+
+    async def mute(stream: trio.SocketStream) -> None:  # accepts, never answers TLS
+        await accepted.send(stream)
+        await trio.sleep_forever()
+
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            listeners = await nursery.start(partial(trio.serve_tcp, mute, 0, host="127.0.0.1"))
+            port = listeners[0].socket.getsockname()[1]
+            async with Client.tls(
+                f"127.0.0.1:{port}", cert=client_pair, pinned=server_pair.cert
+            ) as client:
+                async with trio.open_nursery() as requests:
+                    requests.start_soon(client.query, "GET", "/core/1.0")
+                    server_side = await incoming.receive()
+                    assert await server_side.receive_some(65536)  # the ClientHello
+                    requests.cancel_scope.cancel()
+                assert await server_side.receive_some(65536) == b""  # closed by the client
+            nursery.cancel_scope.cancel()
