@@ -90,30 +90,28 @@ class Frame:
     payloads: tuple[bytes, ...]
 
 
-def encode_frame(sender: int, payloads: Iterable[bytes]) -> bytes:
-    """Build a frame; ``sender`` is the sending node id (non-zero)."""
+def _frame_parts(sender: int, payloads: Iterable[bytes], parts: list[bytes]) -> list[bytes]:
+    """Append a frame's pieces (header, then each payload behind its length) to ``parts``."""
     items = list(payloads)
     if sender <= 0:
         raise ValidationError(f"sender node id must be positive, got {sender}")
-    parts = [FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, 0, sender, len(items))]
+    parts.append(FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, 0, sender, len(items)))
     for payload in items:
         parts.append(FRAME_LENGTH.pack(len(payload)))
         parts.append(payload)
-    return b"".join(parts)
+    return parts
+
+
+def encode_frame(sender: int, payloads: Iterable[bytes]) -> bytes:
+    """Build a frame; ``sender`` is the sending node id (non-zero)."""
+    return b"".join(_frame_parts(sender, payloads, []))
 
 
 def encode_record(sender: int, payloads: Iterable[bytes]) -> bytes:
     """A frame as one stream record (its length, then :func:`encode_frame`'s bytes),
     built with a single join."""
-    items = list(payloads)
-    if sender <= 0:
-        raise ValidationError(f"sender node id must be positive, got {sender}")
-    size = FRAME_HEADER.size + FRAME_LENGTH.size * len(items) + sum(map(len, items))
-    parts = [FRAME_LENGTH.pack(size)]
-    parts.append(FRAME_HEADER.pack(FRAME_MAGIC, FRAME_VERSION, 0, sender, len(items)))
-    for payload in items:
-        parts.append(FRAME_LENGTH.pack(len(payload)))
-        parts.append(payload)
+    parts = _frame_parts(sender, payloads, [b""])
+    parts[0] = FRAME_LENGTH.pack(sum(map(len, parts)))
     return b"".join(parts)
 
 
