@@ -65,6 +65,7 @@ __all__ = [
     "RequestHead",
     "ResponseParts",
     "encode_response",
+    "in_flight_refusal",
     "parse_head",
     "serve_http1",
 ]
@@ -105,12 +106,11 @@ class DirectApp(Protocol):
 _TARGET = re.compile(rb"/[\x21-\x7e]*")
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 #: A field value: visible ASCII, obs-text, spaces and tabs inside (h11 accepts the same).
-_VALUE = re.compile(rb"[\x21-\x7e\x80-\xff]([\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?")
+_VALUE = re.compile(rb"[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?")
 _DIGITS = re.compile(rb"[0-9]{1,18}")
-_HEADER_BLOCK = re.compile(
-    rb"(?:[!#$%&'*+\-.^_`|~0-9A-Za-z]+: "
-    rb"(?:[\x21-\x7e\x80-\xff](?:[\t\x20-\x7e\x80-\xff]*[\x21-\x7e\x80-\xff])?)?\r\n)*"
-)
+#: Response header lines ``name: value`` (as :data:`_TOKEN` and :data:`_VALUE`), each ending
+#: in CRLF.
+_HEADER_BLOCK = re.compile(rb"(?:%s: (?:%s)?\r\n)*" % (_TOKEN.pattern, _VALUE.pattern))
 _HAND_OFF_FIELDS: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 
 
@@ -251,6 +251,11 @@ def _envelope_parts(status: int, message: str, *, retry: bool = False) -> Respon
     if retry:
         headers.append((b"retry-after", b"1"))
     return status, headers, envelope.body
+
+
+def in_flight_refusal() -> ResponseParts:
+    """The answer to a request over the listener's in-flight cap (both paths send it)."""
+    return _envelope_parts(503, "Too many requests in flight; retry later", retry=True)
 
 
 # -- the connection loop -----------------------------------------------------------------
@@ -455,18 +460,8 @@ class _Connection:
 
     async def _answer(self, head: RequestHead, route: object) -> ResponseParts:
         load = self._facts.load
-        if load.in_flight >= self._limits.max_in_flight:
-            load.refused_requests += 1
-            if load.should_warn():
-                logger.warning(
-                    "%s: refusing requests: %d in flight (%d refused so far), e.g. %s %s",
-                    self._facts.bound,
-                    load.in_flight,
-                    load.refused_requests,
-                    head.method,
-                    head.path,
-                )
-            return _envelope_parts(503, "Too many requests in flight; retry later", retry=True)
+        if load.refuse_request(self._limits, self._facts.bound, head.method, head.path):
+            return in_flight_refusal()
         scope = {
             "type": "http",
             "http_version": head.http_version,

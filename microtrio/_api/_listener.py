@@ -73,8 +73,14 @@ from .._certs import SSLContextHolder, cert_pem, load_certificate
 from .._cluster._names import DEFAULT_PORT, format_address, parse_address
 from .._cluster._truststore import TrustedMember, Truststore
 from .._errors import UnavailableError
-from ._envelope import error_response
-from ._http1 import DirectApp, DirectConnections, HTTPDate, ListenerFacts, serve_http1
+from ._http1 import (
+    DirectApp,
+    DirectConnections,
+    HTTPDate,
+    ListenerFacts,
+    in_flight_refusal,
+    serve_http1,
+)
 from ._limits import DEFAULT_LIMITS, Limits
 
 __all__ = [
@@ -241,6 +247,24 @@ class ListenerLoad:
         self._last_warning = now
         return True
 
+    def refuse_request(self, limits: Limits, bound: str, method: object, path: object) -> bool:
+        """True when a request must be refused (``limits.max_in_flight`` requests are being
+        answered already): counted, and logged now and then (``bound``, ``method`` and
+        ``path`` name it in the warning)."""
+        if self.in_flight < limits.max_in_flight:
+            return False
+        self.refused_requests += 1
+        if self.should_warn():
+            logger.warning(
+                "%s: refusing requests: %d in flight (%d refused so far), e.g. %s %s",
+                bound,
+                self.in_flight,
+                self.refused_requests,
+                method,
+                path,
+            )
+        return True
+
     def statistics(self) -> ListenerStatistics:
         return ListenerStatistics(
             self.connections, self.in_flight, self.refused_connections, self.refused_requests
@@ -279,32 +303,16 @@ class _ConnectionApp:
             await self._app(scope, receive, send)
             return
         load = self._load
-        if load.in_flight >= self._limits.max_in_flight:
-            load.refused_requests += 1
-            if load.should_warn():
-                logger.warning(
-                    "%s: refusing requests: %d in flight (%d refused so far), e.g. %s %s",
-                    self._bound,
-                    load.in_flight,
-                    load.refused_requests,
-                    scope.get("method"),
-                    scope.get("path"),
-                )
-            await _send_envelope(send, 503, "Too many requests in flight; retry later")
+        if load.refuse_request(self._limits, self._bound, scope.get("method"), scope.get("path")):
+            status, headers, body = in_flight_refusal()
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
             return
         load.in_flight += 1
         try:
             await self._app(scope, receive, send)
         finally:
             load.in_flight -= 1
-
-
-async def _send_envelope(send: Any, status: int, message: str) -> None:
-    envelope = error_response(status, message)
-    headers = [(k.lower().encode(), v.encode()) for k, v in envelope.headers]
-    headers += [(b"content-length", str(len(envelope.body)).encode()), (b"retry-after", b"1")]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": envelope.body, "more_body": False})
 
 
 def _tls_extensions(stream: trio.SSLStream[Any], server_pem: str) -> dict[str, Any]:
