@@ -57,11 +57,12 @@ import socket as stdlib_socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any, final
 
 import trio
+from cryptography import x509
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
@@ -69,7 +70,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from .._certs import SSLContextHolder, cert_pem, load_certificate
+from .._certs import SSLContextHolder, cert_pem, is_within_validity, load_certificate
 from .._cluster._names import DEFAULT_PORT, format_address, parse_address
 from .._cluster._truststore import TrustedMember, Truststore
 from .._errors import UnavailableError
@@ -162,7 +163,7 @@ class _TrustMemo:
         self._store: Truststore | None = None
         self._generation = -1
         self._chain: list[str] = []
-        self._matches: list[tuple[TrustedMember, datetime, datetime]] = []
+        self._matches: list[tuple[TrustedMember, x509.Certificate]] = []
 
     def trusted_member(
         self, truststore: Truststore, chain: list[str], now: datetime | None
@@ -173,15 +174,11 @@ class _TrustMemo:
             for cert in chain:
                 member = truststore.by_certificate(cert)
                 if member is not None:
-                    parsed = load_certificate(member.certificate)
-                    matches.append(
-                        (member, parsed.not_valid_before_utc, parsed.not_valid_after_utc)
-                    )
+                    matches.append((member, load_certificate(member.certificate)))
             self._store, self._generation, self._chain = truststore, generation, chain
             self._matches = matches
-        moment = now if now is not None else datetime.now(UTC)
-        for member, start, end in self._matches:
-            if start <= moment <= end:
+        for member, parsed in self._matches:
+            if is_within_validity(parsed, now):
                 return member
         return None
 
