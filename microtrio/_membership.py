@@ -73,7 +73,7 @@ from ._replication import (
     node_id_for,
     open_member_replication,
 )
-from ._replication._frames import GOODBYE_GOING_AWAY
+from ._replication._frames import DEFAULT_MAX_FRAME_SIZE, GOODBYE_GOING_AWAY
 from ._replication._transport import refuse_stream
 from .raft import Role
 
@@ -239,7 +239,7 @@ class MemberCluster:
         driver_config: DriverConfig | None = None,
         committer_config: CommitterConfig | None = None,
         faults: Faults | None = None,
-        max_frame_size: int | None = None,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
     ) -> MemberCluster:
         """Build the member's replication (see the module docstring, step 1)."""
         replication = await open_member_replication(

@@ -58,6 +58,7 @@ from ..raft import ConfState, NotLeaderError, ProposalDroppedError, Role, StateR
 from ._driver import RaftDriver
 from ._driver_config import DriverConfig, RemoteHandler, StateMachine
 from ._faults import Faults
+from ._frames import DEFAULT_MAX_FRAME_SIZE
 from ._storage import AsyncLogStore, LogStore
 from ._transport import Transport, TransportConfig
 from ._wire import WIRE_CODEC, ForwardResult, ForwardStatus, Wire
@@ -507,12 +508,12 @@ async def open_member_replication(
     driver_config: DriverConfig | None = None,
     committer_config: CommitterConfig | None = None,
     faults: Faults | None = None,
-    max_frame_size: int | None = None,
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
 ) -> RaftReplication:
     """A daemon member's replication, its store in ``<database_dir>/raft``: peers are
     dialled presenting the member's server certificate (``server_files``: crt, key) with
     the cluster certificate pinned; ``bootstrap`` makes this member the founding voter;
-    ``max_frame_size`` caps the Raft channel's frames (default: the transport's)."""
+    ``max_frame_size`` caps the Raft channel's frames."""
     server_pair = await trio.to_thread.run_sync(load_cert_key_pair, *server_files)
     cluster_cert = await trio.to_thread.run_sync(Path(cluster_crt).read_bytes)
     node_id = node_id_for(name)
@@ -527,8 +528,7 @@ async def open_member_replication(
         driver_config=driver_config,
         committer_config=committer_config,
         transport_config=TransportConfig(
-            server_hostname=pinned_server_name(cluster_cert),
-            **({} if max_frame_size is None else {"max_frame_size": max_frame_size}),
+            server_hostname=pinned_server_name(cluster_cert), max_frame_size=max_frame_size
         ),
         faults=faults,
     )
