@@ -112,7 +112,10 @@ def _http_transport(
     *, verify: ssl.SSLContext | None = None, uds: str | None = None
 ) -> httpx.AsyncHTTPTransport:
     """An httpx transport without keep-alive on :class:`_ClosingBackend`."""
-    transport = httpx.AsyncHTTPTransport(limits=_NO_KEEPALIVE, uds=uds)
+    # Our context (when given) also spares httpx building its default one, unused here.
+    transport = httpx.AsyncHTTPTransport(
+        verify=verify if verify is not None else True, limits=_NO_KEEPALIVE, uds=uds
+    )
     # httpx builds its pool on httpcore's default backend and takes no backend argument:
     # the same pool (our TLS context, no keep-alive), on ours.
     transport._pool = httpcore.AsyncConnectionPool(
