@@ -1,0 +1,129 @@
+"""Where a write's time goes across the three daemon processes of the benchmark cluster.
+
+    python bench/trace_write.py [--mode write] [-c 1] [-t 8] [--base-port 24850]
+
+Starts ``bench/microtrio_cluster.sh`` with ``bench/_trace`` on ``PYTHONPATH`` and
+``MICROTRIO_TRACE_DIR`` set: every daemon stamps the stages of the write path with
+``time.monotonic()`` (one clock for all processes; see ``_trace/_trace_hooks.py``, which
+patches the library at import, nothing in it changes) and writes them out when stopped.
+The shared load client then drives the leader (member1) with the http-kv adapter, as
+``profile_leader.py`` does. For every request the leader answered in the measured window
+(from its ``http head`` to its ``http send<``) and every stage of every member, the first
+time that stage happened inside the window is taken relative to the request's arrival;
+prints the median and p90 offset per stage (sorted by median) and how many requests saw it.
+``L`` is the leader, ``F1``/``F2`` the followers. The stamps cost a few microseconds each,
+so absolute figures are a little higher than an untraced run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import _cluster  # noqa: E402
+
+LOAD = Path(os.environ.get("LOAD_PY", "/work/shared/bench/load.py"))
+
+
+def _read(path: Path) -> list[tuple[float, str]]:
+    events = []
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            continue
+        t, _, stage = line.partition(" ")
+        events.append((float(t), stage))
+    return events
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mode", default="write", choices=["write", "read"])
+    p.add_argument("-c", "--concurrency", type=int, default=1)
+    p.add_argument("-t", "--duration", type=float, default=8.0)
+    p.add_argument("--base-port", type=int, default=24850)
+    args = p.parse_args()
+    certs = Path(os.environ.get("CERTS", "/tmp/microtrio-trace-pki"))
+    data = Path(tempfile.mkdtemp(prefix="microtrio-trace-data."))
+    traces = Path(tempfile.mkdtemp(prefix="microtrio-trace."))
+    pythonpath = os.pathsep.join(filter(None, [str(HERE / "_trace"), os.environ.get("PYTHONPATH")]))
+    env = {"MICROTRIO_TRACE_DIR": str(traces), "PYTHONPATH": pythonpath}
+    cluster, pids = _cluster.start(certs, data, args.base_port, **env)
+    try:
+        ctx = _cluster.context(certs)
+        port = args.base_port + 1
+        _cluster.wait_voters(port, ctx)
+        deadline = time.monotonic() + 60
+        while not _cluster.leads(port, ctx):
+            if time.monotonic() > deadline:
+                sys.exit("member1 did not lead")
+            time.sleep(0.2)
+        tls = ["--cacert", str(certs / "cluster.crt"), "--cert", str(certs / "client.crt")]
+        tls += ["--key", str(certs / "client.key")]
+        window_start = time.monotonic() + 1.5
+        out = subprocess.run(
+            [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",
+             "/1.0/kv/{key}", "--urls", f"https://127.0.0.1:{port}", "--mode", args.mode,
+             "-c", str(args.concurrency), "-t", str(args.duration), "--warmup", "1",
+             "--label", "trace", *tls],
+            stdout=subprocess.PIPE, check=True, timeout=args.duration + 180,
+        ).stdout  # fmt: skip
+        window_end = time.monotonic() - 0.2
+    finally:
+        _cluster.stop(cluster)
+        shutil.rmtree(data, ignore_errors=True)
+    report = json.loads(out)
+    print(json.dumps({k: report.get(k) for k in ("mode", "concurrency", "ops_per_s", "p50_ms")}))
+    names = {pids[0]: "L", pids[1]: "F1", pids[2]: "F2"}
+    per: dict[str, list[tuple[float, str]]] = {}
+    for name_pid, name in names.items():
+        path = traces / f"{name_pid}.trace"
+        if not path.exists():
+            sys.exit(f"no trace from {name} (pid {name_pid}) in {traces}")
+        per[name] = _read(path)
+    leader = per["L"]
+    requests = []
+    for i, (t, stage) in enumerate(leader):
+        if stage == "http head" and window_start <= t <= window_end:
+            for t2, stage2 in leader[i + 1 :]:
+                if stage2 == "http send<":
+                    requests.append((t, t2))
+                    break
+    if not requests:
+        sys.exit("no requests traced")
+    offsets: dict[str, list[float]] = {}
+    for name, events in per.items():
+        times = [t for t, _ in events]
+        for start, end in requests:
+            seen: set[str] = set()
+            for k in range(bisect.bisect_left(times, start), bisect.bisect_right(times, end)):
+                stage = f"{name}:{events[k][1]}"
+                if stage not in seen:
+                    seen.add(stage)
+                    offsets.setdefault(stage, []).append(events[k][0] - start)
+    rows = []
+    for stage, values in offsets.items():
+        if len(values) < len(requests) // 4:
+            continue
+        values.sort()
+        rows.append((statistics.median(values), values[int(len(values) * 0.9)], len(values), stage))
+    rows.sort()
+    print(f"{len(requests)} requests; offsets from the leader's http head, microseconds")
+    print(f"{'stage':32s} {'p50':>7s} {'p90':>7s} {'seen':>6s}")
+    for med, p90, count, stage in rows:
+        print(f"{stage:32s} {med * 1e6:7.0f} {p90 * 1e6:7.0f} {count:6d}")
+    shutil.rmtree(traces, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
