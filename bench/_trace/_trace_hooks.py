@@ -149,6 +149,7 @@ def _patch() -> None:
 
     _http1.parse_head = parse
     _patch_store()
+    _patch_more()
     _wrap_async(
         _http1._Connection,
         "_send",
@@ -174,3 +175,24 @@ def _patch_store() -> None:
         _stamp("fsync<")
 
     _logstore.sync_data = sync_data
+
+
+def _patch_more() -> None:
+    from microtrio._api import _fast
+    from microtrio._db import _apply, _database
+
+    _wrap_async(_http1_conn(), "_answer", lambda *a, **k: _stamp("http answer>"))
+    _wrap_async(_fast.FastDispatcher, "respond_direct", lambda *a, **k: _stamp("fast>"))
+    _wrap_async(_database.Database, "execute_many", lambda *a, **k: _stamp("db execute>"))
+    _wrap_async(
+        _apply.Applier,
+        "apply",
+        lambda *a, **k: _stamp("apply>"),
+        lambda *a, **k: _stamp("apply<"),
+    )
+
+
+def _http1_conn() -> Any:
+    from microtrio._api import _http1
+
+    return _http1._Connection
