@@ -18,11 +18,9 @@ __all__ = [
     "decode_commit_hint",
     "encode_commit_hint",
     "fsync_dir",
-    "pwrite_all",
     "rewrite_in_place",
     "sync_data",
     "write_all",
-    "write_zeros",
 ]
 
 # fdatasync flushes the data and the metadata needed to read it back (the file size), which
@@ -41,31 +39,6 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-
-
-def pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
-    """Write every byte of ``data`` at ``offset`` (the fd must not be ``O_APPEND``: Linux
-    appends there whatever the offset)."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view = view[written:]
-        offset += written
-
-
-_ZEROS = bytes(1 << 20)
-
-
-def write_zeros(fd: int, start: int, stop: int) -> None:
-    """Write zero bytes over ``[start, stop)`` of a file (no sync), extending it if shorter.
-
-    Written, not ``posix_fallocate``d: an unwritten extent still costs a journal commit on
-    its first write, which is what preallocating a log segment is meant to avoid.
-    """
-    while start < stop:
-        count = min(stop - start, len(_ZEROS))
-        pwrite_all(fd, memoryview(_ZEROS)[:count], start)
-        start += count
 
 
 def fsync_dir(directory: Path) -> None:

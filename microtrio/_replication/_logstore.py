@@ -11,22 +11,9 @@ A :class:`LogStore` owns one directory (the daemon uses ``<state>/database/raft/
     snapshot-<term>-<index>.snap  the latest snapshot (older ones are removed once it is durable)
     *.tmp                         leftovers of interrupted atomic writes: ignored and removed
 
-Only the newest segment is ever written. ``append`` writes one batch with one ``pwrite`` and
+Only the newest segment is ever written. ``append`` writes one batch with one ``write`` and
 one ``fdatasync`` (group fsync); a batch goes whole into the newest segment, and a new one is
 started (written as a tmp file and renamed in) once the newest has reached ``segment_size``.
-
-The newest segment is preallocated: it is created holding its header, its first batch and
-zeros up to ``segment_size``, all durable before it is renamed in, and later batches are
-written over the zeros after the data. The file's size then stays put, so ``fdatasync`` has
-no size change to commit to the file system's journal (ext4 on virtio: ~92 instead of
-~135 us for a 300-byte append). Zeros are written: ``posix_fallocate``'s unwritten extents
-still cost a journal commit on first write. The fill (~5 ms for 8 MiB there) is paid by the
-append that starts a segment, once per ``segment_size`` bytes; preparing the next segment
-ahead would need a second thread writing this directory beside the one worker. A batch
-larger than what is left still goes whole into the segment, growing it once. A segment keeps
-its padding once it is no longer the newest; ``load`` zero-fills a newest segment that lacks
-it (written before preallocation, or under a smaller ``segment_size``).
-
 A hard state that changes only its commit index (almost every Ready) costs no fsync: the
 commit goes to the ``commit`` hint (see ``_durable.py``); the hard-state file, with its tmp
 file, fsync, rename and directory fsync, is replaced only when the term or the vote
@@ -36,17 +23,6 @@ commit index written was durable before it was written).
 ``truncate_from`` removes segments newest first and cuts the one holding the cut point, then
 makes both durable before anything new is written, so that every crash leaves a contiguous
 prefix. ``compact_to`` removes whole segments that lie entirely at or below the snapshot.
-
-Why dropped records can never come back: overwriting them with zeros in place would not be
-atomic (a power loss mid-way may keep a later sector's old record and lose an earlier
-sector's zeros, and the old record would then read back as valid). So the cut is an
-``ftruncate`` to the cut point followed by ``fdatasync``: the size change is one journaled
-metadata update, after which the dropped bytes are no longer part of the file. Only then is
-the tail zero-filled again up to ``segment_size`` and synced; bytes a file grows by read as
-zeros (blocks freed by the truncate are never handed back with their old contents), so a
-crash during the refill leaves the prefix followed by zeros or by nothing, both a clean
-end. Both syncs return before ``truncate_from`` does, hence before any new record is written
-past the cut. A torn tail found by ``load`` is cut the same way.
 
 Installing a snapshot follows the Raft paper (section 7): if the log holds the snapshot's last
 entry with the same term, the entries after it are kept; otherwise the whole log is dropped.
@@ -84,11 +60,9 @@ from ._durable import (
     decode_commit_hint,
     encode_commit_hint,
     fsync_dir,
-    pwrite_all,
     rewrite_in_place,
     sync_data,
     write_all,
-    write_zeros,
 )
 from ._segments import (
     HEADER_SIZE,
@@ -123,8 +97,7 @@ class _Segment:
     path: Path
     offsets: array[int] = field(default_factory=lambda: array("Q"))
     terms: array[int] = field(default_factory=lambda: array("Q"))
-    size: int = HEADER_SIZE  # end of the records: where the next one is written
-    allocated: int = HEADER_SIZE  # newest only: the file's length (zeros after ``size``)
+    size: int = HEADER_SIZE
 
     @property
     def last_index(self) -> int:
@@ -325,7 +298,7 @@ class LogStore:
         )
         fd = os.open(path, os.O_WRONLY)
         try:
-            os.ftruncate(fd, scan.end)  # zero-filled again when opened (see _open_newest)
+            os.ftruncate(fd, scan.end)
             sync_data(fd)
         finally:
             os.close(fd)
@@ -385,9 +358,8 @@ class LogStore:
             if newest is None or self._fd is None or newest.size >= self._segment_size:
                 newest = self._new_segment(first, data)
             else:
-                pwrite_all(self._fd, data, newest.size)
+                write_all(self._fd, data)
                 sync_data(self._fd)
-                newest.allocated = max(newest.allocated, newest.size + len(data))
             offset = newest.size
             for entry, size in zip(entries, sizes, strict=True):
                 newest.offsets.append(offset)
@@ -397,18 +369,14 @@ class LogStore:
             self._next_index = entries[-1].index + 1
 
     def _new_segment(self, first: int, data: bytes) -> _Segment:
-        """Start a segment holding ``data`` and zero padding up to ``segment_size``: written
-        as a tmp file, renamed in when durable."""
+        """Start a segment holding ``data``: written as a tmp file, renamed in when durable."""
         assert self._segments is not None
         path = self._dir / segment_name(first)
         tmp = path.with_name(path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        used = HEADER_SIZE + len(data)
-        allocated = max(used, self._segment_size)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o600)
         try:
             write_all(fd, encode_header(first))
             write_all(fd, data)
-            write_zeros(fd, used, allocated)
             sync_data(fd)
             os.replace(tmp, path)
             fsync_dir(self._dir)
@@ -418,7 +386,7 @@ class LogStore:
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
-        segment = _Segment(first, path, allocated=allocated)
+        segment = _Segment(first, path)
         self._segments.append(segment)
         logger.debug("%s: started segment %s", self._name, path.name)
         return segment
@@ -447,10 +415,8 @@ class LogStore:
                 del segment.offsets[cut:]
                 del segment.terms[cut:]
                 assert self._fd is not None
-                os.ftruncate(self._fd, segment.size)  # durable before the refill: see module doc
+                os.ftruncate(self._fd, segment.size)
                 sync_data(self._fd)
-                segment.allocated = segment.size
-                self._preallocate(segment, self._fd)
             self._next_index = index
 
     def _drop_segments(self, keep: int) -> None:
@@ -469,18 +435,7 @@ class LogStore:
 
     def _open_newest(self) -> None:
         if self._segments and self._fd is None:
-            newest = self._segments[-1]
-            self._fd = os.open(newest.path, os.O_WRONLY)  # not O_APPEND: appends use pwrite
-            newest.allocated = os.fstat(self._fd).st_size
-            self._preallocate(newest, self._fd)
-
-    def _preallocate(self, segment: _Segment, fd: int) -> None:
-        """Zero-fill the newest segment durably up to ``segment_size`` if it will take more
-        appends (it was cut, or written unpadded by an older version)."""
-        if segment.size < self._segment_size and segment.allocated < self._segment_size:
-            write_zeros(fd, segment.allocated, self._segment_size)
-            sync_data(fd)
-            segment.allocated = self._segment_size
+            self._fd = os.open(self._segments[-1].path, os.O_WRONLY | os.O_APPEND)
 
     def save_hard_state(self, hard_state: HardState) -> None:
         """Record ``hard_state``: a new term or vote replaces the hard-state file atomically

@@ -10,22 +10,14 @@ starts with a fixed header and is followed by records, one per entry, in index o
               length = 17 + len(data)   (bytes after the crc field)
               crc32  = crc32(length field + index + term + type + data)
 
-All integers are little-endian. A segment may end with zero padding: the store
-preallocates the newest segment by writing zeros up to the segment size (``_logstore.py``),
-so appending does not grow the file. No record is all zeros (its length is at least 17),
-so when the bytes from a record boundary to the end of the file are all zero, that boundary
-is the clean end of the data; a file without padding (as written before preallocation)
-simply ends at its last record. Both decode the same.
-
-A segment is only ever appended to, or cut short when the log is truncated, so after a
-crash the only legitimately damaged bytes are the tail of the newest segment (an append
-that was not acknowledged because its fsync never returned), followed by padding or by
-nothing. :func:`scan_segment` decodes a whole file and reports exactly where decoding
-stopped and why; it never guesses. Deciding whether a stop is a torn tail or corruption is
-the caller's job (it knows the commit index), except that a damaged record followed by a
-record that still checks out is always corruption, and any damage in a segment that is not
-the newest is always corruption (a non-final segment may end with zero padding, never with
-anything else; records missing at its end show up as a gap before the next segment).
+All integers are little-endian. A segment is only ever appended to, or cut short
+(``ftruncate``) when the log is truncated, so after a crash the only legitimately damaged
+bytes are the tail of the newest segment (an append that was not acknowledged because its
+fsync never returned). :func:`scan_segment` decodes a whole file and reports exactly where
+decoding stopped and why; it never guesses. Deciding whether a stop is a torn tail or
+corruption is the caller's job (it knows the commit index), except that a damaged record
+followed by a record that still checks out is always corruption, and any damage in a
+segment that is not the newest is always corruption.
 
 Every malformed field becomes :class:`microtrio.CorruptionError` naming the file and the
 byte offset; no input, however mangled, raises anything else.
@@ -71,7 +63,6 @@ MAX_RECORD_BODY = 1 << 30
 MAX_ENTRY_DATA = MAX_RECORD_BODY - _BODY.size
 
 _MAX_U64 = 2**64 - 1
-_NONZERO = re.compile(rb"[^\x00]")
 _NAME_RE = re.compile(r"^log-(\d{20})\.seg$")
 
 
@@ -111,10 +102,10 @@ class SegmentScan:
     """What decoding one segment file found.
 
     ``entries``/``offsets``/``terms`` describe the good records (``offsets[i]`` is where the
-    record of ``entries[i]`` starts). ``end`` is the offset just past the last good record
-    and ``size`` the file's length. ``damage`` is None when the file decoded to its last
-    byte or only zero padding follows ``end``; otherwise it says why decoding stopped at
-    ``end`` (only ever set for the newest segment: elsewhere damage raises at once).
+    record of ``entries[i]`` starts). ``end`` is the offset just past the last good record.
+    ``damage`` is None when the file decoded to its last byte; otherwise it says why
+    decoding stopped at ``end`` (only ever set for the newest segment: elsewhere damage
+    raises at once).
     """
 
     first_index: int
@@ -174,9 +165,6 @@ def _valid_record_after(buf: bytes, start: int, min_index: int) -> int | None:
     remaining = len(buf) - start
     if remaining < RECORD_OVERHEAD or min_index > _MAX_U64:
         return None
-    # A record's length field is not zero, so none starts in the zero padding at the end:
-    # searching it (megabytes in a preallocated segment) could only waste time.
-    stop = min(len(buf), len(buf.rstrip(b"\x00")) + RECORD_OVERHEAD)
     max_index = min(min_index + remaining // RECORD_OVERHEAD + 1, _MAX_U64)  # index is a u64
     highs = b"|".join(
         re.escape(struct.pack("<Q", high << 16)[2:])
@@ -186,7 +174,7 @@ def _valid_record_after(buf: bytes, start: int, min_index: int) -> int | None:
     length = rb"(?!\x00\x00\x00)...\x00" if remaining < 1 << 24 else rb"...."
     candidates = re.compile(rb"(?=" + length + rb"....(?:..)(?:" + highs + rb"))", re.DOTALL)
     view = memoryview(buf)
-    for match in candidates.finditer(buf, start, stop):
+    for match in candidates.finditer(buf, start):
         pos = match.start()
         (index,) = _U64.unpack_from(buf, pos + _PREFIX.size)
         if index >= min_index and _check_record(view, pos) is None:
@@ -201,9 +189,8 @@ def scan_segment(
 
     ``name_index`` is the first index from the file name, ``prev_term`` the term of the
     entry before this segment (0 if none). Raises :class:`CorruptionError` for any damage,
-    except a damaged tail of the ``newest`` segment with nothing valid after it (garbage,
-    then zeros or the end of the file), which is reported in :attr:`SegmentScan.damage` for
-    the caller to judge. Zero padding after the last record is no damage.
+    except a damaged tail of the ``newest`` segment with nothing valid after it, which is
+    reported in :attr:`SegmentScan.damage` for the caller to judge.
     """
     _check_header(path, buf, name_index)
     view = memoryview(buf)
@@ -215,8 +202,6 @@ def scan_segment(
     while pos < len(buf):
         problem = _check_record(view, pos)
         if problem is not None:
-            if _NONZERO.search(buf, pos) is None:
-                break  # zero padding: the clean end of the data
             if not newest:
                 raise _corrupt(path, pos, f"{problem} (entry {expected}) in a non-final segment")
             found = _valid_record_after(buf, pos + 1, expected)
