@@ -12,15 +12,19 @@ Everything that touches the :class:`~microtrio.raft.RaftNode` happens in the dri
   each carrying a :class:`Reply` the caller waits on (with its own deadline).
 
 The loop takes one event (or wakes up for the next tick: ticks come from trio's clock
-every ``tick_interval`` seconds, and a late loop never ticks twice in a row), drains what
-else is queued, and then handles one Ready in contract order:
+every ``tick_interval`` seconds, and a late loop never ticks twice in a row; or for the
+deadline of held commit notifications), drains what else is queued, and then handles one
+Ready in contract order:
 
 1. persist snapshot, entries and hard state in one call of the storage thread (one group
    fsync for the entries) - :meth:`AsyncLogStore.persist`;
 2. install a received snapshot into the state machine (``restore``);
-3. only then send the messages (a leader's commit-only appends: after step 4);
+3. only then send the messages (a leader's commit-only appends: after step 4, and held
+   back a few milliseconds at most: the next append usually carries the same commit index,
+   see :mod:`._commit_hold`);
 4. apply the committed entries in order (``apply(index, data, term=...)``; no-op and
-   configuration entries advance the index only) and resolve whoever waits for them;
+   configuration entries advance the index only; a follower lets its sender tasks write
+   its acks first) and resolve whoever waits for them;
 5. answer read-index requests, then ``advance``.
 
 After advancing, when more than ``snapshot_threshold`` entries were applied since the last
@@ -67,6 +71,7 @@ from ..raft import (
     Status,
     bootstrap_state,
 )
+from ._commit_hold import CommitHold, split_commit_only
 from ._driver_config import DriverConfig, RemoteHandler, StateMachine
 from ._forwarding import Forwarding
 from ._reads import ReadIndexBatcher
@@ -166,7 +171,10 @@ class RaftDriver:
             rng=self._rng,
             remote_limit=self.config.remote_limit,
             name=self._name,
+            send=self._send,
         )
+        delay = self.config.commit_notify_delay
+        self._hold = CommitHold(delay) if delay > 0 else None
         self._snapshot_index = 0
         self._running = False
         self._stopped = False
@@ -411,8 +419,12 @@ class RaftDriver:
         interval = self.config.tick_interval
         lease = self.config.lease_read
         next_tick = trio.current_time() + interval
+        hold = self._hold
         while True:
-            with trio.move_on_at(next_tick):
+            # the hold's deadline is math.inf when it is empty, and the end of this loop
+            # empties it once the deadline passed: never a wake-up time in the past
+            wake = next_tick if hold is None else min(next_tick, hold.deadline)
+            with trio.move_on_at(wake):
                 event = await self._inbox_recv.receive()
                 if lease:  # a lease is counted in ticks: none may be missing before a read
                     next_tick = self._tick_due(node, next_tick)
@@ -427,6 +439,8 @@ class RaftDriver:
             if node.has_ready():
                 await self._handle_ready(node, node.ready())
                 await self._maybe_compact(node)
+            if hold is not None and hold.deadline <= trio.current_time():
+                self._transport.send(hold.take_all())
 
     def _tick_due(self, node: RaftNode, next_tick: float) -> float:
         """Tick if a tick is due; return when the next one is.
@@ -482,11 +496,19 @@ class RaftDriver:
             self._term, self._commit = rd.hard_state.term, rd.hard_state.commit
         if rd.snapshot is not None:
             await self._install(rd.snapshot.meta.index, rd.snapshot.data)
-        late: Sequence[Message] = ()
-        if messages and rd.committed_entries and rd.soft_state.role is StateRole.LEADER:
-            messages, late = _commit_only_last(messages)
+        late: Sequence[MsgApp] = ()
+        leads = rd.soft_state.role is StateRole.LEADER
+        if messages and leads and (rd.committed_entries or self._hold is not None):
+            messages, late = split_commit_only(messages)
         if messages:
-            self._transport.send(messages)
+            self._send(messages)
+            if rd.committed_entries and not leads:
+                # A follower's acks leave before it applies (the leader waits for them, not
+                # for our apply): the sender tasks run in the next scheduler pass, in an
+                # order trio picks, so two passes (the apply's lock is a checkpoint too,
+                # but the apply ran first in about half the runs: ~60 us later acks).
+                await trio.lowlevel.checkpoint()
+                await trio.lowlevel.checkpoint()
         for entry in rd.committed_entries:
             if entry.index <= self._applied:
                 continue
@@ -494,11 +516,13 @@ class RaftDriver:
             await self._sm.apply(entry.index, data, term=entry.term)
             self._record_applied(entry.index, entry.term)
         if late:
-            self._transport.send(late)
+            self._send_commits(late, messages)
         if rd.read_states:
             self._reads.answered(rd.read_states)
         ss = rd.soft_state
         if ss.leader_id != self._leader or ss.role is not self._role:
+            if ss.role is not StateRole.LEADER and self._hold is not None:
+                self._hold.take_all()  # dropped: the next leader's appends carry the commit
             if ss.leader_id != self._leader:
                 logger.info(
                     "%s: leader is now %s (term %d)",
@@ -526,8 +550,25 @@ class RaftDriver:
         early = [m for m in messages if isinstance(m, MsgApp) and m.commit <= durable]
         if not early:
             return messages
-        self._transport.send(early)
+        self._send(early)
         return [m for m in messages if not (isinstance(m, MsgApp) and m.commit <= durable)]
+
+    def _send(self, messages: Sequence[Wire]) -> None:
+        """Hand Raft messages to the transport (through the hold: see
+        :meth:`CommitHold.sending`)."""
+        if self._hold is not None:
+            messages = self._hold.sending(messages)
+        self._transport.send(messages)
+
+    def _send_commits(self, commits: Sequence[MsgApp], sent: Sequence[Message]) -> None:
+        """A leader's commit notifications, after the apply (``sent``: this Ready's other
+        messages, already sent): held back unless the follower waits for its own apply
+        (it forwarded a write: :meth:`Forwarding.waits_for_commit`)."""
+        if self._hold is not None:
+            waits = self._forwarding.waits_for_commit
+            commits = self._hold.hold(commits, sent, waits, trio.current_time())
+        if commits:
+            self._send(commits)
 
     async def _install(self, index: int, data: bytes) -> None:
         logger.info("%s: installing the snapshot at %d", self._name, index)
@@ -592,27 +633,6 @@ class RaftDriver:
             if isinstance(event, _Request):
                 event.reply.fail(stopped)
         self._notify()
-
-
-def _commit_only_last(messages: Sequence[Message]) -> tuple[list[Message], list[Message]]:
-    """Split a leader's messages into (now, after the apply): the appends that only move a
-    follower's commit index (no entries, no answer wanted) leave after the committed entries
-    are applied here and whoever waits for them is woken.
-
-    Why: at one write at a time the leader's answer to its client waits for the apply, and
-    the apply's first checkpoint let the sender tasks write those appends to their sockets
-    first (a system call that wakes another process each). Nothing waits for them that the
-    apply could delay: the followers learn the same commit index a few hundred microseconds
-    later at most (the apply runs inline, or in one thread hop), the sends are queued before
-    this Ready ends, and delaying a message is always safe in Raft."""
-    now: list[Message] = []
-    late: list[Message] = []
-    for m in messages:
-        if isinstance(m, MsgApp) and not m.entries and not m.ack:
-            late.append(m)
-        else:
-            now.append(m)
-    return now, late
 
 
 def _trim(persisted: PersistedState) -> PersistedState:

@@ -3,6 +3,7 @@ the handler that runs statement requests forwarded to the leader."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, final
@@ -40,12 +41,21 @@ class DriverConfig:
     recent_terms: int = 65536
     #: Forwarded statement requests the leader runs at once; more are refused (retried).
     remote_limit: int = 1024
+    #: Seconds a leader holds an append that only tells a follower the new commit index
+    #: (the next append to it usually carries it first; see :mod:`._commit_hold`); 0 sends
+    #: them at once. Followers waiting for a write they forwarded, or answered a read
+    #: point, are told at once either way.
+    commit_notify_delay: float = 0.005
 
     def __post_init__(self) -> None:
         if self.tick_interval <= 0:
             raise ValueError("tick_interval must be positive")
         if self.snapshot_threshold < 1 or self.inbox_size < 1 or self.recent_terms < 1:
             raise ValueError("snapshot_threshold, inbox_size and recent_terms must be >= 1")
+        if not (0 <= self.commit_notify_delay < math.inf):
+            raise ValueError(
+                f"commit_notify_delay must be finite and >= 0, not {self.commit_notify_delay!r}"
+            )
 
 
 class _Snapshot(Protocol):

@@ -12,12 +12,20 @@ Leader side: a :class:`ForwardPropose` is proposed at once (in the driver task);
 batch's commit) through the database's :data:`RemoteHandler`, at most ``remote_limit`` at a
 time. Refusals (not the leader, a transfer running, too busy) are answered at once: the
 request surely did not run, and the asking member may try again.
+
+The leader also remembers who waits for a commit (:meth:`Forwarding.waits_for_commit`): a
+member whose forwarded write was proposed at an index that it was not yet told is committed,
+or whose statement request runs here, waits for its own apply of that write before it
+answers its caller, so the driver tells it about new commits at once instead of holding the
+notification back (:mod:`._commit_hold`). Answers leave through ``send`` (the driver's, which
+puts a held commit notification ahead of a statement request's answer).
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable, Sequence
 from typing import final
 
 import trio
@@ -53,9 +61,11 @@ class Forwarding:
         rng: random.Random,
         remote_limit: int,
         name: str,
+        send: Callable[[Sequence[Wire]], None] | None = None,
     ) -> None:
         self._id = node_id
         self._transport = transport
+        self._send = send if send is not None else transport.send
         self._rng = rng
         self._remote_limit = remote_limit
         self._name = name
@@ -64,6 +74,11 @@ class Forwarding:
         self._executes: dict[int, tuple[int, Reply[ExecuteResult]]] = {}
         self._handler: RemoteHandler | None = None
         self._running = 0
+        # leader side: member -> the highest index its forwarded writes were proposed at
+        # (until it is sent a commit index that reaches it), and -> its statement requests
+        # running here
+        self._proposed: dict[int, int] = {}
+        self._serving: dict[int, int] = {}
         #: Where statement requests run (the driver's nursery while it runs).
         self.nursery: trio.Nursery | None = None
 
@@ -101,6 +116,7 @@ class Forwarding:
         """This member now sees ``leader`` (0: none) as the leader: requests waiting for
         an answer from another member fail with :class:`UnavailableError` (their outcome
         is unknown: the old leader may have run them)."""
+        self._proposed.clear()  # leader side: whoever leads next tells them its commits
         error = UnavailableError(f"{self._name}: the leader changed while it was asked")
         for asked, forward in self._forwards.values():
             if asked != leader:
@@ -111,6 +127,20 @@ class Forwarding:
 
     # -- the driver task --
 
+    def waits_for_commit(self, node_id: int, commit: int) -> bool:
+        """Leader side: whether a commit notification to ``node_id`` carrying ``commit``
+        must leave at once: a statement request of it runs here, or a write it forwarded
+        was proposed at an index it was not told is committed (this one tells it, if
+        ``commit`` reaches that index: the caller sends it)."""
+        if self._serving.get(node_id):
+            return True
+        proposed = self._proposed.get(node_id)
+        if proposed is None:
+            return False
+        if commit >= proposed:
+            del self._proposed[node_id]
+        return True
+
     def serve_remote(self, handler: RemoteHandler) -> None:
         """Run :class:`ForwardExecute` requests with ``handler`` while this member leads."""
         self._handler = handler
@@ -118,7 +148,10 @@ class Forwarding:
     def handle(self, node: RaftNode, msg: Wire) -> Message | None:
         """Handle a forwarding message; return a Raft message for the node to step."""
         if isinstance(msg, ForwardPropose):
-            self._transport.send([self._propose(node, msg)])
+            result = self._propose(node, msg)
+            if result.status == ForwardStatus.OK:
+                self._proposed[msg.src] = max(self._proposed.get(msg.src, 0), result.index)
+            self._send([result])
         elif isinstance(msg, ForwardResult):
             asked, reply = self._forwards.get(msg.request_id, (0, None))
             if reply is not None and asked == msg.src:
@@ -155,9 +188,10 @@ class Forwarding:
             status = ForwardStatus.DROPPED
         if status != ForwardStatus.OK or self.nursery is None:
             result = ExecuteResult(self._id, msg.src, msg.request_id, status, leader=leader)
-            self._transport.send([result])
+            self._send([result])
             return
         self._running += 1
+        self._serving[msg.src] = self._serving.get(msg.src, 0) + 1
         self.nursery.start_soon(self._serve_execute, msg)
 
     async def _serve_execute(self, msg: ForwardExecute) -> None:
@@ -170,7 +204,10 @@ class Forwarding:
             return  # no answer: the asking member reports an unknown outcome
         finally:
             self._running -= 1
+            left = self._serving.pop(msg.src) - 1
+            if left:
+                self._serving[msg.src] = left
         result = ExecuteResult(
             self._id, msg.src, msg.request_id, ForwardStatus.OK, index, self._id, data
         )
-        self._transport.send([result])
+        self._send([result])

@@ -1,6 +1,10 @@
 """A leader's appends that only carry a new commit index leave after it applied the
 committed entries and woke whoever waits for them (the client's answer does not queue
-behind those sends); appends with entries and everything else still leave at once."""
+behind those sends); appends with entries and everything else still leave at once.
+
+With ``commit_notify_delay=0`` (eager notifications): by default most of them are held and
+superseded by the next append instead (``test_commit_hold.py``); those that leave, leave
+later still."""
 
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ CEILING = 60.0
 
 async def test_commit_only_appends_leave_after_the_apply(tmp_path: Path) -> None:
     with trio.fail_after(CEILING):
-        async with open_cluster(tmp_path, 3, driver_config=DriverConfig()) as cluster:
+        config = DriverConfig(commit_notify_delay=0)
+        async with open_cluster(tmp_path, 3, driver_config=config) as cluster:
             leader = await cluster.leader()
             await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
             driver = leader.repl.driver
