@@ -46,6 +46,9 @@ async def test_pause_resume_and_partition(cluster3: TestCluster) -> None:
     with trio.fail_after(CEILING):
         leader = await cluster3.wait_for_leader()
         await execute(leader, "CREATE TABLE t (k INTEGER PRIMARY KEY)")
+        # followers learn a commit with the next append or a few ms later (the leader
+        # holds commit-only notifications): have the table everywhere before pausing one
+        await cluster3.wait_replicated()
         follower = cluster3.followers()[0]
         cluster3.pause(follower)
         await write_retrying(leader, "INSERT INTO t VALUES (1)")
