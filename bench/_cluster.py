@@ -85,3 +85,22 @@ def wait_voters(port: int, ctx: ssl.SSLContext, count: int = 3, timeout: float =
         if time.monotonic() > deadline:
             raise SystemExit(f"fewer than {count} voters after {timeout:g} s")
         time.sleep(0.2)
+
+
+def wait_member1_leads(port: int, ctx: ssl.SSLContext, timeout: float = 60.0) -> None:
+    """Wait for three voters, then until the member on ``port`` (member1) leads."""
+    wait_voters(port, ctx)
+    deadline = time.monotonic() + timeout
+    while not leads(port, ctx):
+        if time.monotonic() > deadline:
+            raise SystemExit("member1 did not lead")
+        time.sleep(0.2)
+
+
+def client_tls(certs: Path) -> list[str]:
+    """The shared load client's TLS arguments for the certificates in ``certs``."""
+    return [
+        "--cacert", str(certs / "cluster.crt"),
+        "--cert", str(certs / "client.crt"),
+        "--key", str(certs / "client.key"),
+    ]  # fmt: skip

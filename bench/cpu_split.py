@@ -60,16 +60,10 @@ def main() -> None:
     try:
         ctx = _cluster.context(certs)
         port = args.base_port + 1
-        _cluster.wait_voters(port, ctx)
-        deadline = time.monotonic() + 60
-        while not _cluster.leads(port, ctx):
-            if time.monotonic() > deadline:
-                sys.exit("member1 did not lead")
-            time.sleep(0.2)
+        _cluster.wait_member1_leads(port, ctx)
         members = 3 if args.all_members else 1
         urls = ",".join(f"https://127.0.0.1:{port + i}" for i in range(members))
-        tls = ["--cacert", str(certs / "cluster.crt"), "--cert", str(certs / "client.crt")]
-        tls += ["--key", str(certs / "client.key")]
+        tls = _cluster.client_tls(certs)
         load = subprocess.Popen(
             [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",
              args.path_template, "--urls", urls, "--mode", args.mode,

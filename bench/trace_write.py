@@ -62,14 +62,8 @@ def main() -> None:
     try:
         ctx = _cluster.context(certs)
         port = args.base_port + 1
-        _cluster.wait_voters(port, ctx)
-        deadline = time.monotonic() + 60
-        while not _cluster.leads(port, ctx):
-            if time.monotonic() > deadline:
-                sys.exit("member1 did not lead")
-            time.sleep(0.2)
-        tls = ["--cacert", str(certs / "cluster.crt"), "--cert", str(certs / "client.crt")]
-        tls += ["--key", str(certs / "client.key")]
+        _cluster.wait_member1_leads(port, ctx)
+        tls = _cluster.client_tls(certs)
         window_start = time.monotonic() + 1.5
         out = subprocess.run(
             [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",

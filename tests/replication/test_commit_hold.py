@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from _raft_cluster import FAST_DRIVER, Member, open_cluster, sql
+from _raft_cluster import FAST_DRIVER, Cluster, Member, open_cluster, sql
 
 from microtrio._replication import DriverConfig
 from microtrio.raft import MsgApp, MsgHeartbeat
@@ -76,6 +76,13 @@ def _watch(member: Member, *, heartbeat_commits: bool = True) -> Iterator[_Sent]
         yield sent
     finally:
         transport.send = real  # type: ignore[method-assign]
+
+
+async def _follower_with_table(cluster: Cluster, leader: Member) -> Member:
+    """A follower, once every member applied what the leader has (the table included)."""
+    follower = next(m for m in cluster.running() if m is not leader)
+    await cluster.wait_applied(leader.repl.driver.applied_index)
+    return follower
 
 
 async def _count(member: Member) -> int:
@@ -156,9 +163,8 @@ async def test_writes_through_a_follower_are_told_their_commit_at_once(
         async with open_cluster(tmp_path, 3, driver_config=_config(FOREVER)) as cluster:
             leader = await cluster.leader()
             await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
-            follower = next(m for m in cluster.running() if m is not leader)
+            follower = await _follower_with_table(cluster, leader)
             other = next(m for m in cluster.running() if m not in (leader, follower))
-            await cluster.wait_applied(leader.repl.driver.applied_index)
             with _watch(leader, heartbeat_commits=False) as sent:
                 for k in range(5):
                     await follower.db.transaction(sql("INSERT INTO t VALUES (?)", k))
@@ -177,8 +183,7 @@ async def test_a_statement_request_answer_brings_the_held_commit_along(
         async with open_cluster(tmp_path, 3, driver_config=_config(FOREVER)) as cluster:
             leader = await cluster.leader()
             await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
-            follower = next(m for m in cluster.running() if m is not leader)
-            await cluster.wait_applied(leader.repl.driver.applied_index)
+            follower = await _follower_with_table(cluster, leader)
             with _watch(leader, heartbeat_commits=False):
                 for k in range(3):
                     await leader.db.execute("INSERT INTO t VALUES (?)", (k,))
@@ -196,8 +201,7 @@ async def test_a_follower_read_is_told_the_held_commit_at_once(tmp_path: Path) -
         async with open_cluster(tmp_path, 3, driver_config=_config(FOREVER)) as cluster:
             leader = await cluster.leader()
             await leader.db.transaction(sql("CREATE TABLE t (k INTEGER PRIMARY KEY)"))
-            follower = next(m for m in cluster.running() if m is not leader)
-            await cluster.wait_applied(leader.repl.driver.applied_index)
+            follower = await _follower_with_table(cluster, leader)
             with _watch(leader, heartbeat_commits=False) as sent:
                 for k in range(3):
                     await leader.db.execute("INSERT INTO t VALUES (?)", (k,))
