@@ -48,7 +48,11 @@ async def test_join_as_standby_promote_transfer_demote_remove(tmp_path: Path) ->
 
             # hand leadership to the newcomer, then demote and remove the old leader
             assert await leader.repl.transfer_leadership(newcomer.id) == newcomer.id
-            assert newcomer.repl.driver.role is StateRole.LEADER
+            # the old leader knows once the newcomer's first append reached it; that append
+            # leaves before the newcomer has written its own Ready to disk, and the driver's
+            # role (a view of the node's) changes after that write
+            while newcomer.repl.driver.role is not StateRole.LEADER:
+                await newcomer.repl.driver.wait_changed()
             await newcomer.repl.demote(leader.id, Role.SPARE)
             await newcomer.repl.remove_member(leader.id)
             status = await newcomer.repl.status()
