@@ -486,8 +486,7 @@ class RaftDriver:
                 # once it runs, it holds the GIL for its own Python work (encoding, writes)
                 # until the fsync, and the followers would get the entries that much later.
                 # Two passes: the senders run in the next one whichever order trio picks.
-                await trio.lowlevel.checkpoint()
-                await trio.lowlevel.checkpoint()
+                await _let_senders_run()
         if rd.snapshot is not None or rd.entries:
             await self._store.persist(rd.hard_state, rd.entries, rd.snapshot)
         elif rd.hard_state is not None and not self._store.persist_inline(rd.hard_state):
@@ -507,8 +506,7 @@ class RaftDriver:
                 # for our apply): the sender tasks run in the next scheduler pass, in an
                 # order trio picks, so two passes (the apply's lock is a checkpoint too,
                 # but the apply ran first in about half the runs: ~60 us later acks).
-                await trio.lowlevel.checkpoint()
-                await trio.lowlevel.checkpoint()
+                await _let_senders_run()
         for entry in rd.committed_entries:
             if entry.index <= self._applied:
                 continue
@@ -633,6 +631,13 @@ class RaftDriver:
             if isinstance(event, _Request):
                 event.reply.fail(stopped)
         self._notify()
+
+
+async def _let_senders_run() -> None:
+    """Two scheduler passes: messages just handed to the transport are written by their
+    sender tasks, which run in the next pass in an order trio picks, before we go on."""
+    await trio.lowlevel.checkpoint()
+    await trio.lowlevel.checkpoint()
 
 
 def _trim(persisted: PersistedState) -> PersistedState:
