@@ -82,7 +82,7 @@ from ._snapshots import (
     write_snapshot,
 )
 
-__all__ = ["DEFAULT_SEGMENT_SIZE", "LogStore", "LogStoreStatistics"]
+__all__ = ["DEFAULT_SEGMENT_SIZE", "LogStore", "LogStoreStatistics", "PendingAppend"]
 
 logger = logging.getLogger("microtrio.replication.storage")
 
@@ -102,6 +102,18 @@ class _Segment:
     @property
     def last_index(self) -> int:
         return self.first_index + len(self.offsets) - 1
+
+
+@final
+@dataclass(frozen=True, slots=True)
+class PendingAppend:
+    """An append checked and encoded by :meth:`LogStore.prepare_append`, to be written."""
+
+    fd: int  # the newest segment, open for appending
+    offset: int  # where ``data`` goes: the segment's current end
+    data: bytes
+    sizes: list[int]
+    entries: Sequence[Entry]
 
 
 @final
@@ -331,6 +343,52 @@ class LogStore:
         segments = self._require_loaded()
         if not entries:
             return
+        data, sizes = self._check_and_encode(entries)  # before truncating: it may refuse
+        first = entries[0].index
+        if first < self._next_index:
+            self.truncate_from(first)
+        with self._io("append", write=True):
+            newest = segments[-1] if segments else None
+            if newest is None or self._fd is None or newest.size >= self._segment_size:
+                newest = self._new_segment(first, data)
+            else:
+                write_all(self._fd, data)
+                sync_data(self._fd)
+            self._record(newest, entries, sizes)
+
+    def prepare_append(self, entries: Sequence[Entry]) -> PendingAppend | None:
+        """The first half of an append made durable by the caller (the io_uring path).
+
+        When ``entries`` simply extend the newest segment (no conflicting suffix to cut, no
+        new segment to start), checks and encodes them as :meth:`append` does and returns
+        what to write; the caller writes ``data`` durably at the end of ``fd`` and then
+        calls :meth:`append_written` (or :meth:`append_failed`), with no other call in
+        between. Returns None when :meth:`append` must do it all."""
+        segments = self._require_loaded()
+        if (
+            not entries
+            or entries[0].index != self._next_index
+            or not segments
+            or self._fd is None
+            or segments[-1].size >= self._segment_size
+        ):
+            return None
+        data, sizes = self._check_and_encode(entries)
+        return PendingAppend(self._fd, segments[-1].size, data, sizes, entries)
+
+    def append_written(self, pending: PendingAppend) -> None:
+        """Record an append prepared by :meth:`prepare_append` once its data is durable."""
+        segments = self._require_loaded()
+        assert pending.fd == self._fd and pending.offset == segments[-1].size
+        self._record(segments[-1], pending.entries, pending.sizes)
+
+    def append_failed(self, exc: OSError) -> StateError:
+        """The store is unusable after a prepared append failed, as after :meth:`append`
+        failing; returns the error to raise."""
+        self._failed = "append"
+        return StateError(f"{self._dir}: append failed: {exc}")
+
+    def _check_and_encode(self, entries: Sequence[Entry]) -> tuple[bytes, list[int]]:
         first = entries[0].index
         for offset, entry in enumerate(entries):
             if entry.index != first + offset:
@@ -350,23 +408,16 @@ class LogStore:
             prev_term = self._snapshot_term if first - 1 == self._snapshot_index else 0
         if entries[0].term < prev_term:
             raise ValueError(f"entry {first} has a lower term than entry {first - 1}")
-        data, sizes = encode_records(entries)  # before truncating: it may refuse an entry
-        if first < self._next_index:
-            self.truncate_from(first)
-        with self._io("append", write=True):
-            newest = segments[-1] if segments else None
-            if newest is None or self._fd is None or newest.size >= self._segment_size:
-                newest = self._new_segment(first, data)
-            else:
-                write_all(self._fd, data)
-                sync_data(self._fd)
-            offset = newest.size
-            for entry, size in zip(entries, sizes, strict=True):
-                newest.offsets.append(offset)
-                newest.terms.append(entry.term)
-                offset += size
-            newest.size = offset
-            self._next_index = entries[-1].index + 1
+        return encode_records(entries)
+
+    def _record(self, segment: _Segment, entries: Sequence[Entry], sizes: Sequence[int]) -> None:
+        offset = segment.size
+        for entry, size in zip(entries, sizes, strict=True):
+            segment.offsets.append(offset)
+            segment.terms.append(entry.term)
+            offset += size
+        segment.size = offset
+        self._next_index = entries[-1].index + 1
 
     def _new_segment(self, first: int, data: bytes) -> _Segment:
         """Start a segment holding ``data``: written as a tmp file, renamed in when durable."""

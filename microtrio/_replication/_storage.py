@@ -3,11 +3,14 @@
 The blocking store, its directory layout and its crash-safety rules are in ``_logstore.py``;
 the file formats are in ``_segments.py`` and ``_snapshots.py``. This module runs the blocking
 calls in a worker thread, one at a time (one ``CapacityLimiter(1)`` per store), and
-re-exports the names other layers use.
+re-exports the names other layers use. The hot path, a small append that extends the newest
+segment, skips the thread where the kernel allows: one io_uring write with ``RWF_DSYNC``
+from the event loop (``_uring.py``).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -17,7 +20,8 @@ from typing import TypeVar, final
 import trio
 
 from ..raft import Entry, HardState, PersistedState, Snapshot
-from ._logstore import DEFAULT_SEGMENT_SIZE, LogStore, LogStoreStatistics
+from ._logstore import DEFAULT_SEGMENT_SIZE, LogStore, LogStoreStatistics, PendingAppend
+from ._uring import UNSUPPORTED_ERRNOS, DurableRing, open_ring
 
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
@@ -29,6 +33,12 @@ __all__ = [
 
 _T = TypeVar("_T")
 
+logger = logging.getLogger("microtrio.replication.storage")
+
+# Appends up to this many bytes of entry data go through the io_uring (encoded and
+# checksummed on the event loop); bigger ones are encoded in the worker thread.
+RING_MAX_BYTES = 256 << 10
+
 
 @final
 class AsyncLogStore:
@@ -36,11 +46,21 @@ class AsyncLogStore:
 
     Calls are not abandoned on cancellation: a write that has started finishes (its outcome
     is then unknown to the cancelled caller, as with any interrupted fsync).
+
+    :meth:`load` also opens an io_uring for the hot path (see :meth:`persist`) where the
+    kernel allows one; ``ring=False`` keeps every call in the worker thread.
     """
 
-    def __init__(self, store: LogStore) -> None:
+    def __init__(self, store: LogStore, *, ring: bool = True) -> None:
         self._store = store
         self._limiter = trio.CapacityLimiter(1)
+        self._want_ring = ring
+        self._ring: DurableRing | None = None
+
+    @property
+    def ring_writes(self) -> int | None:
+        """Appends made durable through the io_uring; None when it is not in use."""
+        return None if self._ring is None else self._ring.writes
 
     @property
     def sync_store(self) -> LogStore:
@@ -50,7 +70,10 @@ class AsyncLogStore:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def load(self) -> PersistedState:
-        return await self._run(self._store.load)
+        state = await self._run(self._store.load)
+        if self._want_ring and self._ring is None:
+            self._ring = open_ring()
+        return state
 
     async def append(self, entries: Sequence[Entry]) -> None:
         await self._run(partial(self._store.append, entries))
@@ -73,7 +96,47 @@ class AsyncLogStore:
     async def persist(
         self, hard_state: HardState | None, entries: Sequence[Entry], snapshot: Snapshot | None
     ) -> None:
-        await self._run(partial(self._store.persist, hard_state, entries, snapshot))
+        """Persist one Ready (``LogStore.persist``). Entries that extend the newest segment,
+        with no snapshot and no new term or vote, go through the io_uring when there is
+        one: written and made durable by the kernel while the event loop goes on, then the
+        commit hint is rewritten here (no sync). Anything else runs in the worker thread."""
+        store, ring = self._store, self._ring
+        if (
+            ring is not None
+            and entries
+            and snapshot is None
+            and store.commit_only(hard_state)
+            and sum(len(e.data) for e in entries) <= RING_MAX_BYTES
+        ):
+            async with self._limiter:
+                pending = store.prepare_append(entries)
+                if pending is not None and await self._write_through_ring(ring, pending):
+                    store.persist(hard_state, (), None)  # the commit hint at most
+                    return
+        await self._run(partial(store.persist, hard_state, entries, snapshot))
+
+    async def _write_through_ring(self, ring: DurableRing, pending: PendingAppend) -> bool:
+        """Make a prepared append durable; False (nothing written) if the kernel refused the
+        operation itself, after which this store uses its worker thread for good."""
+        try:
+            await ring.write(pending.fd, pending.data, pending.offset)
+        except OSError as exc:
+            if exc.errno in UNSUPPORTED_ERRNOS and ring.writes == 0:
+                logger.warning(
+                    "%s: io_uring refused a log append (%s); using a worker thread",
+                    self._store.directory,
+                    exc,
+                )
+                self._close_ring()
+                return False
+            raise self._store.append_failed(exc) from exc
+        self._store.append_written(pending)
+        return True
+
+    def _close_ring(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
 
     def persist_inline(self, hard_state: HardState | None) -> bool:
         """Persist a Ready that changes nothing but the commit index without a thread hop:
@@ -102,6 +165,8 @@ class AsyncLogStore:
 
     async def aclose(self) -> None:
         with trio.CancelScope(shield=True):
+            async with self._limiter:  # an append through the ring has finished
+                self._close_ring()
             await self._run(self._store.close)
 
 
