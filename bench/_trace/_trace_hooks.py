@@ -176,6 +176,16 @@ def _patch_store() -> None:
 
     _logstore.sync_data = sync_data
 
+    from microtrio._replication import _uring
+
+    # the io_uring path: submitted from the event loop / completion seen on it
+    _wrap_async(
+        _uring.DurableRing,
+        "write",
+        lambda *a, **k: _stamp("ring write>"),
+        lambda *a, **k: _stamp("ring write<"),
+    )
+
 
 def _patch_more() -> None:
     from microtrio._api import _fast
