@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,9 +51,6 @@ T = TypeVar("T")
 
 #: An entry up to this size, of row changes only, is applied on the event loop (see above).
 INLINE_APPLY_BYTES = 64 << 10
-#: An apply that starts within this many seconds of the previous one's end (back to back,
-#: as in a catch-up) first lets other tasks run; a lone one takes no scheduler pass.
-APPLY_BURST_GAP = 100e-6
 #: WAL pages written between two checkpoints (SQLite's own auto-checkpoint default).
 CHECKPOINT_PAGES = 1000
 
@@ -115,7 +111,6 @@ class Applier:
         self._closed = False
         self._inline = False
         self._wal_pages = 0
-        self._last_end = -math.inf  # trio time the last apply returned
         self._checkpoint_at = CHECKPOINT_PAGES
         #: Entries applied on the event loop / in the worker thread (statistics, tests).
         self.inline_applies = 0
@@ -204,56 +199,38 @@ class Applier:
 
         Entries at or below the applied index are skipped (idempotent).
         """
-        if trio.current_time() - self._last_end < APPLY_BURST_GAP:
-            # back to back with the previous entry (a catch-up of thousands of small
-            # entries): let heartbeats and the transport run in between, before the entry
-            # (a cancel here applied nothing). A lone entry needs no scheduler pass.
-            await trio.lowlevel.checkpoint()
-        lock = self._lock
-        try:
-            # free nearly always: taken without the scheduler pass of ``acquire()``
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            applied = await self._apply_locked(index, payload, term)
-        finally:
-            lock.release()
-            self._last_end = trio.current_time()
-        if applied:
-            self._notify()
-
-    async def _apply_locked(self, index: int, payload: bytes | None, term: int) -> bool:
-        """:meth:`apply` under the lock; False when the entry was skipped."""
-        self._check_open()
-        if self._failed is not None:
-            raise DivergenceError(f"database diverged earlier: {self._failed}")
-        if index <= self._state.index:
-            logger.debug(
-                "%s: skipping entry %d (applied %d)", self._member, index, self._state.index
-            )
-            return False
-        try:
-            done, state = False, None
-            inline, decoded = self._inline_batch(payload)
-            if inline:
-                done, state = self._run_inline(
-                    lambda: self._apply_sync(index, term, payload, decoded)
+        async with self._lock:
+            self._check_open()
+            if self._failed is not None:
+                raise DivergenceError(f"database diverged earlier: {self._failed}")
+            if index <= self._state.index:
+                logger.debug(
+                    "%s: skipping entry %d (applied %d)", self._member, index, self._state.index
                 )
-            if done:
-                self.inline_applies += 1
-            else:
-                self.thread_applies += 1
-                state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
-            assert state is not None
-            self._state = state
-        except DivergenceError as exc:
-            self._failed = exc
-            logger.error("%s: entry %d could not be applied: %s", self._member, index, exc)
-            raise
-        if self._wal_pages >= self._checkpoint_at:
-            await self.run_sync(self._checkpoint)
-        return True
+                return
+            try:
+                done, state = False, None
+                inline, decoded = self._inline_batch(payload)
+                if inline:
+                    done, state = self._run_inline(
+                        lambda: self._apply_sync(index, term, payload, decoded)
+                    )
+                if done:
+                    # (taking the lock above is a checkpoint: a catch-up of thousands of
+                    # small entries still lets heartbeats and the transport run in between)
+                    self.inline_applies += 1
+                else:
+                    self.thread_applies += 1
+                    state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
+                assert state is not None
+                self._state = state
+            except DivergenceError as exc:
+                self._failed = exc
+                logger.error("%s: entry %d could not be applied: %s", self._member, index, exc)
+                raise
+            if self._wal_pages >= self._checkpoint_at:
+                await self.run_sync(self._checkpoint)
+        self._notify()
 
     def _checkpoint(self) -> None:
         frames, done = self._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)

@@ -501,14 +501,8 @@ class Database:
         if not self._running:
             raise DatabaseNotOpenError(str(self.status))
         request = _Request(fn, fenced=fenced, inline=inline)
-        # queued without the scheduler pass of ``send()`` when there is room (nearly always:
-        # the wait below is the checkpoint); a cancelled caller queues nothing
-        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            try:
-                self._send.send_nowait(request)
-            except trio.WouldBlock:
-                await self._send.send(request)
+            await self._send.send(request)
         except trio.ClosedResourceError:
             raise DatabaseNotOpenError(str(self.status)) from None
         await request.done.wait()

@@ -267,15 +267,14 @@ class RaftDriver:
     async def _call(self, action: Callable[[RaftNode], _T]) -> _T:
         self._check_running()
         reply: Reply[_T] = Reply()
-        await trio.lowlevel.checkpoint_if_cancelled()  # then no pass when there is room
         try:
-            try:
-                self._inbox_send.send_nowait(_Request(action, reply))
-            except trio.WouldBlock:
-                await self._inbox_send.send(_Request(action, reply))
+            await self._inbox_send.send(_Request(action, reply))
         except trio.ClosedResourceError:
             raise UnavailableError(f"{self._name}: raft driver stopped") from None
         return await reply.wait()
+
+    def _stopped_error(self) -> UnavailableError:
+        return UnavailableError(f"{self._name}: raft driver stopped")
 
     def _check_running(self) -> None:
         if self._stopped:
@@ -529,6 +528,7 @@ class RaftDriver:
                     node_label(ss.leader_id),
                     node.term,
                 )
+            if ss.leader_id != self._leader:
                 self._forwarding.leader_changed(ss.leader_id)
             self._leader, self._role = ss.leader_id, ss.role
             self._term = node.term
