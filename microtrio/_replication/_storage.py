@@ -4,8 +4,8 @@ The blocking store, its directory layout and its crash-safety rules are in ``_lo
 the file formats are in ``_segments.py`` and ``_snapshots.py``. This module runs the blocking
 calls in a worker thread, one at a time (one ``CapacityLimiter(1)`` per store), and
 re-exports the names other layers use. The hot path, a small append that extends the newest
-segment, skips the thread where the kernel allows: one io_uring write with ``RWF_DSYNC``
-from the event loop (``_uring.py``).
+segment, can skip the thread: one io_uring write with ``RWF_DSYNC`` from the event loop
+(``_uring.py``; off unless ``MICROTRIO_IO_URING=1``).
 """
 
 from __future__ import annotations
@@ -47,11 +47,12 @@ class AsyncLogStore:
     Calls are not abandoned on cancellation: a write that has started finishes (its outcome
     is then unknown to the cancelled caller, as with any interrupted fsync).
 
-    :meth:`load` also opens an io_uring for the hot path (see :meth:`persist`) where the
-    kernel allows one; ``ring=False`` keeps every call in the worker thread.
+    :meth:`load` also opens an io_uring for the hot path (see :meth:`persist`) when it is
+    asked for and the kernel allows one: ``ring=None`` follows ``MICROTRIO_IO_URING``
+    (off by default, see ``_uring.py``), True asks for one, False never.
     """
 
-    def __init__(self, store: LogStore, *, ring: bool = True) -> None:
+    def __init__(self, store: LogStore, *, ring: bool | None = None) -> None:
         self._store = store
         self._limiter = trio.CapacityLimiter(1)
         self._want_ring = ring
@@ -71,8 +72,8 @@ class AsyncLogStore:
 
     async def load(self) -> PersistedState:
         state = await self._run(self._store.load)
-        if self._want_ring and self._ring is None:
-            self._ring = open_ring()
+        if self._want_ring is not False and self._ring is None:
+            self._ring = open_ring(enabled=self._want_ring)
         return state
 
     async def append(self, entries: Sequence[Entry]) -> None:

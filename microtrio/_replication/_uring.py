@@ -16,9 +16,17 @@ sound: Linux on x86-64 (the system call numbers; x86's store ordering for the ri
 and tail words, written by this thread and read by the kernel only inside
 ``io_uring_enter`` or after a completion it already posted), a kernel with the single-mmap
 ring and positional writes (5.6 and later), and the ring set up without error (a seccomp
-filter, ``kernel.io_uring_disabled`` or a memory limit refuse it). Anywhere else, or with
-``MICROTRIO_IO_URING=0`` in the environment, :func:`open_ring` returns None and the store
-keeps its worker thread.
+filter, ``kernel.io_uring_disabled`` or a memory limit refuse it). Anywhere else
+:func:`open_ring` returns None and the store keeps its worker thread.
+
+It is off unless asked for (``MICROTRIO_IO_URING=1`` in the environment, or
+``open_ring(enabled=True)``). In a benchmark run on kernel 6.18 one member's completion
+went to the kernel's CQ overflow list although the completion ring was empty, and the
+eventfd did not fire for it: the append waited forever and the member's Raft loop with it.
+The cause is not understood, so a waiting write now also wakes every ``_WAIT_SLICE`` and,
+when woken with nothing in the ring, asks the kernel to flush its overflow list
+(``IORING_ENTER_GETEVENTS``); ``overflow_flushes`` counts the times that found the
+completion. Until the cause is known the worker thread stays the default.
 """
 
 from __future__ import annotations
@@ -49,6 +57,8 @@ _REGISTER_EVENTFD: Final = 4
 _FEAT_SINGLE_MMAP: Final = 1 << 0
 _FEAT_RW_CUR_POS: Final = 1 << 3  # 5.6, with IORING_OP_WRITE
 _OFF_SQES: Final = 0x10000000
+_ENTER_GETEVENTS: Final = 1
+_WAIT_SLICE: Final = 0.05  # seconds between checks of the overflow list while waiting
 _ENTRIES: Final = 4
 
 _U32 = struct.Struct("=I")
@@ -66,7 +76,7 @@ def _supported_platform() -> bool:
 
 
 def _enabled_by_env() -> bool:
-    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "no", "off", "false")
+    return os.environ.get(ENV_VAR, "0").strip().lower() in ("1", "yes", "on", "true")
 
 
 class _Syscalls:
@@ -113,6 +123,7 @@ class DurableRing:
             raise
         self._next_id = 1
         self.writes = 0  # completed writes (statistics and tests)
+        self.overflow_flushes = 0  # completions found only after flushing the overflow list
 
     def _map(self, params: bytes) -> None:
         ring_fd, syscall = self._fd, self._syscall
@@ -209,18 +220,44 @@ class DurableRing:
         )
         if submitted != 1:
             raise OSError(errno.EAGAIN, "io_uring did not take the write")
+        waited = False
         while True:
             result = self._reap(user_data)
             if result is not None:
                 break
-            await trio.lowlevel.wait_readable(self.eventfd)
+            if waited:
+                # woken, or the slice ran out, with nothing in the ring: the completion may
+                # sit on the kernel's overflow list (see the module docstring)
+                self._flush_overflow()
+                result = self._reap(user_data)
+                if result is not None:
+                    self.overflow_flushes += 1
+                    if self.overflow_flushes == 1:
+                        logger.warning("io_uring: a completion was on the overflow list")
+                    break
+            with trio.move_on_after(_WAIT_SLICE):
+                await trio.lowlevel.wait_readable(self.eventfd)
             try:
                 os.eventfd_read(self.eventfd)
             except BlockingIOError:
                 pass
+            waited = True
         if result < 0:
             raise OSError(-result, os.strerror(-result))
         return result
+
+    def _flush_overflow(self) -> None:
+        """Let the kernel move overflowed completions into the ring (never blocks:
+        ``min_complete`` is 0)."""
+        self._syscall(
+            _SYS_ENTER,
+            ctypes.c_int(self._fd),
+            ctypes.c_uint(0),
+            ctypes.c_uint(0),
+            ctypes.c_uint(_ENTER_GETEVENTS),
+            None,
+            ctypes.c_size_t(0),
+        )
 
     def _reap(self, user_data: int) -> int | None:
         ring = self._ring
@@ -238,9 +275,14 @@ class DurableRing:
         return found
 
 
-def open_ring() -> DurableRing | None:
-    """A ring for durable appends, or None where the store must keep its worker thread."""
-    if not _supported_platform() or not _enabled_by_env():
+def open_ring(*, enabled: bool | None = None) -> DurableRing | None:
+    """A ring for durable appends, or None where the store must keep its worker thread.
+
+    ``enabled=None`` follows ``MICROTRIO_IO_URING`` (off unless it is 1); True tries
+    whatever the environment says (tests); False returns None."""
+    if enabled is None:
+        enabled = _enabled_by_env()
+    if not enabled or not _supported_platform():
         return None
     try:
         syscall = _Syscalls()
