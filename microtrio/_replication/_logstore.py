@@ -385,8 +385,7 @@ class LogStore:
     def append_failed(self, exc: OSError) -> StateError:
         """The store is unusable after a prepared append failed, as after :meth:`append`
         failing; returns the error to raise."""
-        self._failed = "append"
-        return StateError(f"{self._dir}: append failed: {exc}")
+        return self._write_failed("append", exc)
 
     def _check_and_encode(self, entries: Sequence[Entry]) -> tuple[bytes, list[int]]:
         first = entries[0].index
@@ -621,5 +620,10 @@ class LogStore:
             yield
         except OSError as exc:
             if write:
-                self._failed = what
+                raise self._write_failed(what, exc) from exc
             raise StateError(f"{self._dir}: {what} failed: {exc}") from exc
+
+    def _write_failed(self, what: str, exc: OSError) -> StateError:
+        """Mark the store unusable after a failed write; returns the error to raise."""
+        self._failed = what
+        return StateError(f"{self._dir}: {what} failed: {exc}")

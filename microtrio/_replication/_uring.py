@@ -209,16 +209,7 @@ class DurableRing:
         )
         _U32.pack_into(ring, self._sq_array + 4 * slot, slot)
         _U32.pack_into(ring, self._sq_tail, tail + 1)  # after the entry (x86 store order)
-        submitted = self._syscall(
-            _SYS_ENTER,
-            ctypes.c_int(self._fd),
-            ctypes.c_uint(1),
-            ctypes.c_uint(0),
-            ctypes.c_uint(0),
-            None,
-            ctypes.c_size_t(0),
-        )
-        if submitted != 1:
+        if self._enter(1, 0) != 1:
             raise OSError(errno.EAGAIN, "io_uring did not take the write")
         waited = False
         while True:
@@ -228,7 +219,7 @@ class DurableRing:
             if waited:
                 # woken, or the slice ran out, with nothing in the ring: the completion may
                 # sit on the kernel's overflow list (see the module docstring)
-                self._flush_overflow()
+                self._enter(0, _ENTER_GETEVENTS)  # never blocks: min_complete is 0
                 result = self._reap(user_data)
                 if result is not None:
                     self.overflow_flushes += 1
@@ -246,15 +237,16 @@ class DurableRing:
             raise OSError(-result, os.strerror(-result))
         return result
 
-    def _flush_overflow(self) -> None:
-        """Let the kernel move overflowed completions into the ring (never blocks:
-        ``min_complete`` is 0)."""
-        self._syscall(
+    def _enter(self, to_submit: int, flags: int) -> int:
+        """``io_uring_enter`` that never waits for completions (``min_complete`` 0):
+        submit ``to_submit`` entries and, with ``IORING_ENTER_GETEVENTS``, let the kernel
+        move overflowed completions into the ring."""
+        return self._syscall(
             _SYS_ENTER,
             ctypes.c_int(self._fd),
+            ctypes.c_uint(to_submit),
             ctypes.c_uint(0),
-            ctypes.c_uint(0),
-            ctypes.c_uint(_ENTER_GETEVENTS),
+            ctypes.c_uint(flags),
             None,
             ctypes.c_size_t(0),
         )
