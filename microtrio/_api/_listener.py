@@ -7,7 +7,7 @@ extension, so a handler cannot see the client certificate. We keep hypercorn's H
 and websocket protocol code but own the accept loop (a slimmed ``hypercorn.trio.run.
 worker_serve``): for every accepted TCP connection we
 
-1. wrap the raw stream in ``trio.SSLStream`` with the context read *now* from the
+1. wrap the raw stream in our :class:`~microtrio._tls.TLSStream` with the context read *now* from the
    :class:`~microtrio._certs.SSLContextHolder` (so a swapped certificate applies to the
    next connection: live reload, reference 7.9),
 2. complete the TLS handshake ourselves (under ``ssl_handshake_timeout``) and read the
@@ -74,6 +74,7 @@ from .._certs import SSLContextHolder, cert_pem, is_within_validity, load_certif
 from .._cluster._names import DEFAULT_PORT, format_address, parse_address
 from .._cluster._truststore import TrustedMember, Truststore
 from .._errors import UnavailableError
+from .._tls import TLSStream
 from ._http1 import (
     DirectApp,
     DirectConnections,
@@ -104,7 +105,7 @@ Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Any, Any, Any], Awaitable[None]]
 """An ASGI 3 application ``app(scope, receive, send)``."""
 ShutdownTrigger = Callable[[], Awaitable[object]]
-StreamHandler = Callable[["trio.SSLStream[trio.SocketStream]", dict[str, Any]], Awaitable[None]]
+StreamHandler = Callable[[TLSStream, dict[str, Any]], Awaitable[None]]
 """Serves a whole TLS connection whose client chose this handler's ALPN protocol: gets the
 handshaken stream and the connection's scope extensions (``tls``: the client's
 certificates); the listener closes the stream when it returns."""
@@ -312,7 +313,7 @@ class _ConnectionApp:
             load.in_flight -= 1
 
 
-def _tls_extensions(stream: trio.SSLStream[Any], server_pem: str) -> dict[str, Any]:
+def _tls_extensions(stream: TLSStream, server_pem: str) -> dict[str, Any]:
     der = stream.getpeercert(binary_form=True)
     chain = [cert_pem(der)] if der else []
     return {
@@ -525,9 +526,7 @@ async def _serve(
             # Read the pair and context together (no await between): a concurrent swap
             # applies to the next connection.
             server_pem, ssl_context = holder.pair.cert.decode(), holder.context
-            ssl_stream = trio.SSLStream(
-                stream, ssl_context, server_side=True, https_compatible=True
-            )
+            ssl_stream = TLSStream(stream, ssl_context, server_side=True)
             try:
                 with trio.fail_after(config.ssl_handshake_timeout):
                     await ssl_stream.do_handshake()

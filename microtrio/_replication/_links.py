@@ -16,6 +16,7 @@ from typing import Final
 import trio
 
 from .._errors import ForbiddenError, MicrotrioError, ProtocolError, UnavailableError
+from .._tls import TLSStream
 from ._frames import (
     GOODBYE_FORBIDDEN,
     GOODBYE_GOING_AWAY,
@@ -52,7 +53,7 @@ class Link:
 
     __slots__ = ("lock", "pong", "reader", "stream")
 
-    def __init__(self, stream: trio.SSLStream[trio.SocketStream], reader: RecordReader) -> None:
+    def __init__(self, stream: TLSStream, reader: RecordReader) -> None:
         self.stream = stream
         self.reader = reader
         self.lock = trio.StrictFIFOLock()

@@ -93,6 +93,7 @@ from .._errors import (
     ValidationError,
 )
 from .._log import node_label
+from .._tls import TLSStream
 from ._faults import DROP, Faults
 from ._frames import (
     CORE_ALPN_PROTOCOLS,
@@ -469,7 +470,7 @@ class Transport(Generic[M]):
 
     async def _connect_and_pump(self, peer: _Peer[M]) -> None:
         host, port = parse_address(peer.address)
-        stream: trio.SSLStream[trio.SocketStream] | None = None
+        stream: TLSStream | None = None
         try:
             async with trio.open_nursery() as nursery:
                 reader = RecordReader(GOODBYE_MAX_SIZE)
@@ -493,11 +494,11 @@ class Transport(Generic[M]):
             if stream is not None:
                 await trio.aclose_forcefully(stream)
 
-    async def _open_tls(self, host: str, port: int) -> trio.SSLStream[trio.SocketStream]:
+    async def _open_tls(self, host: str, port: int) -> TLSStream:
         # open_tcp_stream sets TCP_NODELAY: a frame leaves at once, no Nagle delay.
         tcp = await trio.open_tcp_stream(host, port)
         name = self._server_hostname or host
-        stream = trio.SSLStream(tcp, self._ssl_context, server_hostname=name, https_compatible=True)
+        stream = TLSStream(tcp, self._ssl_context, server_hostname=name)
         try:
             await stream.do_handshake()
             protocol = stream.selected_alpn_protocol()
