@@ -5,7 +5,7 @@ the file formats are in ``_segments.py`` and ``_snapshots.py``. This module runs
 calls in a worker thread, one at a time (one ``CapacityLimiter(1)`` per store), and
 re-exports the names other layers use. The hot path, a small append that extends the newest
 segment, can skip the thread: one io_uring write with ``RWF_DSYNC`` from the event loop
-(``_uring.py``; off unless ``MICROTRIO_IO_URING=1``).
+(``_uring.py``; on unless ``MICROTRIO_IO_URING=0``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ class AsyncLogStore:
 
     :meth:`load` also opens an io_uring for the hot path (see :meth:`persist`) when it is
     asked for and the kernel allows one: ``ring=None`` follows ``MICROTRIO_IO_URING``
-    (off by default, see ``_uring.py``), True asks for one, False never.
+    (on unless it is 0, see ``_uring.py``), True asks for one, False never.
     """
 
     def __init__(self, store: LogStore, *, ring: bool | None = None) -> None:

@@ -19,14 +19,18 @@ ring and positional writes (5.6 and later), and the ring set up without error (a
 filter, ``kernel.io_uring_disabled`` or a memory limit refuse it). Anywhere else
 :func:`open_ring` returns None and the store keeps its worker thread.
 
-It is off unless asked for (``MICROTRIO_IO_URING=1`` in the environment, or
-``open_ring(enabled=True)``). In a benchmark run on kernel 6.18 one member's completion
-went to the kernel's CQ overflow list although the completion ring was empty, and the
-eventfd did not fire for it: the append waited forever and the member's Raft loop with it.
-The cause is not understood, so a waiting write now also wakes every ``_WAIT_SLICE`` and,
-when woken with nothing in the ring, asks the kernel to flush its overflow list
-(``IORING_ENTER_GETEVENTS``); ``overflow_flushes`` counts the times that found the
-completion. Until the cause is known the worker thread stays the default.
+It is on by default where it is sound; ``MICROTRIO_IO_URING=0`` in the environment (or
+``open_ring(enabled=False)``) keeps the worker thread. A completion the kernel puts on its
+CQ overflow list (it does when it finds the completion ring full) is not in the ring, and
+a write waiting for it must have the kernel flush that list: a waiting write checks the
+ring's ``IORING_SQ_CQ_OVERFLOW`` flag whenever it wakes with nothing, and also wakes every
+``_WAIT_SLICE`` and flushes, so it never waits for good. With one write in flight the ring
+(8 completions) cannot fill, yet in one benchmark run on kernel 6.18 (2026-11-28) a
+member's completion sat on the overflow list with the ring empty, and the write of that
+time, which waited on the eventfd alone, never returned. The cause is not known; it has
+not been seen since (200 000 writes from three processes with the CPUs saturated, and the
+benchmark runs since): ``overflow_flushes`` counts the completions found that way, and
+the first is logged as a warning.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ _FEAT_SINGLE_MMAP: Final = 1 << 0
 _FEAT_RW_CUR_POS: Final = 1 << 3  # 5.6, with IORING_OP_WRITE
 _OFF_SQES: Final = 0x10000000
 _ENTER_GETEVENTS: Final = 1
+_SQ_CQ_OVERFLOW: Final = 1 << 1  # in the SQ ring's flags word
 _WAIT_SLICE: Final = 0.05  # seconds between checks of the overflow list while waiting
 _ENTRIES: Final = 4
 
@@ -76,7 +81,7 @@ def _supported_platform() -> bool:
 
 
 def _enabled_by_env() -> bool:
-    return os.environ.get(ENV_VAR, "0").strip().lower() in ("1", "yes", "on", "true")
+    return os.environ.get(ENV_VAR, "1").strip().lower() not in ("0", "no", "off", "false")
 
 
 class _Syscalls:
@@ -133,7 +138,7 @@ class DurableRing:
             self._sq_tail,
             sq_mask,
             _sq_entries,
-            _sq_flags,
+            self._sq_flags,
             _sq_dropped,
             self._sq_array,
         ) = struct.unpack_from("=7I", params, 40)
@@ -208,31 +213,37 @@ class DurableRing:
             _OP_WRITE, 0, 0, fd, offset, address, length, _RWF_DSYNC, user_data
         )
         _U32.pack_into(ring, self._sq_array + 4 * slot, slot)
-        _U32.pack_into(ring, self._sq_tail, tail + 1)  # after the entry (x86 store order)
+        # after the entry (x86 store order); the indexes wrap at 2**32
+        _U32.pack_into(ring, self._sq_tail, (tail + 1) & 0xFFFFFFFF)
         if self._enter(1, 0) != 1:
             raise OSError(errno.EAGAIN, "io_uring did not take the write")
-        waited = False
+        timed_out = False
         while True:
             result = self._reap(user_data)
             if result is not None:
                 break
-            if waited:
-                # woken, or the slice ran out, with nothing in the ring: the completion may
-                # sit on the kernel's overflow list (see the module docstring)
+            overflowed = self._cq_overflowed()
+            if overflowed or timed_out:
+                # the completion may sit on the kernel's overflow list (see the module
+                # docstring): have the kernel move that list into the ring
                 self._enter(0, _ENTER_GETEVENTS)  # never blocks: min_complete is 0
                 result = self._reap(user_data)
                 if result is not None:
                     self.overflow_flushes += 1
                     if self.overflow_flushes == 1:
-                        logger.warning("io_uring: a completion was on the overflow list")
+                        how = "flagged" if overflowed else "not flagged, after a wait slice"
+                        logger.warning(
+                            "io_uring: a completion was found only on the overflow list (%s)", how
+                        )
                     break
+            timed_out = True
             with trio.move_on_after(_WAIT_SLICE):
                 await trio.lowlevel.wait_readable(self.eventfd)
+                timed_out = False
             try:
                 os.eventfd_read(self.eventfd)
             except BlockingIOError:
                 pass
-            waited = True
         if result < 0:
             raise OSError(-result, os.strerror(-result))
         return result
@@ -250,6 +261,10 @@ class DurableRing:
             None,
             ctypes.c_size_t(0),
         )
+
+    def _cq_overflowed(self) -> bool:
+        """The kernel's flag: completions wait on its overflow list."""
+        return bool(_U32.unpack_from(self._ring, self._sq_flags)[0] & _SQ_CQ_OVERFLOW)
 
     def _reap(self, user_data: int) -> int | None:
         ring = self._ring
@@ -270,7 +285,7 @@ class DurableRing:
 def open_ring(*, enabled: bool | None = None) -> DurableRing | None:
     """A ring for durable appends, or None where the store must keep its worker thread.
 
-    ``enabled=None`` follows ``MICROTRIO_IO_URING`` (off unless it is 1); True tries
+    ``enabled=None`` follows ``MICROTRIO_IO_URING`` (on unless it is 0); True tries
     whatever the environment says (tests); False returns None."""
     if enabled is None:
         enabled = _enabled_by_env()

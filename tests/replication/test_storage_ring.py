@@ -128,21 +128,24 @@ async def test_term_changes_big_batches_and_snapshots_stay_in_the_thread(tmp_pat
     assert LogStore(tmp_path).load().hard_state.term == 2
 
 
-async def test_off_unless_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_on_unless_turned_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with trio.fail_after(30):
         monkeypatch.delenv(_uring.ENV_VAR, raising=False)
-        assert _uring.open_ring() is None  # the worker thread is the default
         store = AsyncLogStore(LogStore(tmp_path / "default"))
         await store.load()
         await fill(store, 2)
-        assert store.ring_writes is None
-        await store.aclose()
-        monkeypatch.setenv(_uring.ENV_VAR, "1")
-        store = AsyncLogStore(LogStore(tmp_path / "env"))
-        await store.load()
-        await fill(store, 2)
+        # the ring where the kernel gives one, else the worker thread
         assert (store.ring_writes is not None) == (RING is not None)
         await store.aclose()
+        for value in ("0", "off"):
+            monkeypatch.setenv(_uring.ENV_VAR, value)
+            assert _uring.open_ring() is None
+            store = AsyncLogStore(LogStore(tmp_path / f"env-{value}"))
+            await store.load()
+            await fill(store, 2)
+            assert store.ring_writes is None
+            await store.aclose()
+        monkeypatch.delenv(_uring.ENV_VAR)
         store = AsyncLogStore(LogStore(tmp_path / "arg"), ring=False)
         await store.load()
         await fill(store, 2)
@@ -150,28 +153,71 @@ async def test_off_unless_asked_for(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         await store.aclose()
 
 
+def hide_completions_until_flushed(ring: _uring.DurableRing) -> list[int]:
+    """Make the ring look as if the kernel had put its completions on the overflow list:
+    reaping finds nothing until an ``io_uring_enter`` with GETEVENTS (the flush). Returns
+    the flags of every ``io_uring_enter``."""
+    real_reap, real_enter = ring._reap, ring._enter
+    entered: list[int] = []
+
+    def reap(user_data: int) -> int | None:
+        if _uring._ENTER_GETEVENTS not in entered:
+            return None
+        return real_reap(user_data)
+
+    def enter(to_submit: int, flags: int) -> int:
+        entered.append(flags)
+        return real_enter(to_submit, flags)
+
+    ring._reap = reap  # type: ignore[method-assign]
+    ring._enter = enter  # type: ignore[method-assign]
+    return entered
+
+
 @needs_ring
-async def test_a_completion_missing_from_the_ring_is_flushed_in(tmp_path: Path) -> None:
-    """The kernel may leave a completion on its overflow list without firing the eventfd:
-    the write wakes on its own, flushes the list and finds it (it never waits forever)."""
+async def test_a_completion_missing_from_the_ring_is_flushed_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completion the ring does not show and the kernel does not flag: the write wakes
+    on its own after a slice, flushes the overflow list and finds it (never waits for good)."""
+    monkeypatch.setattr(_uring, "_WAIT_SLICE", 0.05)
     with trio.fail_after(30):
         store = AsyncLogStore(LogStore(tmp_path), ring=True)
         await store.load()
         await fill(store, 2)
         ring = store._ring
         assert ring is not None
-        real_reap = ring._reap
-        calls = 0
-
-        def blind_reap(user_data: int) -> int | None:
-            nonlocal calls
-            calls += 1
-            if calls <= 2:  # before the wait and on the first wake: sees nothing
-                return None
-            return real_reap(user_data)
-
-        ring._reap = blind_reap  # type: ignore[method-assign]
+        entered = hide_completions_until_flushed(ring)
+        ring._cq_overflowed = lambda: False  # type: ignore[method-assign]
         await store.persist(HardState(1, 1, 2), entries(3, 1), None)
+        assert entered == [0, _uring._ENTER_GETEVENTS]  # the submission, then the flush
+        assert ring.overflow_flushes == 1
+        await store.aclose()
+    assert [e.index for e in reload(tmp_path)] == [1, 2, 3]
+
+
+@needs_ring
+async def test_a_flagged_overflow_is_flushed_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When the kernel flags completions on its overflow list, the write flushes the list
+    as soon as it finds nothing in the ring, without waiting for a slice to run out."""
+    monkeypatch.setattr(_uring, "_WAIT_SLICE", 3600.0)  # a wait for the slice would hang
+    with trio.fail_after(30):
+        store = AsyncLogStore(LogStore(tmp_path), ring=True)
+        await store.load()
+        await fill(store, 2)
+        ring = store._ring
+        assert ring is not None
+        entered = hide_completions_until_flushed(ring)
+
+        def posted() -> bool:  # the kernel has the completion ("on its overflow list")
+            head = _uring._U32.unpack_from(ring._ring, ring._cq_head)[0]
+            return head != _uring._U32.unpack_from(ring._ring, ring._cq_tail)[0]
+
+        ring._cq_overflowed = posted  # type: ignore[method-assign]
+        await store.persist(HardState(1, 1, 2), entries(3, 1), None)
+        assert entered == [0, _uring._ENTER_GETEVENTS]
         assert ring.overflow_flushes == 1
         await store.aclose()
     assert [e.index for e in reload(tmp_path)] == [1, 2, 3]

@@ -440,12 +440,24 @@ async def test_backpressure_from_a_slow_receiver_ends_in_counted_drops(pki: Pki)
             # Member 2's driver never reads: its transport stops reading, TCP fills up,
             # member 1's sender blocks and its bounded queue overflows.
             link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            batch = [MsgReadIndex(src=1, dst=2, term=0, ctx=payload) for _ in range(64)]
+            offered = 0
             while link().dropped == 0:
-                m[1].transport.send(
-                    [MsgReadIndex(src=1, dst=2, term=0, ctx=payload) for _ in range(64)]
-                )
+                m[1].transport.send(batch)
+                offered += 64
+                assert link().queued <= 64
                 await trio.sleep(0.001)
-            assert link().queued == 64
+            # Every message is accounted for: written, queued, dropped, or in the frame
+            # the blocked sender holds (at most a frame's worth and the one carried over).
+            stats = link()
+            in_hand = offered - stats.sent - stats.queued - stats.dropped
+            assert 0 <= in_hand <= config.max_frame_size // len(payload) + 1
+            # The queue stays at its bound and what does not fit is counted (no checkpoint
+            # between the calls: the sender cannot take anything in between).
+            queued = stats.queued
+            m[1].transport.send(batch)
+            after = link()
+            assert (after.queued, after.dropped - stats.dropped) == (64, queued)
             assert m[2].transport.statistics().received <= 2
 
 
