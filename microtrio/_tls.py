@@ -83,7 +83,9 @@ class TLSStream(trio.abc.Stream):
         self._receiving = False
         self._broken = False
         self._closed = False
-        self._held = b""  # handshake output held for the first write (see _handshake)
+        # written before anything else: handshake output held for the first write (see
+        # _handshake), or what the socket did not take of a send_nowait
+        self._held = b""
 
     # -- what callers read from the connection ------------------------------------------
 
@@ -131,6 +133,49 @@ class TLSStream(trio.abc.Stream):
                 await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
+
+    def can_send_nowait(self) -> bool:
+        """Whether :meth:`send_nowait` would send now (no other send or flush under way,
+        nothing waiting to be written, the handshake done, the stream usable)."""
+        return not (
+            self._sending
+            or self._closed
+            or self._broken
+            or not self._handshook
+            or self._held
+            or self._outgoing.pending
+            or self._flush_lock.locked()
+        )
+
+    def send_nowait(self, data: bytes | bytearray | memoryview) -> bool | None:
+        """Send ``data`` without waiting, when no other send is under way: encrypt it and
+        write what the socket takes at once. Returns None when the stream is busy (a send
+        or a flush running, bytes waiting, no handshake yet): nothing was done. True: all
+        of it was written. False: the socket took part of it; the rest goes out first with
+        the next :meth:`send_all` (``send_all(b"")`` writes just that), which the caller
+        must make happen. Raises :class:`trio.BrokenResourceError` as :meth:`send_all`.
+
+        No checkpoint: for a caller that must not yield (a loop handing out messages
+        that would otherwise wake a sender task for each)."""
+        if not self.can_send_nowait():
+            return None
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError from exc
+        out = self._outgoing.read()
+        try:
+            written = os.write(self._socket.fileno(), out)
+        except BlockingIOError:
+            written = 0
+        except OSError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError(f"send failed: {exc}") from exc
+        if written == len(out):
+            return True
+        self._held = out[written:]
+        return False
 
     async def wait_send_all_might_not_block(self) -> None:
         if self._sending:

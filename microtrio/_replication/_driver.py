@@ -479,13 +479,13 @@ class RaftDriver:
     async def _handle_ready(self, node: RaftNode, rd: Ready) -> None:
         messages: Sequence[Message] = rd.messages
         if messages and rd.entries and rd.soft_state.role is StateRole.LEADER:
-            before = len(messages)
-            messages = self._send_appends_early(messages)
-            if len(messages) < before:
+            messages, queued = self._send_appends_early(messages)
+            if queued:
                 # Let the sender tasks write those appends before the storage thread starts:
                 # once it runs, it holds the GIL for its own Python work (encoding, writes)
                 # until the fsync, and the followers would get the entries that much later.
                 # Two passes: the senders run in the next one whichever order trio picks.
+                # (Appends to an idle link were written by the transport already.)
                 await _let_senders_run()
         if rd.snapshot is not None or rd.entries:
             await self._store.persist(rd.hard_state, rd.entries, rd.snapshot)
@@ -500,8 +500,8 @@ class RaftDriver:
         if messages and leads and (rd.committed_entries or self._hold is not None):
             messages, late = split_commit_only(messages)
         if messages:
-            self._send(messages)
-            if rd.committed_entries and not leads:
+            queued = self._send(messages)
+            if queued and rd.committed_entries and not leads:
                 # A follower's acks leave before it applies (the leader waits for them, not
                 # for our apply): the sender tasks run in the next scheduler pass, in an
                 # order trio picks, so two passes (the apply's lock is a checkpoint too,
@@ -535,7 +535,7 @@ class RaftDriver:
             self._notify()
         node.advance(rd)
 
-    def _send_appends_early(self, messages: Sequence[Message]) -> Sequence[Message]:
+    def _send_appends_early(self, messages: Sequence[Message]) -> tuple[Sequence[Message], bool]:
         """Raft thesis 10.2.1: the leader's appends go out while it writes the same entries
         to its own disk; return the messages that must wait for that write.
 
@@ -543,20 +543,22 @@ class RaftDriver:
         with them any commit that counts the leader's own copy, are processed only after the
         write returned. An append is held back only if the commit index it carries is not
         durable here yet (a sole voter commits its entries at once: non-voters must not
-        apply them before the voter's own copy is on disk)."""
+        apply them before the voter's own copy is on disk). Also returns whether any of
+        them was queued for a sender task (rather than written at once)."""
         durable = self._store.statistics().last_index
         early = [m for m in messages if isinstance(m, MsgApp) and m.commit <= durable]
         if not early:
-            return messages
-        self._send(early)
-        return [m for m in messages if not (isinstance(m, MsgApp) and m.commit <= durable)]
+            return messages, False
+        queued = self._send(early)
+        rest = [m for m in messages if not (isinstance(m, MsgApp) and m.commit <= durable)]
+        return rest, queued
 
-    def _send(self, messages: Sequence[Wire]) -> None:
+    def _send(self, messages: Sequence[Wire]) -> bool:
         """Hand Raft messages to the transport (through the hold: see
-        :meth:`CommitHold.sending`)."""
+        :meth:`CommitHold.sending`); whether any was queued for a sender task."""
         if self._hold is not None:
             messages = self._hold.sending(messages)
-        self._transport.send(messages)
+        return self._transport.send(messages)
 
     def _send_commits(self, commits: Sequence[MsgApp], sent: Sequence[Message]) -> None:
         """A leader's commit notifications, after the apply (``sent``: this Ready's other

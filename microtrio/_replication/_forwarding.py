@@ -61,7 +61,7 @@ class Forwarding:
         rng: random.Random,
         remote_limit: int,
         name: str,
-        send: Callable[[Sequence[Wire]], None] | None = None,
+        send: Callable[[Sequence[Wire]], object] | None = None,
     ) -> None:
         self._id = node_id
         self._transport = transport

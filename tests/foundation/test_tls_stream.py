@@ -267,3 +267,28 @@ async def test_operations_checkpoint_once(pairs: tuple[CertKeyPair, CertKeyPair]
                 trio.lowlevel.remove_instrument(passes)
             assert after_send == 1
             assert after_receive - before_receive == 1
+
+
+async def test_send_nowait_sends_when_idle_and_holds_what_a_full_socket_refused(
+    pairs: tuple[CertKeyPair, CertKeyPair],
+) -> None:
+    with trio.fail_after(TIMEOUT):
+        async with _connected(pairs, _ours, _ours) as (server, client):
+            assert client.send_nowait(b"one") is True  # idle: written at once, no checkpoint
+            assert await _receive_exactly(server, 3) == b"one"
+            # A sender blocked on a full socket: busy, nothing done.
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_all, b"y" * (8 * 1024 * 1024))
+                await trio.testing.wait_all_tasks_blocked()
+                assert not client.can_send_nowait()
+                assert client.send_nowait(b"z") is None
+                await _receive_exactly(server, 8 * 1024 * 1024)
+            # The socket full with nobody sending: what it does not take is held, nothing
+            # else may overtake it, and the next send_all writes it first.
+            big = b"a" * (8 * 1024 * 1024)
+            assert client.send_nowait(big) is False
+            assert not client.can_send_nowait()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(client.send_all, b"tail")
+                assert await _receive_exactly(server, len(big) + 4) == big + b"tail"
+            assert client.can_send_nowait()

@@ -13,6 +13,7 @@ import pytest
 import trio
 from quart_trio import QuartTrio
 
+from microtrio import _tls
 from microtrio._api._listener import serve_tcp
 from microtrio._certs import (
     CertKeyPair,
@@ -796,3 +797,91 @@ async def test_inbound_ends_quietly_when_the_receiving_side_is_gone(
     record = encode_record(1, [encode_message(hb(1, 2, 1))])
     with trio.fail_after(CEILING):
         await member.transport.handle_inbound(_OneFrameStream(record))
+
+
+# -- the direct path: send() writes to an idle link itself --------------------------------
+
+
+async def idle_link(member: Member, dst: int) -> None:
+    """Wait until ``member``'s sender task for ``dst`` is connected and waits empty-handed
+    (then send() writes to the link itself)."""
+    peer = member.transport._peers[dst]
+    await wait_for(lambda: peer.link is not None and peer.idle)
+
+
+async def test_messages_to_an_idle_link_leave_inside_send_as_one_frame(pki: Pki) -> None:
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            await idle_link(m[1], 2)
+            before = link()
+            queued = m[1].transport.send([hb(1, 2, 1), hb(1, 2, 2)])
+            after = link()  # no checkpoint since send(): nothing else ran
+            assert not queued  # no sender task has anything to do
+            assert (after.sent - before.sent, after.frames - before.frames) == (2, 1)
+            assert after.queued == 0
+            assert await receive_n(m[2].transport, 2) == [hb(1, 2, 1), hb(1, 2, 2)]
+            # the sender task still works: while it is busy, messages queue behind it
+            m[1].transport.send([hb(1, 2, i) for i in range(3, 203)])
+            assert await receive_n(m[2].transport, 200) == [hb(1, 2, i) for i in range(3, 203)]
+            assert link().dropped == 0
+
+
+async def test_a_direct_frame_the_socket_took_in_part_is_finished_in_order(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = MsgReadIndex(src=1, dst=2, term=0, ctx=b"b" * 50_000)
+    real_write = _tls.os.write
+    partial: list[bool] = []
+
+    def write(fd: int, data: bytes) -> int:
+        if partial and len(data) > 10_000:  # the direct frame: the socket takes 100 bytes
+            partial.pop()
+            return real_write(fd, bytes(data)[:100])
+        return real_write(fd, data)
+
+    # no pings while the test runs: nothing but the sender task may write the rest
+    quiet = TransportConfig(**{**_fields(FAST), "ping_interval": 3600.0})
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2), config=quiet) as (_, m):
+            monkeypatch.setattr(_tls.os, "write", write)
+            await idle_link(m[1], 2)
+            partial.append(True)
+            assert not m[1].transport.send([big])
+            assert not partial  # it went the direct way, and only in part
+            # the sender task is woken to write the rest, with nothing else sent
+            assert await m[2].transport.receive() == big
+            await idle_link(m[1], 2)
+            partial.append(True)
+            assert not m[1].transport.send([big])
+            assert not partial
+            # a message sent meanwhile is queued (the link is not idle) and comes after it
+            assert m[1].transport.send([hb(1, 2, 1)])
+            assert await receive_n(m[2].transport, 2) == [big, hb(1, 2, 1)]
+            stats = m[1].transport.statistics().peers[2]
+            assert (stats.sent, stats.dropped, stats.reconnects) == (3, 0, 0)
+
+
+async def test_a_direct_write_that_fails_drops_the_frame_and_redials(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = _tls.os.write
+    fail = [True]
+
+    def write(fd: int, data: bytes) -> int:
+        if fail:
+            fail.clear()
+            raise BrokenPipeError(32, "Broken pipe")
+        return real_write(fd, data)
+
+    with trio.fail_after(CEILING):
+        async with cluster(pki, (1, 2)) as (_, m):
+            link = lambda: m[1].transport.statistics().peers[2]  # noqa: E731
+            await idle_link(m[1], 2)
+            monkeypatch.setattr(_tls.os, "write", write)
+            assert not m[1].transport.send([hb(1, 2, 1)])
+            assert link().dropped == 1  # lost with the link, counted
+            await wait_for(lambda: link().reconnects >= 1)
+            m[1].transport.send([hb(1, 2, 2)])
+            assert await m[2].transport.receive() == hb(1, 2, 2)
+            assert link().connected
