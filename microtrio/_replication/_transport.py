@@ -32,11 +32,11 @@ Outbound (the sender side)
     ``send`` returns, and no task wakes for it (a wake-up and a scheduler pass saved on
     every hop, and the Raft loop need not yield to let the senders run). Order holds: the
     sender task is idle, so nothing queued is overtaken; bytes the socket did not take
-    are written first by the sender task, which ``send`` wakes for them. A watcher task reads the reverse direction, so a
-    close (or a goodbye) by the remote side is noticed at once and an idle link
-    reconnects before it is needed; a keepalive task sends a ping every
-    ``ping_interval`` and drops the link when no pong comes within ``ping_timeout`` (a
-    silent peer). Any link failure ends the connection; the sender redials with
+    are written first by the sender task, which ``send`` wakes for them. A watcher task
+    reads the reverse direction, so a close (or a goodbye) by the remote side is noticed
+    at once and an idle link reconnects before it is needed; a keepalive task sends a
+    ping every ``ping_interval`` and drops the link when no pong comes within
+    ``ping_timeout`` (a silent peer). Any link failure ends the connection; the sender redials with
     exponential backoff and jitter (``backoff_min`` .. ``backoff_max``). Messages in
     flight on a failed connection are lost, again fine for Raft.
 
