@@ -12,7 +12,9 @@ The shared load client then drives the leader (member1) with the http-kv adapter
 time that stage happened inside the window is taken relative to the request's arrival;
 prints the median and p90 offset per stage (sorted by median) and how many requests saw it.
 ``L`` is the leader, ``F1``/``F2`` the followers. The stamps cost a few microseconds each,
-so absolute figures are a little higher than an untraced run.
+so absolute figures are a little higher than an untraced run. ``KEEP_TRACE=1`` keeps the
+raw stamps (one file per process, ``TIME STAGE`` lines) and prints where they are, to
+follow single requests.
 """
 
 from __future__ import annotations
@@ -116,7 +118,10 @@ def main() -> None:
     print(f"{'stage':32s} {'p50':>7s} {'p90':>7s} {'seen':>6s}")
     for med, p90, count, stage in rows:
         print(f"{stage:32s} {med * 1e6:7.0f} {p90 * 1e6:7.0f} {count:6d}")
-    shutil.rmtree(traces, ignore_errors=True)
+    if not os.environ.get("KEEP_TRACE"):
+        shutil.rmtree(traces, ignore_errors=True)
+    else:
+        print("traces kept in", traces)
 
 
 if __name__ == "__main__":
