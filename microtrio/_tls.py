@@ -124,11 +124,7 @@ class TLSStream(trio.abc.Stream):
             if not self._handshook:
                 await self.do_handshake()
             if data:
-                try:
-                    self._ssl.write(data)
-                except ssl.SSLError as exc:
-                    self._broken = True
-                    raise trio.BrokenResourceError from exc
+                self._encrypt(data)
             if not await self._flush():
                 await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
@@ -159,11 +155,7 @@ class TLSStream(trio.abc.Stream):
         that would otherwise wake a sender task for each)."""
         if not self.can_send_nowait():
             return None
-        try:
-            self._ssl.write(data)
-        except ssl.SSLError as exc:
-            self._broken = True
-            raise trio.BrokenResourceError from exc
+        self._encrypt(data)
         out = self._outgoing.read()
         try:
             written = os.write(self._socket.fileno(), out)
@@ -214,6 +206,15 @@ class TLSStream(trio.abc.Stream):
         await self.transport_stream.aclose()
 
     # -- the machinery ------------------------------------------------------------------
+
+    def _encrypt(self, data: bytes | bytearray | memoryview) -> None:
+        """Put ``data`` into the TLS object as records for the peer (a failure breaks the
+        stream)."""
+        try:
+            self._ssl.write(data)
+        except ssl.SSLError as exc:
+            self._broken = True
+            raise trio.BrokenResourceError from exc
 
     def _check_usable(self) -> None:
         if self._closed:

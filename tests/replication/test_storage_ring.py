@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -174,13 +175,12 @@ def hide_completions_until_flushed(ring: _uring.DurableRing) -> list[int]:
     return entered
 
 
-@needs_ring
-async def test_a_completion_missing_from_the_ring_is_flushed_in(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+async def check_a_hidden_completion_is_flushed_in(
+    tmp_path: Path, flag: Callable[[_uring.DurableRing], Callable[[], bool]]
 ) -> None:
-    """A completion the ring does not show and the kernel does not flag: the write wakes
-    on its own after a slice, flushes the overflow list and finds it (never waits for good)."""
-    monkeypatch.setattr(_uring, "_WAIT_SLICE", 0.05)
+    """Append entry 3 through a ring whose completion stays hidden until the kernel's
+    overflow list is flushed (``flag(ring)`` stands in for the kernel's overflow flag):
+    the submission, then one flush, and the entry is on disk."""
     with trio.fail_after(30):
         store = AsyncLogStore(LogStore(tmp_path), ring=True)
         await store.load()
@@ -188,12 +188,22 @@ async def test_a_completion_missing_from_the_ring_is_flushed_in(
         ring = store._ring
         assert ring is not None
         entered = hide_completions_until_flushed(ring)
-        ring._cq_overflowed = lambda: False  # type: ignore[method-assign]
+        ring._cq_overflowed = flag(ring)  # type: ignore[method-assign]
         await store.persist(HardState(1, 1, 2), entries(3, 1), None)
         assert entered == [0, _uring._ENTER_GETEVENTS]  # the submission, then the flush
         assert ring.overflow_flushes == 1
         await store.aclose()
     assert [e.index for e in reload(tmp_path)] == [1, 2, 3]
+
+
+@needs_ring
+async def test_a_completion_missing_from_the_ring_is_flushed_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A completion the ring does not show and the kernel does not flag: the write wakes
+    on its own after a slice, flushes the overflow list and finds it (never waits for good)."""
+    monkeypatch.setattr(_uring, "_WAIT_SLICE", 0.05)
+    await check_a_hidden_completion_is_flushed_in(tmp_path, lambda ring: lambda: False)
 
 
 @needs_ring
@@ -203,24 +213,16 @@ async def test_a_flagged_overflow_is_flushed_at_once(
     """When the kernel flags completions on its overflow list, the write flushes the list
     as soon as it finds nothing in the ring, without waiting for a slice to run out."""
     monkeypatch.setattr(_uring, "_WAIT_SLICE", 3600.0)  # a wait for the slice would hang
-    with trio.fail_after(30):
-        store = AsyncLogStore(LogStore(tmp_path), ring=True)
-        await store.load()
-        await fill(store, 2)
-        ring = store._ring
-        assert ring is not None
-        entered = hide_completions_until_flushed(ring)
 
-        def posted() -> bool:  # the kernel has the completion ("on its overflow list")
-            head = _uring._U32.unpack_from(ring._ring, ring._cq_head)[0]
-            return head != _uring._U32.unpack_from(ring._ring, ring._cq_tail)[0]
+    def posted(ring: _uring.DurableRing) -> Callable[[], bool]:
+        def flag() -> bool:  # the kernel has the completion ("on its overflow list")
+            head: int = _uring._U32.unpack_from(ring._ring, ring._cq_head)[0]
+            tail: int = _uring._U32.unpack_from(ring._ring, ring._cq_tail)[0]
+            return head != tail
 
-        ring._cq_overflowed = posted  # type: ignore[method-assign]
-        await store.persist(HardState(1, 1, 2), entries(3, 1), None)
-        assert entered == [0, _uring._ENTER_GETEVENTS]
-        assert ring.overflow_flushes == 1
-        await store.aclose()
-    assert [e.index for e in reload(tmp_path)] == [1, 2, 3]
+        return flag
+
+    await check_a_hidden_completion_is_flushed_in(tmp_path, posted)
 
 
 class _FailingRing:
