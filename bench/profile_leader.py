@@ -82,6 +82,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=None, help="directory for the raw profile")
     p.add_argument("--idle", action="store_true", help="py-spy: count idle (waiting) samples")
     p.add_argument("--cprofile", action="store_true", help="cProfile instead of py-spy")
+    p.add_argument(
+        "--native", action="store_true", help="py-spy: C frames too (pauses the process)"
+    )
     args = p.parse_args()
     args.out = args.out or Path(tempfile.mkdtemp(prefix="microtrio-profile."))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -103,7 +106,8 @@ def main() -> None:
         if not args.cprofile:
             time.sleep(1.5)  # prefill and warm-up (py-spy samples the measured window)
             cmd = ["py-spy", "record", "-p", str(leader_pid), "-d", str(int(args.duration) - 1)]
-            cmd += ["-f", "raw", "-o", str(raw), "--threads", "--nonblocking", "-r", "200"]
+            cmd += ["-f", "raw", "-o", str(raw), "--threads", "-r", "200"]
+            cmd.append("--native" if args.native else "--nonblocking")
             if args.idle:
                 cmd.append("--idle")
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

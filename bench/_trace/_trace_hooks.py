@@ -119,6 +119,10 @@ def _patch() -> None:
             _stamp(f"step {_kind(event)}")
 
     _wrap_sync(_driver.RaftDriver, "_handle", step)
+    from microtrio import raft as _raft
+
+    _wrap_sync(_raft.RaftNode, "step", lambda *a: _stamp("node step>"), lambda *a: _stamp("node step<"))
+    _wrap_sync(_raft.RaftNode, "ready", lambda *a: _stamp("node ready>"), lambda *a: _stamp("node ready<"))
 
     def ready_in(self: Any, node: Any, rd: Any) -> None:
         _stamp("ready+e" if rd.entries else ("ready+c" if rd.committed_entries else "ready"))
@@ -130,8 +134,8 @@ def _patch() -> None:
     _wrap_async(
         _storage.AsyncLogStore,
         "persist",
-        lambda self, hs, entries, snap: _stamp("persist>" if entries else "persist hs>"),
-        lambda self, hs, entries, snap: _stamp("persist<" if entries else "persist hs<"),
+        lambda self, hs, entries, snap, **k: _stamp("persist>" if entries else "persist hs>"),
+        lambda self, hs, entries, snap, **k: _stamp("persist<" if entries else "persist hs<"),
     )
     _wrap_sync(_driver.RaftDriver, "_record_applied", lambda self, i, t: _stamp("applied"))
     _wrap_async(
@@ -199,6 +203,18 @@ def _patch_more() -> None:
         "apply",
         lambda *a, **k: _stamp("apply>"),
         lambda *a, **k: _stamp("apply<"),
+    )
+    _wrap_sync(
+        _apply.Applier,
+        "_apply_sync",
+        lambda *a, **k: _stamp("apply sql>"),
+        lambda *a, **k: _stamp("apply sql<"),
+    )
+    _wrap_sync(
+        _apply.Applier,
+        "_notify",
+        lambda *a, **k: _stamp("apply notify>"),
+        lambda *a, **k: _stamp("apply notify<"),
     )
 
 
