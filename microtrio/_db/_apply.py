@@ -22,6 +22,16 @@ sync) no longer run inside a commit: a WAL hook counts the pages and the checkpo
 the worker thread every :data:`CHECKPOINT_PAGES` pages. Schema statements (an index build
 may take long), large entries and restores always run in the thread.
 
+The member that ran a batch (the leader, or the single member) usually has its effects
+already: :func:`~._capture.execute_batch` left them in the writer connection's open
+transaction and the writer handed the entry over with :meth:`Applier.hold`. When that
+entry comes to be applied on the very state it ran on, the Applier writes the applied
+index into that transaction and commits it, instead of rolling it back before and
+applying the changesets now (about 0.1 ms less per write on the leader's critical path).
+Any other use of the writer connection first rolls a held transaction back (an entry
+of another origin, a snapshot, a restore, a checkpoint, the next batch), and the entry
+is then applied like on every other member (or refused as stale).
+
 Changesets are applied with triggers switched off (``SQLITE_DBCONFIG_ENABLE_TRIGGER``)
 and foreign keys off: the leader's session already recorded what triggers and
 cascades did. Any conflict is divergence: the transaction is rolled back, the
@@ -30,11 +40,13 @@ Applier stops and :class:`~microtrio.DivergenceError` is raised.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar, final
 
 import apsw
@@ -43,7 +55,7 @@ import trio
 from .._errors import CorruptionError, DatabaseNotOpenError, DivergenceError, StateError
 from ._payload import Op, OpKind, WriteBatch, decode_batch
 
-__all__ = ["APPLIED_TABLE_SQL", "Applier", "DatabaseSnapshot"]
+__all__ = ["APPLIED_TABLE_SQL", "Applier", "DatabaseSnapshot", "rollback"]
 
 logger = logging.getLogger("microtrio.db")
 
@@ -88,6 +100,16 @@ def read_applied(conn: apsw.Connection) -> AppliedState:
     return AppliedState(int(row[0]), int(row[1]), int(row[2]))
 
 
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """The writer connection's open transaction holds ``payload``'s effects on ``state``."""
+
+    payload: bytes
+    state: AppliedState
+    changes: bool
+    inline: bool
+
+
 @final
 class Applier:
     """Applies committed write batches to the writer connection.
@@ -115,6 +137,9 @@ class Applier:
         #: Entries applied on the event loop / in the worker thread (statistics, tests).
         self.inline_applies = 0
         self.thread_applies = 0
+        self._held: _Held | None = None
+        #: Entries whose effects were committed from the held transaction (statistics, tests).
+        self.held_commits = 0
 
     def enable_inline_apply(self) -> None:
         """Apply small row-change entries on the event loop (call once the connection runs
@@ -157,8 +182,36 @@ class Applier:
 
     def run_inline(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
         """Run short, bounded ``fn`` on the event loop if the writer connection is free
-        (no thread hand-off); (False, None) when it is busy (use :meth:`run_sync`)."""
-        return self._run_inline(fn)
+        (no thread hand-off); (False, None) when it is busy (use :meth:`run_sync`).
+        A held transaction is rolled back first."""
+        return self._run_inline(partial(self._after_drop, fn))
+
+    def hold(self, payload: bytes, batch: WriteBatch) -> None:
+        """The writer connection's open transaction holds ``batch`` (encoded: ``payload``),
+        run on the current applied state: commit it when ``payload`` is applied next (see
+        the module docstring). Call right after the batch ran, before any checkpoint."""
+        if not self._conn.in_transaction:
+            raise StateError("hold() needs the batch's transaction open")
+        inline = len(payload) <= INLINE_APPLY_BYTES and all(
+            op.kind is not OpKind.SQL for op in batch.ops
+        )
+        self._held = _Held(payload, self._state, bool(batch.ops), inline)
+
+    async def drop_held(self) -> None:
+        """Roll back a held transaction now (its entry's fate is unknown: it may still be
+        applied later, then like any other entry)."""
+        if self._held is not None:
+            await self.run_sync(lambda: None)
+
+    def _drop_held(self) -> None:
+        """Blocking, with the writer connection's limiter: roll a held transaction back
+        (any transaction left open is one: nothing else leaves one)."""
+        self._held = None
+        rollback(self._conn)
+
+    def _after_drop(self, fn: Callable[..., T], *args: Any) -> T:
+        self._drop_held()
+        return fn(*args)
 
     @property
     def applied_index(self) -> int:
@@ -191,7 +244,11 @@ class Applier:
         self._listeners.append(callback)
 
     async def run_sync(self, fn: Callable[[], T]) -> T:
-        """Run blocking ``fn`` on the writer's thread limiter."""
+        """Run blocking ``fn`` on the writer's thread limiter (a held transaction is
+        rolled back first)."""
+        return await self._run_sync(partial(self._after_drop, fn))
+
+    async def _run_sync(self, fn: Callable[[], T]) -> T:
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def apply(self, index: int, payload: bytes | None, *, term: int = 0) -> None:
@@ -209,20 +266,9 @@ class Applier:
                 )
                 return
             try:
-                done, state = False, None
-                inline, decoded = self._inline_batch(payload)
-                if inline:
-                    done, state = self._run_inline(
-                        lambda: self._apply_sync(index, term, payload, decoded)
-                    )
-                if done:
-                    # (taking the lock above is a checkpoint: a catch-up of thousands of
-                    # small entries still lets heartbeats and the transport run in between)
-                    self.inline_applies += 1
-                else:
-                    self.thread_applies += 1
-                    state = await self.run_sync(lambda: self._apply_sync(index, term, payload))
-                assert state is not None
+                state = await self._commit_if_held(index, term, payload)
+                if state is None:
+                    state = await self._apply_entry(index, term, payload)
                 self._state = state
             except DivergenceError as exc:
                 self._failed = exc
@@ -231,6 +277,59 @@ class Applier:
             if self._wal_pages >= self._checkpoint_at:
                 await self.run_sync(self._checkpoint)
         self._notify()
+
+    async def _commit_if_held(
+        self, index: int, term: int, payload: bytes | None
+    ) -> AppliedState | None:
+        """Commit the held transaction if it is this entry's, on the state it ran on."""
+        held = self._held
+        if held is None or held.payload != payload or held.state != self._state:
+            return None
+        commit = partial(self._commit_held, index, term)
+        done, state = self._run_inline(commit) if held.inline else (False, None)
+        if not done:
+            state = await self._run_sync(commit)
+        return state
+
+    async def _apply_entry(self, index: int, term: int, payload: bytes | None) -> AppliedState:
+        apply = partial(self._after_drop, self._apply_sync, index, term, payload)
+        inline, decoded = self._inline_batch(payload)
+        if inline:
+            done, state = self._run_inline(partial(apply, decoded))
+            if done:
+                # (taking the lock above is a checkpoint: a catch-up of thousands of
+                # small entries still lets heartbeats and the transport run in between)
+                self.inline_applies += 1
+                assert state is not None
+                return state
+        self.thread_applies += 1
+        return await self._run_sync(apply)
+
+    def _commit_held(self, index: int, term: int) -> AppliedState | None:
+        """Blocking: write the applied index into the held transaction and commit it;
+        None (and nothing held any more) when that failed: apply the entry instead."""
+        held, self._held = self._held, None
+        assert held is not None
+        conn = self._conn
+        changed = index if held.changes else held.state.changed_index
+        if not conn.in_transaction:
+            return None
+        try:
+            conn.execute(
+                "UPDATE microtrio_applied SET idx = ?, term = ?, changed_idx = ? WHERE id = 1",
+                (index, term, changed),
+            )
+            if conn.changes() != 1:
+                raise StateError("microtrio_applied has no row")
+            conn.execute("COMMIT")
+        except (apsw.Error, StateError) as exc:
+            logger.warning(
+                "%s: committing entry %d as run failed (%s): applying it", self._member, index, exc
+            )
+            rollback(self._conn)
+            return None
+        self.held_commits += 1
+        return AppliedState(index, term, changed)
 
     def _checkpoint(self) -> None:
         frames, done = self._conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
@@ -328,6 +427,17 @@ class Applier:
             return state
         finally:
             mem.close()
+
+
+def rollback(conn: apsw.Connection) -> None:
+    """Roll back the open transaction; statements left in progress are collected first."""
+    if not conn.in_transaction:
+        return
+    try:
+        conn.execute("ROLLBACK")
+    except apsw.BusyError:
+        gc.collect()  # unreferenced cursors in cycles still hold statements
+        conn.execute("ROLLBACK")
 
 
 def _rollback_mode(data: bytes) -> bytes:

@@ -9,6 +9,12 @@ writer connection::
       ...
     ROLLBACK                                               -- nothing stays local
 
+or, with ``keep=True`` (the writer's usual call), leaves the transaction open when
+what it holds is exactly what every member will apply (no temp objects, no writes to
+tables the capture skips, no ANALYZE): the :class:`~._apply.Applier` then commits it
+when the entry is applied, instead of applying the captured changesets a second time
+on the member that ran it.
+
 While a client function runs, an SQLite session (rowid tables included) records
 its row changes. Schema statements are found with the authorizer (called when a
 statement is prepared; the writer has no statement cache, so every execution is
@@ -25,7 +31,6 @@ is compared after each transaction. ``PRAGMA user_version = N`` (and
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -34,7 +39,7 @@ from typing import Any
 
 import apsw
 
-from ._apply import read_applied
+from ._apply import read_applied, rollback
 from ._payload import Op, OpKind, WriteBatch
 from ._sql import QUERY_PRAGMAS
 
@@ -74,6 +79,11 @@ _REPLICATED_PRAGMAS = frozenset({"user_version", "application_id"})
 #: Pragma assignments that last only for the transaction: allowed.
 _TRANSACTION_PRAGMAS = frozenset({"defer_foreign_keys"})
 _SAVEPOINT = "microtrio_txn"
+_ROW_WRITES = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DELETE})
+#: SQLite's tables that a replicated effect may write on the member that runs it: the
+#: schema (replicated as statement text), sequences (as a SEQUENCE op), statistics only
+#: as a side effect of a schema statement (DROP TABLE; ANALYZE is not replicated).
+_SCHEMA_SIDE_TABLES = frozenset({"sqlite_master", "sqlite_schema", "sqlite_sequence"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +110,9 @@ class _Recorder:
         self._session: apsw.Session | None = None
         self._pending: tuple[str, int] | None = None
         self.ops: list[Op] = []
+        #: The transaction changed something no member but this one would see (a temp
+        #: table, a table the capture skips, statistics): it must not be kept.
+        self.local_effects = False
 
     # -- hooks -------------------------------------------------------------------
     def authorizer(
@@ -109,6 +122,11 @@ class _Recorder:
             return apsw.SQLITE_OK
         if code in _DENIED_CODES:
             return apsw.SQLITE_DENY
+        if code in _ROW_WRITES:
+            if not _replicated_write(arg1 or "", dbname, self._ddl_code is not None):
+                self.local_effects = True
+        elif code == apsw.SQLITE_ANALYZE:
+            self.local_effects = True
         if code in _DDL_CODES and trig is None and "temp" not in (dbname, arg1):
             self._ddl_code = code
             self._select_after_ddl = False
@@ -203,6 +221,15 @@ class _Recorder:
         self.ops.clear()
 
 
+def _replicated_write(table: str, dbname: str | None, in_ddl: bool) -> bool:
+    """Whether a row write to ``table`` reaches every member (captured or replayed)."""
+    if dbname not in (None, "main"):
+        return False
+    if captured_table(table) or table in _SCHEMA_SIDE_TABLES:
+        return True
+    return in_ddl and table.startswith("sqlite_stat")
+
+
 def first_keyword(sql: str) -> str:
     """The first SQL keyword of ``sql`` (upper case), skipping whitespace and comments."""
     i, n = 0, len(sql)
@@ -269,7 +296,9 @@ def _run_one(
     fn: Callable[[apsw.Connection], Any],
     seqs: dict[str, int],
     budget: StepBudget | None = None,
-) -> tuple[TxnOutcome, list[Op]]:
+) -> tuple[TxnOutcome, list[Op], bool]:
+    """One client transaction in its savepoint: its outcome, its effects and whether it
+    had effects that stay local (see :attr:`_Recorder.local_effects`)."""
     recorder = _Recorder(conn)
     conn.execute(f"SAVEPOINT {_SAVEPOINT}")
     conn.authorizer = recorder.authorizer
@@ -295,7 +324,7 @@ def _run_one(
             # SQLite rolled the whole transaction back when it interrupted a statement
             raise _OverBudget from exc
         conn.execute(f"ROLLBACK TO {_SAVEPOINT}; RELEASE {_SAVEPOINT}")
-        return TxnOutcome(error=exc), []
+        return TxnOutcome(error=exc), [], False
     finally:
         conn.exec_trace = None
         conn.authorizer = None
@@ -307,13 +336,15 @@ def _run_one(
         ops.append(Op(OpKind.SEQUENCE, json.dumps(changed, sort_keys=True).encode()))
     seqs.clear()
     seqs.update(now)
-    return TxnOutcome(value=value), ops
+    return TxnOutcome(value=value), ops, recorder.local_effects
 
 
 def execute_batch(
     conn: apsw.Connection,
     fns: Sequence[Callable[[apsw.Connection], Any]],
     budget: StepBudget | None = None,
+    *,
+    keep: bool = False,
 ) -> tuple[list[TxnOutcome], WriteBatch]:
     """Run ``fns`` as one batch on ``conn`` (blocking) and roll it all back.
 
@@ -321,24 +352,36 @@ def execute_batch(
     ones, in order, stamped with the state they ran on (``changed_idx``).
     Exceptions of a client function are returned, not raised. With a ``budget`` that
     runs out, the batch stops early and its results are meaningless (see
-    :class:`StepBudget`).
+    :class:`StepBudget`). With ``keep``, a batch that changed something, and nothing
+    but what its captured effects replay, stays open (``conn.in_transaction``) for the
+    Applier to commit (see the module docstring); anything else is rolled back.
     """
     outcomes: list[TxnOutcome] = []
     ops: list[Op] = []
+    local = kept = False
     conn.execute("BEGIN IMMEDIATE")
     try:
         base_index = read_applied(conn).changed_index
         seqs = _sequences(conn)
         for fn in fns:
             try:
-                outcome, txn_ops = _run_one(conn, fn, seqs, budget)
+                outcome, txn_ops, txn_local = _run_one(conn, fn, seqs, budget)
             except _OverBudget:
+                local = True  # meaningless results: never kept
                 break
             outcomes.append(outcome)
             ops.extend(txn_ops)
+            local = local or txn_local
+        kept = keep and bool(ops) and not local and not _temp_objects(conn)
     finally:
-        rollback(conn)
+        if not kept:
+            rollback(conn)
     return outcomes, WriteBatch(base_index=base_index, ops=tuple(merge_changesets(ops)))
+
+
+def _temp_objects(conn: apsw.Connection) -> bool:
+    """Whether the connection's temp schema holds anything (it would outlive the batch)."""
+    return conn.execute("SELECT 1 FROM temp.sqlite_schema LIMIT 1").get is not None
 
 
 def merge_changesets(ops: Sequence[Op]) -> list[Op]:
@@ -378,14 +421,3 @@ def drain(value: Any) -> Any:
     if isinstance(value, apsw.Cursor):
         return value.fetchall()
     return value
-
-
-def rollback(conn: apsw.Connection) -> None:
-    """Roll back the open transaction; statements left in progress are collected first."""
-    if not conn.in_transaction:
-        return
-    try:
-        conn.execute("ROLLBACK")
-    except apsw.BusyError:
-        gc.collect()  # unreferenced cursors in cycles still hold statements
-        conn.execute("ROLLBACK")

@@ -3,8 +3,8 @@
 Theory of operation (DESIGN.md section 3): client write transactions are queued on
 a bounded channel; the writer task takes everything pending (up to ``max_batch``)
 as one batch, runs it on the writer connection and captures its effect
-(:mod:`._capture`), rolls it back, hands the encoded batch to the
-:class:`~._committer.Committer` and, once the entry is applied locally by the
+(:mod:`._capture`), rolls it back (or keeps it open for the Applier to commit as
+the entry), hands the encoded batch to the :class:`~._committer.Committer` and, once the entry is applied locally by the
 :class:`~._apply.Applier` (the only code that changes the file), resolves every
 caller. The next batch starts only after that, so it sees the previous one.
 Reads use their own connections (WAL) and, unless ``stale``, wait for the
@@ -579,8 +579,9 @@ class Database:
                 if all(r.inline for r in batch):
                     ran = self._execute_inline(applier, conn, fns)
                 if ran is None:
-                    ran = await applier.run_sync(partial(execute_batch, conn, fns))
-                outcomes, write = ran
+                    ran = await applier.run_sync(partial(_execute_kept, applier, conn, fns))
+                    assert ran is not None  # (None only with a budget)
+                outcomes, write, payload = ran
             except apsw.Error as exc:
                 logger.error("%s: write batch failed: %s", self._member, exc, exc_info=True)
                 outcomes = [TxnOutcome(error=exc)] * len(batch)
@@ -591,8 +592,9 @@ class Database:
                     continue
                 break
             try:
-                index = await committer.commit(encode_batch(write))
+                index = await committer.commit(payload)
             except MicrotrioError as exc:
+                await applier.drop_held()
                 outcomes = [o if o.error is not None else TxnOutcome(error=exc) for o in outcomes]
                 break
             self._commits += 1
@@ -611,19 +613,19 @@ class Database:
         applier: Applier,
         conn: apsw.Connection,
         fns: Sequence[Callable[[apsw.Connection], Any]],
-    ) -> tuple[list[TxnOutcome], WriteBatch] | None:
+    ) -> tuple[list[TxnOutcome], WriteBatch, bytes] | None:
         """Run a batch of statement requests on the event loop, saving the thread hand-off
         of a small batch; None when it must go to a worker thread: the writer is busy (an
         apply or checkpoint there), the batch needed more than ``INLINE_BATCH_STEPS``, or
-        a lock was not free at once (inline never waits). Nothing of it stays: a batch is
-        always rolled back, and statements have no effect outside the database."""
+        a lock was not free at once (inline never waits; such a batch is rolled back).
+        Statements have no effect outside the database."""
         budget = StepBudget(INLINE_BATCH_STEPS)
 
-        def run() -> tuple[list[TxnOutcome], WriteBatch] | None:
+        def run() -> tuple[list[TxnOutcome], WriteBatch, bytes] | None:
             conn.set_progress_handler(budget.progress, BUDGET_EVERY)
             conn.set_busy_timeout(0)
             try:
-                return execute_batch(conn, fns, budget)
+                return _execute_kept(applier, conn, fns, budget)
             except apsw.BusyError:
                 return None
             finally:
@@ -631,10 +633,8 @@ class Database:
                 conn.set_busy_timeout(_WRITER_BUSY_MS)
 
         done, ran = applier.run_inline(run)
-        if not done or ran is None or budget.exceeded:
-            return None
-        if any(isinstance(o.error, apsw.BusyError) for o in ran[0]):
-            return None  # a statement met a lock: let it wait for it in a thread
+        if not done or ran is None:
+            return None  # busy, over budget or a statement met a lock: run it in a thread
         self._inline_batches += 1
         return ran
 
@@ -673,6 +673,29 @@ class Database:
             if self._stop.is_set():
                 raise DatabaseNotOpenError(str(DatabaseStatus.OFFLINE))
             self.status = DatabaseStatus.STARTING
+
+
+def _execute_kept(
+    applier: Applier,
+    conn: apsw.Connection,
+    fns: Sequence[Callable[[apsw.Connection], Any]],
+    budget: StepBudget | None = None,
+) -> tuple[list[TxnOutcome], WriteBatch, bytes] | None:
+    """Blocking, with the writer connection: :func:`execute_batch` with ``keep``, a kept
+    transaction handed to the Applier at once (no other use of the connection may come in
+    between); the outcomes, the batch and its payload. None on the event loop (with a
+    ``budget``) when the batch must run again in a thread: over budget, or a statement met
+    a lock (inline never waits); nothing of it is kept then."""
+    outcomes, write = execute_batch(conn, fns, budget, keep=True)
+    if budget is not None and (
+        budget.exceeded or any(isinstance(o.error, apsw.BusyError) for o in outcomes)
+    ):
+        rollback(conn)
+        return None
+    payload = encode_batch(write)
+    if conn.in_transaction:
+        applier.hold(payload, write)
+    return outcomes, write, payload
 
 
 def _read_txn(conn: apsw.Connection, fn: Callable[[apsw.Connection], T]) -> T:
