@@ -97,7 +97,12 @@ class Truststore:
             raise StateError(f"Cannot read truststore {self.directory}: {exc}") from exc
         for entry in entries:
             if entry.name.endswith(".yaml") and not entry.name.startswith("."):
-                st = entry.stat()
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue  # removed since the listing (a member leaving): not there
+                except OSError as exc:
+                    raise StateError(f"Cannot read truststore file {entry.path}: {exc}") from exc
                 result[entry.name] = (st.st_mtime_ns, st.st_size)
         return result
 
@@ -109,6 +114,9 @@ class Truststore:
             for filename in sorted(snapshot):
                 path = self.directory / filename
                 member = self._read_file(path)
+                if member is None:  # removed since the scan
+                    del snapshot[filename]
+                    continue
                 if member.name in members:
                     raise StateError(f"Duplicate truststore entry {member.name!r} in {path}")
                 members[member.name] = member
@@ -117,10 +125,13 @@ class Truststore:
             return list(members.values())
 
     @staticmethod
-    def _read_file(path: Path) -> TrustedMember:
+    def _read_file(path: Path) -> TrustedMember | None:
+        """The member in ``path``; None if the file is gone."""
         try:
             data: Any = yaml.safe_load(path.read_text())
             return TrustedMember.from_dict(data)
+        except FileNotFoundError:
+            return None
         # ValueError: bad UTF-8, or a YAML scalar like 2001-13-45 that fails to construct.
         except (OSError, yaml.YAMLError, ValidationError, ValueError, RecursionError) as exc:
             raise StateError(f"Malformed truststore file {path}: {exc}") from exc

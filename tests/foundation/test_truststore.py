@@ -158,3 +158,43 @@ def test_add_validates(tmp_path: Path, server_pair: CertKeyPair) -> None:
         with pytest.raises(ValidationError):
             store.add(bad)
     assert os.listdir(tmp_path) == [] and len(store) == 0
+
+
+@pytest.mark.parametrize("gone_before", ["stat", "read"])
+def test_a_file_removed_during_a_reload_is_just_gone(
+    tmp_path: Path,
+    server_pair: CertKeyPair,
+    client_pair: CertKeyPair,
+    monkeypatch: pytest.MonkeyPatch,
+    gone_before: str,
+) -> None:
+    # the watcher lists the directory while a member's removal deletes its file: the
+    # reload must see the member as removed, not fail (it once crashed the daemon)
+    store = Truststore(tmp_path)
+    a = _member("a", "127.0.0.1:8001", server_pair)
+    store.add(a)
+    store.add(_member("b", "127.0.0.1:8002", client_pair))
+    store.load()
+    if gone_before == "stat":
+        real_scandir = os.scandir
+
+        def scandir_then_remove(path: str | Path) -> list[os.DirEntry[str]]:
+            entries = list(real_scandir(path))
+            (tmp_path / "b.yaml").unlink(missing_ok=True)
+            return entries
+
+        monkeypatch.setattr(os, "scandir", scandir_then_remove)
+    else:
+        real_read = Path.read_text
+
+        def remove_then_read(self: Path, *args: object, **kwargs: object) -> str:
+            if self.name == "b.yaml":
+                self.unlink()
+            return real_read(self, *args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(Path, "read_text", remove_then_read)
+    (tmp_path / "a.yaml").touch()  # a change, so that refresh reloads
+    assert store.refresh()
+    assert store.members() == [a]
+    monkeypatch.undo()
+    assert not store.refresh()  # the snapshot taken left b out: nothing changed since
