@@ -1,12 +1,12 @@
 """Profile the Raft leader of the benchmark cluster under load.
 
-    python bench/profile_leader.py --mode write -c 16 -t 10 [--top 25] [--out DIR]
+    python bench/profile_leader.py --mode write -c 16 -t 10 [--top 25] [--out DIR] [--member 2]
 
 Starts ``bench/microtrio_cluster.sh`` (three daemons; member1, the founding member, leads),
 drives it with the shared load client (``/work/shared/bench/load.py``, http-kv adapter,
 mutual TLS, every request to the leader) and samples the leader process with py-spy
 (``pip install py-spy``; all threads, wall-clock including idle with ``--idle``) for the
-measured window. Prints the load client's result and the hottest frames: by own time and
+measured window (``--member 2`` or ``3``: a follower instead). Prints the load client's result and the hottest frames: by own time and
 by inclusive time (a function counted once per sample however deep it recurses). The raw
 collapsed stacks stay in ``--out`` for flame graphs.
 
@@ -35,7 +35,7 @@ LOAD = Path(os.environ.get("LOAD_PY", "/work/shared/bench/load.py"))
 
 def _start(
     args: argparse.Namespace, certs: Path, data: Path
-) -> tuple[subprocess.Popen[bytes], int]:
+) -> tuple[subprocess.Popen[bytes], list[int]]:
     env = {"PROFILE_DIR": str(args.out)} if args.cprofile else {}
     cluster, pids = _cluster.start(certs, data, args.base_port, **env)
     ctx = _cluster.context(certs)
@@ -47,7 +47,7 @@ def _start(
             _cluster.stop(cluster)
             sys.exit("the cluster did not come up with member1 leading")
         time.sleep(0.2)
-    return cluster, pids[0]
+    return cluster, pids
 
 
 def _summary(raw: Path, top: int) -> str:
@@ -85,13 +85,14 @@ def main() -> None:
     p.add_argument(
         "--native", action="store_true", help="py-spy: C frames too (pauses the process)"
     )
+    p.add_argument("--member", type=int, default=1, choices=[1, 2, 3], help="1 leads")
     args = p.parse_args()
     args.out = args.out or Path(tempfile.mkdtemp(prefix="microtrio-profile."))
     args.out.mkdir(parents=True, exist_ok=True)
     certs = Path(os.environ.get("CERTS", "/tmp/microtrio-profile-pki"))
     data = Path(tempfile.mkdtemp(prefix="microtrio-profile-data."))
-    cluster, leader_pid = _start(args, certs, data)
-    raw = args.out / "leader.collapsed"
+    cluster, pids = _start(args, certs, data)
+    raw = args.out / f"member{args.member}.collapsed"
     spy = None
     try:
         tls = ["--cacert", str(certs / "cluster.crt"), "--cert", str(certs / "client.crt")]
@@ -105,7 +106,8 @@ def main() -> None:
         )  # fmt: skip
         if not args.cprofile:
             time.sleep(1.5)  # prefill and warm-up (py-spy samples the measured window)
-            cmd = ["py-spy", "record", "-p", str(leader_pid), "-d", str(int(args.duration) - 1)]
+            pid, seconds = pids[args.member - 1], int(args.duration) - 1
+            cmd = ["py-spy", "record", "-p", str(pid), "-d", str(seconds)]
             cmd += ["-f", "raw", "-o", str(raw), "--threads", "-r", "200"]
             cmd.append("--native" if args.native else "--nonblocking")
             if args.idle:
@@ -123,7 +125,7 @@ def main() -> None:
     if args.cprofile:
         import pstats
 
-        stats = pstats.Stats(str(args.out / "member1.prof"))
+        stats = pstats.Stats(str(args.out / f"member{args.member}.prof"))
         stats.sort_stats("tottime").print_stats(args.top)
     else:
         print(_summary(raw, args.top))
