@@ -23,6 +23,29 @@ async def _replay(path: Path, rec: RecordingCommitter) -> None:
         await copy.close()
 
 
+async def _held_write(
+    nursery: trio.Nursery, db: Database, rec: RecordingCommitter, sql: str
+) -> trio.Event:
+    """Start ``sql`` as a write and return once its batch ran and waits at the committer's
+    gate (its transaction held); the event is set when the write returned."""
+    rec.gate = trio.Event()
+    done = trio.Event()
+
+    async def write() -> None:
+        await db.execute(sql)
+        done.set()
+
+    nursery.start_soon(write)
+    await rec.entered.wait()
+    return done
+
+
+def _open_gate(rec: RecordingCommitter) -> None:
+    assert rec.gate is not None
+    rec.gate.set()
+    rec.gate = None
+
+
 async def _rows(db: Database) -> list[tuple[int, str]]:
     return await db.read(lambda c: list(c.execute("SELECT k, v FROM kv ORDER BY k")), stale=True)
 
@@ -80,23 +103,14 @@ async def test_a_snapshot_never_sees_a_held_batch(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
             await db.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)")
-            rec.gate = trio.Event()
             held = db.applier.held_commits
-            done = trio.Event()
-
-            async def write() -> None:
-                await db.execute("INSERT INTO kv VALUES (1, 'held')")
-                done.set()
-
-            nursery.start_soon(write)
-            await rec.entered.wait()  # the batch ran and waits for its commit
+            done = await _held_write(nursery, db, rec, "INSERT INTO kv VALUES (1, 'held')")
             snap = await db.snapshot()
             mem = apsw.Connection(":memory:")
             mem.deserialize("main", snap.data)
             assert mem.execute("SELECT count(*) FROM kv").get == 0
             mem.close()
-            rec.gate.set()
-            rec.gate = None
+            _open_gate(rec)
             await done.wait()
             # the snapshot rolled the transaction back: the entry was applied instead
             assert db.applier.held_commits == held
@@ -126,16 +140,9 @@ async def test_an_entry_of_another_origin_first_makes_the_batch_run_again(
         async with trio.open_nursery() as nursery:
             db, rec = await open_recorded(nursery, tmp_path / "microtrio.db")
             await db.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)")
-            rec.gate = trio.Event()
             held = db.applier.held_commits
-            done = trio.Event()
-
-            async def write() -> None:
-                await db.execute("INSERT INTO kv VALUES (1, 'ours') ON CONFLICT DO NOTHING")
-                done.set()
-
-            nursery.start_soon(write)
-            await rec.entered.wait()
+            ours = "INSERT INTO kv VALUES (1, 'ours') ON CONFLICT DO NOTHING"
+            done = await _held_write(nursery, db, rec, ours)
             # e.g. a former leader's entry, committed before ours: it takes key 1
             index = db.applied_index + 1
             await db.applier.apply(
@@ -147,8 +154,7 @@ async def test_an_entry_of_another_origin_first_makes_the_batch_run_again(
                     )
                 ),
             )
-            rec.gate.set()
-            rec.gate = None
+            _open_gate(rec)
             await done.wait()
             # ours was refused as stale, ran again on the new state and changed nothing
             assert await _rows(db) == [(1, "theirs")]
