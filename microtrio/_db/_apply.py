@@ -309,11 +309,10 @@ class Applier:
         """Blocking: write the applied index into the held transaction and commit it;
         None (and nothing held any more) when that failed: apply the entry instead."""
         held, self._held = self._held, None
-        assert held is not None
         conn = self._conn
+        if held is None or not conn.in_transaction:
+            return None  # rolled back meanwhile (it needs the limiter, not the apply lock)
         changed = index if held.changes else held.state.changed_index
-        if not conn.in_transaction:
-            return None
         try:
             conn.execute(
                 "UPDATE microtrio_applied SET idx = ?, term = ?, changed_idx = ? WHERE id = 1",
