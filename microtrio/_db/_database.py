@@ -102,13 +102,16 @@ UPGRADE_RETRY_SECONDS = 30.0
 class DatabaseStatistics:
     """``commits``: write batches committed (attempts included); ``transactions``: client
     transactions run by the writer; ``queued``: waiting for the writer; ``inline_batches``:
-    write batches of statements run on the event loop (no thread hand-off)."""
+    write batches of statements run on the event loop (no thread hand-off);
+    ``held_commits``: entries committed from the transaction that ran them, not applied a
+    second time (on the leader, usually every write batch)."""
 
     commits: int
     transactions: int
     queued: int
     applied_index: int
     inline_batches: int = 0
+    held_commits: int = 0
 
 
 class _Request:
@@ -210,6 +213,7 @@ class Database:
             queued=self._recv.statistics().current_buffer_used,
             applied_index=self._applier.applied_index if self._applier is not None else 0,
             inline_batches=self._inline_batches,
+            held_commits=self._applier.held_commits if self._applier is not None else 0,
         )
 
     # -- lifecycle -----------------------------------------------------------------

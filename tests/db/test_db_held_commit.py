@@ -59,6 +59,7 @@ async def test_a_plain_batch_is_committed_as_run(tmp_path: Path) -> None:
             for i in range(5):
                 await db.execute("INSERT INTO kv (v) VALUES (? || random())", (str(i),))
             assert db.applier.held_commits == before + 5
+            assert db.statistics().held_commits == db.applier.held_commits
             assert db.applied_index == rec.entries[-1][0]
             assert len(await _rows(db)) == 5
             await db.close()
