@@ -167,7 +167,16 @@ class Applier:
             batch = decode_batch(payload)
         except CorruptionError:
             return False, None  # the thread path reports it
-        return all(op.kind is not OpKind.SQL for op in batch.ops), batch
+        return self._inline_ops(len(payload), batch.ops), batch
+
+    def _inline_ops(self, size: int, ops: tuple[Op, ...]) -> bool:
+        """Whether committing ``ops`` (``size`` bytes encoded) may run on the event loop:
+        inline apply enabled (no commit syncs), small, row changes only."""
+        return (
+            self._inline
+            and size <= INLINE_APPLY_BYTES
+            and all(op.kind is not OpKind.SQL for op in ops)
+        )
 
     def _run_inline(self, fn: Callable[[], T]) -> tuple[bool, T | None]:
         """Run ``fn`` here if the writer connection is free (else (False, None))."""
@@ -192,9 +201,7 @@ class Applier:
         the module docstring). Call right after the batch ran, before any checkpoint."""
         if not self._conn.in_transaction:
             raise StateError("hold() needs the batch's transaction open")
-        inline = len(payload) <= INLINE_APPLY_BYTES and all(
-            op.kind is not OpKind.SQL for op in batch.ops
-        )
+        inline = self._inline_ops(len(payload), batch.ops)
         self._held = _Held(payload, self._state, bool(batch.ops), inline)
 
     async def drop_held(self) -> None:

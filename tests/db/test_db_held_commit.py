@@ -3,6 +3,7 @@ applying the entry like every other member whenever that would not give the same
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import apsw
@@ -11,7 +12,7 @@ import trio
 from _db_helpers import RecordingCommitter, open_recorded, start_db, table_checksums
 
 from microtrio import OutcomeUnknownError
-from microtrio._db import Database
+from microtrio._db import Applier, Database
 from microtrio._db._payload import Op, OpKind, WriteBatch, encode_batch
 
 
@@ -66,6 +67,30 @@ async def test_a_plain_batch_is_committed_as_run(tmp_path: Path) -> None:
         await _replay(tmp_path / "b" / "microtrio.db", rec)
     a = table_checksums(tmp_path / "a" / "microtrio.db")
     assert "kv" in a and a == table_checksums(tmp_path / "b" / "microtrio.db")
+
+
+async def test_a_single_member_commits_held_batches_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a single member keeps synchronous=FULL: its commits sync, so they run in the thread
+    threads: list[threading.Thread] = []
+    real = Applier._commit_held
+
+    def recording(self: Applier, index: int, term: int) -> object:
+        threads.append(threading.current_thread())
+        return real(self, index, term)
+
+    monkeypatch.setattr(Applier, "_commit_held", recording)
+    with trio.fail_after(30):
+        async with trio.open_nursery() as nursery:
+            db = await start_db(nursery, tmp_path / "microtrio.db")  # the local committer
+            await db.open(bootstrap=True)
+            await db.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v TEXT)")
+            await db.execute("INSERT INTO kv VALUES (1, 'x')")
+            assert db.statistics().held_commits >= 2
+            await db.close()
+    assert len(threads) >= 2
+    assert threading.main_thread() not in threads
 
 
 @pytest.mark.parametrize(
