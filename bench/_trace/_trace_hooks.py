@@ -121,8 +121,12 @@ def _patch() -> None:
     _wrap_sync(_driver.RaftDriver, "_handle", step)
     from microtrio import raft as _raft
 
-    _wrap_sync(_raft.RaftNode, "step", lambda *a: _stamp("node step>"), lambda *a: _stamp("node step<"))
-    _wrap_sync(_raft.RaftNode, "ready", lambda *a: _stamp("node ready>"), lambda *a: _stamp("node ready<"))
+    _wrap_sync(
+        _raft.RaftNode, "step", lambda *a: _stamp("node step>"), lambda *a: _stamp("node step<")
+    )
+    _wrap_sync(
+        _raft.RaftNode, "ready", lambda *a: _stamp("node ready>"), lambda *a: _stamp("node ready<")
+    )
 
     def ready_in(self: Any, node: Any, rd: Any) -> None:
         _stamp("ready+e" if rd.entries else ("ready+c" if rd.committed_entries else "ready"))
