@@ -1,10 +1,12 @@
 """Profile the Raft leader of the benchmark cluster under load.
 
     python bench/profile_leader.py --mode write -c 16 -t 10 [--top 25] [--out DIR] [--member 2]
+                                   [--all-members]
 
 Starts ``bench/microtrio_cluster.sh`` (three daemons; member1, the founding member, leads),
 drives it with the shared load client (``/work/shared/bench/load.py``, http-kv adapter,
-mutual TLS, every request to the leader) and samples the leader process with py-spy
+mutual TLS, every request to the leader, or spread over the three members as the anchors
+run does with ``--all-members``) and samples the leader process with py-spy
 (``pip install py-spy``; all threads, wall-clock including idle with ``--idle``) for the
 measured window (``--member 2`` or ``3``: a follower instead). Prints the load client's result and the hottest frames: by own time and
 by inclusive time (a function counted once per sample however deep it recurses). The raw
@@ -86,6 +88,9 @@ def main() -> None:
         "--native", action="store_true", help="py-spy: C frames too (pauses the process)"
     )
     p.add_argument("--member", type=int, default=1, choices=[1, 2, 3], help="1 leads")
+    p.add_argument(
+        "--all-members", action="store_true", help="workers on all three members (as anchors)"
+    )
     args = p.parse_args()
     args.out = args.out or Path(tempfile.mkdtemp(prefix="microtrio-profile."))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -97,9 +102,11 @@ def main() -> None:
     try:
         tls = ["--cacert", str(certs / "cluster.crt"), "--cert", str(certs / "client.crt")]
         tls += ["--key", str(certs / "client.key")]
+        members = 3 if args.all_members else 1
+        urls = ",".join(f"https://127.0.0.1:{args.base_port + 1 + i}" for i in range(members))
         load = subprocess.Popen(
             [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",
-             "/1.0/kv/{key}", "--urls", f"https://127.0.0.1:{args.base_port + 1}",
+             "/1.0/kv/{key}", "--urls", urls,
              "--mode", args.mode, "-c", str(args.concurrency), "-t", str(args.duration),
              "--warmup", "1", "--label", "profile", *tls],
             stdout=subprocess.PIPE,

@@ -3,11 +3,11 @@
 Theory of operation (DESIGN.md section 3). The single writer runs a batch on the
 writer connection::
 
-    BEGIN IMMEDIATE
-      SAVEPOINT txn; fn1(conn); <capture>; RELEASE txn     -- or ROLLBACK TO on error
-      SAVEPOINT txn; fn2(conn); <capture>; RELEASE txn
+    BEGIN IMMEDIATE                                        -- one session records
+      SAVEPOINT txn; fn1(conn); RELEASE txn                -- or ROLLBACK TO on error
+      SAVEPOINT txn; fn2(conn); RELEASE txn
       ...
-    ROLLBACK                                               -- nothing stays local
+    <capture>; ROLLBACK                                    -- nothing stays local
 
 or, with ``keep=True`` (the writer's usual call), leaves the transaction open when
 what it holds is exactly what every member will apply (no temp objects, no writes to
@@ -15,8 +15,11 @@ tables the capture skips, no ANALYZE): the :class:`~._apply.Applier` then commit
 when the entry is applied, instead of applying the captured changesets a second time
 on the member that ran it.
 
-While a client function runs, an SQLite session (rowid tables included) records
-its row changes. Schema statements are found with the authorizer (called when a
+An SQLite session (rowid tables included) records the row changes of the batch's
+client functions one after the other; a changeset compares each changed row as it is
+now with its value before the first change, so a function rolled back to its savepoint
+leaves nothing in it (see :func:`execute_batch` for the one case that needs a second
+run). Schema statements are found with the authorizer (called when a
 statement is prepared; the writer has no statement cache, so every execution is
 prepared) and the exec trace (called just before the prepared statement runs):
 before a schema statement the current session's changeset is closed off, the
@@ -84,6 +87,13 @@ _ROW_WRITES = frozenset({apsw.SQLITE_INSERT, apsw.SQLITE_UPDATE, apsw.SQLITE_DEL
 #: schema (replicated as statement text), sequences (as a SEQUENCE op), statistics only
 #: as a side effect of a schema statement (DROP TABLE; ANALYZE is not replicated).
 _SCHEMA_SIDE_TABLES = frozenset({"sqlite_master", "sqlite_schema", "sqlite_sequence"})
+#: The authorizer codes the recorder looks at (the others, reads first, pass at once).
+_WATCHED_CODES = (
+    _DENIED_CODES
+    | _ROW_WRITES
+    | _DDL_CODES
+    | frozenset({apsw.SQLITE_ANALYZE, apsw.SQLITE_SELECT, apsw.SQLITE_PRAGMA})
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,25 +111,33 @@ def captured_table(name: str) -> bool:
 class _Recorder:
     """Hooks installed on the writer connection while one client transaction runs."""
 
-    def __init__(self, conn: apsw.Connection) -> None:
+    def __init__(self, conn: apsw.Connection, carried: apsw.Session | None = None) -> None:
         self._conn = conn
         self._muted = False
         self._ddl_code: int | None = None
         self._select_after_ddl = False
         self._pragma_seen = False
-        self._session: apsw.Session | None = None
+        #: The batch's session: carried over from its earlier transactions (their row
+        #: changes are in it), or started at this transaction's first statement.
+        self._session = carried
+        self._carried = carried
         self._pending: tuple[str, int] | None = None
         self.ops: list[Op] = []
         #: The transaction changed something no member but this one would see (a temp
         #: table, a table the capture skips, statistics): it must not be kept.
         self.local_effects = False
+        #: A schema statement (or replicated pragma) ran: it closed off the session.
+        self.schema_seen = False
+        #: ... and the changeset it closed off held earlier transactions' changes too,
+        #: so this transaction's own changes cannot be taken out of it on failure.
+        self.mixed = False
 
     # -- hooks -------------------------------------------------------------------
     def authorizer(
         self, code: int, arg1: str | None, arg2: str | None, dbname: str | None, trig: str | None
     ) -> int:
-        if self._muted:
-            return apsw.SQLITE_OK
+        if self._muted or code not in _WATCHED_CODES:
+            return apsw.SQLITE_OK  # most calls: column reads, functions
         if code in _DENIED_CODES:
             return apsw.SQLITE_DENY
         if code in _ROW_WRITES:
@@ -161,6 +179,9 @@ class _Recorder:
                     "CREATE TABLE ... AS SELECT is not supported in replicated writes: "
                     "create the table, then INSERT ... SELECT"
                 )
+            self.schema_seen = True
+            if self._session is not None and self._session is self._carried:
+                self.mixed = not self._session.is_empty
             self._flush_session()
             if pragma:
                 self.ops.append(Op(OpKind.SQL, sql.strip().encode("utf-8")))
@@ -196,29 +217,36 @@ class _Recorder:
 
     def _flush_session(self) -> None:
         session, self._session = self._session, None
-        if session is None:
-            return
-        try:
-            # is_empty is False after an UPDATE to identical values, whose changeset is
-            # empty: such a transaction changed nothing and must not need a commit.
-            changeset = b"" if session.is_empty else session.changeset()
-            if changeset:
-                self.ops.append(Op(OpKind.CHANGESET, changeset))
-        finally:
-            session.close()
+        self.ops.extend(_closed_off(session))
 
     def start(self) -> None:
-        self._session = self._new_session()
+        if self._session is None:
+            self._session = self._new_session()
 
-    def finish(self) -> None:
+    def finish(self) -> apsw.Session | None:
+        """The transaction succeeded: its effects are in :attr:`ops` and in the session
+        returned (still recording; the next transaction of the batch carries it on)."""
         self._confirm_pending()
-        self._flush_session()
+        session, self._session = self._session, None
+        return session
 
-    def discard(self) -> None:
+    def discard(self) -> apsw.Session | None:
+        """The transaction failed and its savepoint was rolled back: forget its ops and
+        return the session to carry on with. Its row changes vanish from that session
+        with the rollback (a changeset compares the rows as they are now with the values
+        recorded before their first change); a session started after a schema statement
+        of this transaction is closed instead (the schema it saw was rolled back)."""
+        session, self._session = self._session, None
+        self.ops.clear()
+        if session is not None and self.schema_seen:
+            session.close()
+            return None
+        return session
+
+    def close(self) -> None:
         session, self._session = self._session, None
         if session is not None:
             session.close()
-        self.ops.clear()
 
 
 def _replicated_write(table: str, dbname: str | None, in_ddl: bool) -> bool:
@@ -291,15 +319,22 @@ class StepBudget:
         return self.exceeded
 
 
+class _Mixed(Exception):
+    """A failed transaction's changes were closed off together with earlier ones (see
+    :attr:`_Recorder.mixed`): the batch runs again with a session per transaction."""
+
+
 def _run_one(
     conn: apsw.Connection,
     fn: Callable[[apsw.Connection], Any],
     seqs: dict[str, int],
     budget: StepBudget | None = None,
-) -> tuple[TxnOutcome, list[Op], bool]:
-    """One client transaction in its savepoint: its outcome, its effects and whether it
-    had effects that stay local (see :attr:`_Recorder.local_effects`)."""
-    recorder = _Recorder(conn)
+    carried: apsw.Session | None = None,
+) -> tuple[TxnOutcome, list[Op], bool, apsw.Session | None]:
+    """One client transaction in its savepoint: its outcome, its effects, whether it had
+    effects that stay local (see :attr:`_Recorder.local_effects`) and the session that
+    holds its row changes not yet in those effects (None if there are none)."""
+    recorder = _Recorder(conn, carried)
     conn.execute(f"SAVEPOINT {_SAVEPOINT}")
     conn.authorizer = recorder.authorizer
     conn.exec_trace = recorder.exec_trace
@@ -315,16 +350,19 @@ def _run_one(
                 budget.armed = False
             if budget.exceeded:
                 raise _OverBudget
-        recorder.finish()
+        session = recorder.finish()
     except Exception as exc:
         conn.exec_trace = None
         conn.authorizer = None
-        recorder.discard()
         if budget is not None and budget.exceeded:
             # SQLite rolled the whole transaction back when it interrupted a statement
+            recorder.close()
             raise _OverBudget from exc
         conn.execute(f"ROLLBACK TO {_SAVEPOINT}; RELEASE {_SAVEPOINT}")
-        return TxnOutcome(error=exc), [], False
+        session = recorder.discard()
+        if recorder.mixed:
+            raise _Mixed from exc
+        return TxnOutcome(error=exc), [], False, session
     finally:
         conn.exec_trace = None
         conn.authorizer = None
@@ -333,10 +371,26 @@ def _run_one(
     now = _sequences(conn)
     changed = {name: seq for name, seq in now.items() if seqs.get(name) != seq}
     if changed:
+        # the row changes before the sequence values, as they happened
+        ops.extend(_closed_off(session))
+        session = None
         ops.append(Op(OpKind.SEQUENCE, json.dumps(changed, sort_keys=True).encode()))
     seqs.clear()
     seqs.update(now)
-    return TxnOutcome(value=value), ops, recorder.local_effects
+    return TxnOutcome(value=value), ops, recorder.local_effects, session
+
+
+def _closed_off(session: apsw.Session | None) -> list[Op]:
+    """The ops of ``session``'s changes (none or one changeset); the session is closed."""
+    if session is None:
+        return []
+    try:
+        # is_empty is False after an UPDATE to identical values, whose changeset is
+        # empty: such a transaction changed nothing and must not need a commit.
+        changeset = b"" if session.is_empty else session.changeset()
+    finally:
+        session.close()
+    return [Op(OpKind.CHANGESET, changeset)] if changeset else []
 
 
 def execute_batch(
@@ -355,25 +409,55 @@ def execute_batch(
     :class:`StepBudget`). With ``keep``, a batch that changed something, and nothing
     but what its captured effects replay, stays open (``conn.in_transaction``) for the
     Applier to commit (see the module docstring); anything else is rolled back.
+
+    One session records the row changes of the batch's transactions one after the other
+    (a changeset holds a row's net change, and the changes of a transaction rolled back
+    to its savepoint are gone from it); it is closed off into a changeset at a schema
+    statement, before a change of ``sqlite_sequence`` and at the end. Should a
+    transaction fail after a schema statement closed off a changeset that held earlier
+    transactions' changes too, the batch runs again with a session per transaction.
     """
+    try:
+        return _execute_batch(conn, fns, budget, keep=keep, carry=True)
+    except _Mixed:
+        return _execute_batch(conn, fns, budget, keep=keep, carry=False)
+
+
+def _execute_batch(
+    conn: apsw.Connection,
+    fns: Sequence[Callable[[apsw.Connection], Any]],
+    budget: StepBudget | None,
+    *,
+    keep: bool,
+    carry: bool,
+) -> tuple[list[TxnOutcome], WriteBatch]:
     outcomes: list[TxnOutcome] = []
     ops: list[Op] = []
     local = kept = False
+    session: apsw.Session | None = None
     conn.execute("BEGIN IMMEDIATE")
     try:
         base_index = read_applied(conn).changed_index
         seqs = _sequences(conn)
         for fn in fns:
             try:
-                outcome, txn_ops, txn_local = _run_one(conn, fn, seqs, budget)
+                outcome, txn_ops, txn_local, session = _run_one(conn, fn, seqs, budget, session)
             except _OverBudget:
                 local = True  # meaningless results: never kept
                 break
             outcomes.append(outcome)
             ops.extend(txn_ops)
             local = local or txn_local
+            if not carry:
+                ops.extend(_closed_off(session))
+                session = None
+        else:
+            ops.extend(_closed_off(session))
+            session = None
         kept = keep and bool(ops) and not local and not _temp_objects(conn)
     finally:
+        if session is not None:
+            session.close()
         if not kept:
             rollback(conn)
     return outcomes, WriteBatch(base_index=base_index, ops=tuple(merge_changesets(ops)))
