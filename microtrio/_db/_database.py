@@ -33,7 +33,7 @@ from .._errors import (
     StateError,
     UnavailableError,
 )
-from ._apply import APPLIED_TABLE_SQL, Applier, DatabaseSnapshot
+from ._apply import APPLIED_TABLE_SQL, Applier, DatabaseSnapshot, passive_checkpoint
 from ._capture import (
     BUDGET_EVERY,
     PRIVATE_TABLES,
@@ -104,7 +104,9 @@ class DatabaseStatistics:
     transactions run by the writer; ``queued``: waiting for the writer; ``inline_batches``:
     write batches of statements run on the event loop (no thread hand-off);
     ``held_commits``: entries committed from the transaction that ran them, not applied a
-    second time (on the leader, usually every write batch)."""
+    second time (on the leader, usually every write batch); ``background_checkpoints`` /
+    ``writer_checkpoints``: WAL checkpoints run on the background connection / on the
+    writer connection (which finishes each background one: see :mod:`._apply`)."""
 
     commits: int
     transactions: int
@@ -112,6 +114,8 @@ class DatabaseStatistics:
     applied_index: int
     inline_batches: int = 0
     held_commits: int = 0
+    background_checkpoints: int = 0
+    writer_checkpoints: int = 0
 
 
 class _Request:
@@ -174,6 +178,10 @@ class Database:
         self._send, self._recv = trio.open_memory_channel[_Request](queue_size)
         self._conn: apsw.Connection | None = None
         self._readers: list[apsw.Connection] = []
+        #: Replicated members: the connection that runs WAL checkpoints in the background.
+        self._checkpointer: apsw.Connection | None = None
+        #: Checkpoints run in the background (statistics, tests).
+        self.background_checkpoints = 0
         self._applier: Applier | None = None
         self._committer: Committer | None = None
         self._versions = (0, 0)
@@ -214,6 +222,8 @@ class Database:
             applied_index=self._applier.applied_index if self._applier is not None else 0,
             inline_batches=self._inline_batches,
             held_commits=self._applier.held_commits if self._applier is not None else 0,
+            background_checkpoints=self.background_checkpoints,
+            writer_checkpoints=self._applier.writer_checkpoints if self._applier else 0,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -230,6 +240,8 @@ class Database:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer_loop)
+                if self._checkpointer is not None:
+                    nursery.start_soon(self._checkpoint_loop, self._checkpointer)
                 task_status.started()
                 await self._stop.wait()
                 nursery.cancel_scope.cancel()
@@ -484,8 +496,29 @@ class Database:
             # saves an fsync per applied entry. A single member keeps FULL.
             conn.pragma("synchronous", "normal")
             self._applier.enable_inline_apply()
+            try:
+                checkpointer = apsw.Connection(str(self._path))
+                # its checkpoints sync the WAL before and the file after, as the writer's did
+                checkpointer.pragma("synchronous", "normal")
+            except apsw.Error as exc:
+                raise StateError(f"cannot open database {self._path}: {exc}") from exc
+            self._checkpointer = checkpointer
+            self._applier.enable_background_checkpoints()
+
+    async def _checkpoint_loop(self, conn: apsw.Connection) -> None:
+        """Run the bulk of the WAL checkpoints the Applier asks for on ``conn``, in a thread
+        of its own, while the writer goes on; the writer finishes each (see :mod:`._apply`)."""
+        applier = self._get_applier()
+        limiter = trio.CapacityLimiter(1)
+        while True:
+            await applier.wait_checkpoint_due()
+            self.background_checkpoints += 1
+            await trio.to_thread.run_sync(passive_checkpoint, conn, self._member, limiter=limiter)
+            applier.finish_checkpoint()
 
     def _close_files(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         for reader in self._readers:
             reader.close()
         if self._conn is not None:

@@ -1,16 +1,20 @@
 """The write path's short-cuts that skip a worker-thread hop: a commit-only hard state is
 written on the event loop, small row-change entries are applied on the event loop (schema
-statements and large entries still in the thread), and WAL checkpoints run in the thread
-every CHECKPOINT_PAGES pages instead of inside a commit."""
+statements and large entries still in the thread), and WAL checkpoints run every
+CHECKPOINT_PAGES pages instead of inside a commit: their bulk in the background, the rest on
+the writer connection."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import trio
 from _raft_cluster import checksums, open_cluster
 
-from microtrio._db._apply import CHECKPOINT_PAGES, INLINE_APPLY_BYTES
+from microtrio._db import _apply
+from microtrio._db._apply import INLINE_APPLY_BYTES
+from microtrio._db._database import Database
 from microtrio._replication import LogStore
 from microtrio._replication._storage import AsyncLogStore
 from microtrio.raft import Entry, EntryType, HardState
@@ -60,25 +64,64 @@ async def test_small_entries_apply_inline_schema_and_large_ones_in_the_thread(
             assert sums[0] == sums[1] == sums[2]
 
 
-async def test_wal_is_checkpointed_outside_commits(tmp_path: Path) -> None:
+#: Checkpoints every 1000 pages in these tests (4000 would take four times the writes).
+PAGES = 1000
+
+
+async def _write_pages(tmp_path: Path, pages: int) -> list[tuple[Database, int]]:
+    """Write about ``pages`` pages of 4 KiB through a 3-member cluster in entries small
+    enough to be applied inline; each member's database and its WAL file's size in pages."""
+    async with open_cluster(tmp_path, 3) as cluster:
+        leader = await cluster.leader()
+        await leader.db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
+        blob = b"w" * 30_000
+        for k in range(pages * 4096 // len(blob)):
+            await leader.db.execute("INSERT INTO t VALUES (?, ?)", (k, blob))
+        await cluster.wait_applied(leader.db.applied_index)
+        found = []
+        for member in cluster.running():
+            applier = member.db.applier
+            assert applier.inline_applies + applier.held_commits > PAGES // 10
+            wal = member.db_path.with_name(member.db_path.name + "-wal")
+            found.append((member.db, wal.stat().st_size // 4096))
+        return found
+
+
+async def test_wal_is_checkpointed_outside_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_apply, "CHECKPOINT_PAGES", PAGES)
     with trio.fail_after(CEILING):
-        async with open_cluster(tmp_path, 3) as cluster:
-            leader = await cluster.leader()
-            await leader.db.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB)")
-            # about 2.5 x CHECKPOINT_PAGES pages of 4 KiB, in entries small enough to be
-            # applied inline
-            blob = b"w" * 30_000
-            for k in range(CHECKPOINT_PAGES * 4096 * 5 // 2 // len(blob)):
-                await leader.db.execute("INSERT INTO t VALUES (?, ?)", (k, blob))
-            await cluster.wait_applied(leader.db.applied_index)
-            for member in cluster.running():
-                applier = member.db.applier
-                applied = applier.inline_applies + applier.held_commits
-                assert applied > CHECKPOINT_PAGES // 10
-                # without checkpoints the WAL would hold every page written (no
-                # auto-checkpoint any more); with them it is restarted and stays small
-                wal = member.db_path.with_name(member.db_path.name + "-wal")
-                assert wal.stat().st_size < 2 * CHECKPOINT_PAGES * 4096
+        found = await _write_pages(tmp_path, PAGES * 5 // 2)
+    for db, wal_pages in found:
+        stats = db.statistics()
+        # the bulk of each checkpoint in the background, the rest finished by the writer
+        assert stats.background_checkpoints >= 2
+        assert stats.writer_checkpoints >= 2
+        # without checkpoints the WAL would hold every page written (no auto-checkpoint
+        # any more); with them it is restarted and stays small
+        assert wal_pages < 2 * PAGES
+
+
+async def test_the_wal_stays_bounded_without_background_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the background checkpointer fall behind (here it never runs), the writer
+    connection checkpoints a WAL of WAL_LIMIT_PAGES itself."""
+
+    async def stalled(self: Database, conn: object) -> None:
+        await trio.sleep_forever()
+
+    monkeypatch.setattr(_apply, "CHECKPOINT_PAGES", PAGES // 2)
+    monkeypatch.setattr(_apply, "WAL_LIMIT_PAGES", PAGES)
+    monkeypatch.setattr(Database, "_checkpoint_loop", stalled)
+    with trio.fail_after(CEILING):
+        found = await _write_pages(tmp_path, PAGES * 5 // 2)
+    for db, wal_pages in found:
+        stats = db.statistics()
+        assert stats.background_checkpoints == 0
+        assert stats.writer_checkpoints >= 2
+        assert wal_pages < PAGES + PAGES // 2
 
 
 async def test_inline_applies_let_other_tasks_run(tmp_path: Path) -> None:
