@@ -97,6 +97,11 @@ def wait_member1_leads(port: int, ctx: ssl.SSLContext, timeout: float = 60.0) ->
         time.sleep(0.2)
 
 
+def load_urls(port: int, all_members: bool) -> str:
+    """The shared load client's ``--urls``: member1 (at ``port``), or all three members."""
+    return ",".join(f"https://127.0.0.1:{port + i}" for i in range(3 if all_members else 1))
+
+
 def client_tls(certs: Path) -> list[str]:
     """The shared load client's TLS arguments for the certificates in ``certs``."""
     return [

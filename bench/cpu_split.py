@@ -61,8 +61,7 @@ def main() -> None:
         ctx = _cluster.context(certs)
         port = args.base_port + 1
         _cluster.wait_member1_leads(port, ctx)
-        members = 3 if args.all_members else 1
-        urls = ",".join(f"https://127.0.0.1:{port + i}" for i in range(members))
+        urls = _cluster.load_urls(port, args.all_members)
         tls = _cluster.client_tls(certs)
         load = subprocess.Popen(
             [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",

@@ -100,10 +100,8 @@ def main() -> None:
     raw = args.out / f"member{args.member}.collapsed"
     spy = None
     try:
-        tls = ["--cacert", str(certs / "cluster.crt"), "--cert", str(certs / "client.crt")]
-        tls += ["--key", str(certs / "client.key")]
-        members = 3 if args.all_members else 1
-        urls = ",".join(f"https://127.0.0.1:{args.base_port + 1 + i}" for i in range(members))
+        tls = _cluster.client_tls(certs)
+        urls = _cluster.load_urls(args.base_port + 1, args.all_members)
         load = subprocess.Popen(
             [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",
              "/1.0/kv/{key}", "--urls", urls,

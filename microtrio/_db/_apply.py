@@ -185,11 +185,6 @@ class Applier:
         what is left at its next apply (see the module docstring)."""
         self._checkpoint_finish = True
 
-    @property
-    def wal_pages(self) -> int:
-        """Frames in the WAL after the last commit on the writer connection."""
-        return self._wal_pages
-
     def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         if pages < self._wal_pages:  # the WAL was restarted from its beginning
             self._checkpoint_at = CHECKPOINT_PAGES
@@ -485,17 +480,16 @@ class Applier:
             mem.close()
 
 
-def passive_checkpoint(conn: apsw.Connection, member: str = "") -> bool:
+def passive_checkpoint(conn: apsw.Connection, member: str = "") -> None:
     """Copy what the WAL holds back into the database file, without waiting for readers
-    or writers (blocking); whether every frame was copied. Another checkpoint running at
-    the same time makes this one a no-op."""
+    or writers (blocking). Another checkpoint running at the same time makes this one a
+    no-op."""
     try:
         frames, done = conn.wal_checkpoint(mode=apsw.SQLITE_CHECKPOINT_PASSIVE)
     except apsw.BusyError:
         logger.debug("%s: WAL checkpoint: busy", member)
-        return False
+        return
     logger.debug("%s: WAL checkpoint: %d of %d frames", member, done, frames)
-    return done >= frames
 
 
 def rollback(conn: apsw.Connection) -> None:

@@ -6,7 +6,8 @@ as one batch, runs it on the writer connection and captures its effect
 (:mod:`._capture`), rolls it back (or keeps it open for the Applier to commit as
 the entry), hands the encoded batch to the :class:`~._committer.Committer` and, once
 the entry is applied locally by the :class:`~._apply.Applier` (the only code that
-changes the file), resolves every caller. The next batch starts only after that, so it sees the previous one.
+changes the file), resolves every caller. The next batch starts only after that, so it
+sees the previous one.
 Reads use their own connections (WAL) and, unless ``stale``, wait for the
 committer's read barrier first.
 """
