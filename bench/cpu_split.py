@@ -7,8 +7,9 @@ Starts ``bench/microtrio_cluster.sh`` (three ``python -m examples.kv daemon`` pr
 THIS checkout; member1 leads), drives it with the shared load client
 (``/work/shared/bench/load.py``, http-kv adapter, mutual TLS; every worker on member1, or
 spread over the three with ``--all-members``) and reads ``/proc`` of each member over the
-middle of the run: CPU (user + system, all threads) per operation, and voluntary plus
-involuntary context switches of the main thread per operation. Run it on two checkouts
+middle of the run: CPU (user + system, all threads; and each apart) per operation, and
+voluntary plus involuntary context switches of the main thread per operation. Prints the
+load client's p50, p99 and maximum latency. Run it on two checkouts
 alternately to compare commits; expect about 10 % noise on a shared machine.
 """
 
@@ -31,9 +32,11 @@ import _cluster  # noqa: E402
 LOAD = Path(os.environ.get("LOAD_PY", "/work/shared/bench/load.py"))
 
 
-def _cpu_seconds(pid: int) -> float:
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of the process, all threads."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def _switches(pid: int) -> tuple[int, int]:
@@ -90,17 +93,21 @@ def main() -> None:
     report = json.loads(out)
     ops = report["ops_per_s"]
     print(
-        f"{args.mode} c={args.concurrency}: {ops} ops/s, p50 {report['p50_ms']} ms, p99 {report['p99_ms']} ms"
+        f"{args.mode} c={args.concurrency}: {ops} ops/s, p50 {report['p50_ms']} ms, "
+        f"p99 {report['p99_ms']} ms, max {report.get('max_ms')} ms"
     )
     if not ops:
         sys.exit("no operations completed")
     span = t1 - t0
     for i in range(len(pids)):
-        cpu = (cpu1[i] - cpu0[i]) / span
+        user = (cpu1[i][0] - cpu0[i][0]) / span
+        system = (cpu1[i][1] - cpu0[i][1]) / span
+        cpu = user + system
         vol = (sw1[i][0] - sw0[i][0]) / span / ops
         invol = (sw1[i][1] - sw0[i][1]) / span / ops
         print(
-            f"member{i + 1}: CPU {cpu * 100:5.1f} % of a core, {cpu / ops * 1e3:.3f} ms per op, "
+            f"member{i + 1}: CPU {cpu * 100:5.1f} % of a core, {cpu / ops * 1e3:.3f} ms per op "
+            f"({user / ops * 1e3:.3f} user, {system / ops * 1e3:.3f} system), "
             f"context switches per op {vol + invol:.1f} ({invol:.2f} involuntary)"
         )
 

@@ -32,7 +32,10 @@ written meanwhile (its syncs are those of a few pages), and its next write trans
 restarts the WAL from its beginning, which needs a checkpoint that left nothing behind
 when the write starts (a background one can hardly promise that while writes go on). From
 :data:`WAL_LIMIT_PAGES` on (a long read transaction keeps checkpoints from restarting the
-WAL), due checkpoints run on the writer connection only.
+WAL), due checkpoints run on the writer connection only. Between checkpoints, every
+:data:`WRITEBACK_PAGES` pages, the same background task has the kernel start writing the
+WAL's dirty pages (``_writeback.py``), so that a checkpoint's sync does not flush 16 MiB at
+once while the Raft log waits behind it on the same disk.
 
 The member that ran a batch (the leader, or the single member) usually has its effects
 already: :func:`~._capture.execute_batch` left them in the writer connection's open
@@ -82,6 +85,9 @@ INLINE_APPLY_BYTES = 64 << 10
 CHECKPOINT_PAGES = 4000
 #: WAL pages at which checkpoints move back onto the writer connection (see above).
 WAL_LIMIT_PAGES = 4 * CHECKPOINT_PAGES
+#: WAL pages between two early writebacks of the WAL in the background (``_writeback.py``):
+#: 1 MiB of 4 KiB pages.
+WRITEBACK_PAGES = 256
 
 APPLIED_TABLE_SQL = """
 CREATE TABLE IF NOT EXISTS microtrio_applied (
@@ -152,7 +158,9 @@ class Applier:
         self._wal_pages = 0
         self._checkpoint_at = CHECKPOINT_PAGES
         self._background_checkpoints = False
-        self._checkpoint_due = trio.Event()
+        self._writeback_at = WRITEBACK_PAGES
+        self._background_due = trio.Event()
+        self._checkpoint_wanted = self._writeback_wanted = False
         self._checkpoint_finish = False
         #: Checkpoints run on the writer connection (statistics, tests).
         self.writer_checkpoints = 0
@@ -171,14 +179,20 @@ class Applier:
         self._inline = True
 
     def enable_background_checkpoints(self) -> None:
-        """Someone runs due checkpoints elsewhere (:meth:`wait_checkpoint_due`); only a WAL
-        of :data:`WAL_LIMIT_PAGES` is checkpointed on the writer connection."""
+        """Someone runs due checkpoints and WAL writebacks elsewhere
+        (:meth:`wait_background_work`); only a WAL of :data:`WAL_LIMIT_PAGES` is
+        checkpointed on the writer connection."""
         self._background_checkpoints = True
 
-    async def wait_checkpoint_due(self) -> None:
-        """Return once a background checkpoint is due (one return per due checkpoint)."""
-        await self._checkpoint_due.wait()
-        self._checkpoint_due = trio.Event()
+    async def wait_background_work(self) -> tuple[bool, bool]:
+        """Return once background work is due: whether a checkpoint is (then call
+        :meth:`finish_checkpoint` after it) and whether a WAL writeback is (all that fell
+        due since the last return)."""
+        await self._background_due.wait()
+        self._background_due = trio.Event()
+        due = self._checkpoint_wanted, self._writeback_wanted
+        self._checkpoint_wanted = self._writeback_wanted = False
+        return due
 
     def finish_checkpoint(self) -> None:
         """The background part of a due checkpoint is done: the writer connection checkpoints
@@ -188,6 +202,7 @@ class Applier:
     def _wal_hook(self, conn: apsw.Connection, dbname: str, pages: int) -> int:
         if pages < self._wal_pages:  # the WAL was restarted from its beginning
             self._checkpoint_at = CHECKPOINT_PAGES
+            self._writeback_at = WRITEBACK_PAGES
         self._wal_pages = pages
         return apsw.SQLITE_OK
 
@@ -324,9 +339,14 @@ class Applier:
             elif self._wal_pages >= self._checkpoint_at:
                 self._checkpoint_at = self._wal_pages + CHECKPOINT_PAGES
                 if self._background_checkpoints and self._wal_pages < WAL_LIMIT_PAGES:
-                    self._checkpoint_due.set()
+                    self._checkpoint_wanted = True
+                    self._background_due.set()
                 else:
                     await self.run_sync(self._checkpoint)
+            elif self._background_checkpoints and self._wal_pages >= self._writeback_at:
+                self._writeback_at = self._wal_pages + WRITEBACK_PAGES
+                self._writeback_wanted = True
+                self._background_due.set()
         self._notify()
 
     async def _commit_if_held(

@@ -77,6 +77,7 @@ from ._statements import (
     run_request,
 )
 from ._status import DatabaseStatus
+from ._writeback import WalWriteback
 
 __all__ = ["Database", "DatabaseStatistics"]
 
@@ -107,7 +108,9 @@ class DatabaseStatistics:
     ``held_commits``: entries committed from the transaction that ran them, not applied a
     second time (on the leader, usually every write batch); ``background_checkpoints`` /
     ``writer_checkpoints``: WAL checkpoints run on the background connection / on the
-    writer connection (which finishes each background one: see :mod:`._apply`)."""
+    writer connection (which finishes each background one: see :mod:`._apply`);
+    ``wal_writebacks``: early writebacks of the WAL started between checkpoints
+    (``_writeback.py``)."""
 
     commits: int
     transactions: int
@@ -117,6 +120,7 @@ class DatabaseStatistics:
     held_commits: int = 0
     background_checkpoints: int = 0
     writer_checkpoints: int = 0
+    wal_writebacks: int = 0
 
 
 class _Request:
@@ -181,8 +185,10 @@ class Database:
         self._readers: list[apsw.Connection] = []
         #: Replicated members: the connection that runs WAL checkpoints in the background.
         self._checkpointer: apsw.Connection | None = None
+        self._wal_writeback: WalWriteback | None = None
         #: Checkpoints run in the background (statistics, tests).
         self.background_checkpoints = 0
+        self.wal_writebacks = 0
         self._applier: Applier | None = None
         self._committer: Committer | None = None
         self._versions = (0, 0)
@@ -225,6 +231,7 @@ class Database:
             held_commits=self._applier.held_commits if self._applier is not None else 0,
             background_checkpoints=self.background_checkpoints,
             writer_checkpoints=self._applier.writer_checkpoints if self._applier else 0,
+            wal_writebacks=self.wal_writebacks,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -508,16 +515,29 @@ class Database:
 
     async def _checkpoint_loop(self, conn: apsw.Connection) -> None:
         """Run the bulk of the WAL checkpoints the Applier asks for on ``conn``, in a thread
-        of its own, while the writer goes on; the writer finishes each (see :mod:`._apply`)."""
+        of its own, while the writer goes on; the writer finishes each (see :mod:`._apply`).
+        Between them, start the writeback of the WAL's pages when it asks (a checkpoint
+        syncs the WAL itself)."""
         applier = self._get_applier()
         limiter = trio.CapacityLimiter(1)
+        writeback = self._wal_writeback = WalWriteback(f"{self._path}-wal")
         while True:
-            await applier.wait_checkpoint_due()
-            self.background_checkpoints += 1
-            await trio.to_thread.run_sync(passive_checkpoint, conn, self._member, limiter=limiter)
-            applier.finish_checkpoint()
+            checkpoint, write_back = await applier.wait_background_work()
+            if checkpoint:
+                self.background_checkpoints += 1
+                await trio.to_thread.run_sync(
+                    passive_checkpoint, conn, self._member, limiter=limiter
+                )
+                applier.finish_checkpoint()
+            elif write_back and writeback.available:
+                kicks = writeback.kicks
+                await trio.to_thread.run_sync(writeback.kick, limiter=limiter)
+                self.wal_writebacks += writeback.kicks - kicks
 
     def _close_files(self) -> None:
+        if self._wal_writeback is not None:
+            self._wal_writeback.close()
+            self._wal_writeback = None
         if self._checkpointer is not None:
             self._checkpointer.close()
         for reader in self._readers:
