@@ -243,6 +243,8 @@ class Database:
             await trio.to_thread.run_sync(self._open_files, limiter=self._writer_limiter)
         except BaseException:
             self.status = DatabaseStatus.OFFLINE
+            with trio.CancelScope(shield=True):  # what opened before the failure
+                await trio.to_thread.run_sync(self._close_files, limiter=self._writer_limiter)
             raise
         self._running = True
         try:
@@ -475,24 +477,23 @@ class Database:
 
     def _open_files(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # each connection is kept as soon as it is open: a failure later on leaves
+        # _close_files what to close
         try:
-            conn = apsw.Connection(str(self._path), statementcachesize=0)
+            conn = self._conn = apsw.Connection(str(self._path), statementcachesize=0)
             conn.set_busy_timeout(_WRITER_BUSY_MS)
             conn.pragma("journal_mode", "wal")
             conn.pragma("synchronous", "full")
             conn.pragma("foreign_keys", True)
             conn.execute(APPLIED_TABLE_SQL)
-            readers = []
             for _ in range(self._reader_count):
                 reader = apsw.Connection(str(self._path))
+                self._readers.append(reader)
                 reader.set_busy_timeout(_READER_BUSY_MS)
                 reader.pragma("query_only", True)
                 reader.authorizer = reader_authorizer
-                readers.append(reader)
         except apsw.Error as exc:
             raise StateError(f"cannot open database {self._path}: {exc}") from exc
-        self._conn = conn
-        self._readers = readers
         self._applier = Applier(conn, self._writer_limiter, member=self._member)
         self._committer = self._committer_factory(self._applier)
         self._committer.serve_remote(self._serve_remote)
@@ -505,12 +506,11 @@ class Database:
             conn.pragma("synchronous", "normal")
             self._applier.enable_inline_apply()
             try:
-                checkpointer = apsw.Connection(str(self._path))
+                checkpointer = self._checkpointer = apsw.Connection(str(self._path))
                 # its checkpoints sync the WAL before and the file after, as the writer's did
                 checkpointer.pragma("synchronous", "normal")
             except apsw.Error as exc:
                 raise StateError(f"cannot open database {self._path}: {exc}") from exc
-            self._checkpointer = checkpointer
             self._applier.enable_background_checkpoints()
 
     async def _checkpoint_loop(self, conn: apsw.Connection) -> None:

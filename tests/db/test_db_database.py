@@ -139,3 +139,34 @@ async def test_app_updates_and_reopen(tmp_path: Path) -> None:
                 await database.open(bootstrap=False)
             assert database.status is DatabaseStatus.OFFLINE
             await database.close()
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])
+async def test_a_failed_open_closes_what_it_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int
+) -> None:
+    """A connection that cannot be opened (here the first or second reader) fails ``run``
+    with a StateError, and the connections opened before it are closed, not leaked."""
+    import apsw
+
+    from microtrio import StateError
+
+    real = apsw.Connection
+    opened: list[apsw.Connection] = []
+
+    def connection(*args: object, **kwargs: object) -> apsw.Connection:
+        if len(opened) == fail_at:
+            raise apsw.CantOpenError("unable to open database file")
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(apsw, "Connection", connection)
+    database = Database(tmp_path / "d" / "microtrio.db", extensions=ExtensionRegistry())
+    with trio.fail_after(20):
+        with pytest.raises(StateError, match="cannot open database .*unable to open"):
+            await database.run()
+    assert str(database.status) == "Database is offline"
+    assert len(opened) == fail_at
+    for conn in opened:
+        with pytest.raises(apsw.ConnectionClosedError):
+            conn.execute("SELECT 1")
