@@ -185,10 +185,10 @@ class Database:
         self._readers: list[apsw.Connection] = []
         #: Replicated members: the connection that runs WAL checkpoints in the background.
         self._checkpointer: apsw.Connection | None = None
+        #: Replicated members: starts the WAL's writeback between checkpoints.
         self._wal_writeback: WalWriteback | None = None
         #: Checkpoints run in the background (statistics, tests).
         self.background_checkpoints = 0
-        self.wal_writebacks = 0
         self._applier: Applier | None = None
         self._committer: Committer | None = None
         self._versions = (0, 0)
@@ -231,7 +231,7 @@ class Database:
             held_commits=self._applier.held_commits if self._applier is not None else 0,
             background_checkpoints=self.background_checkpoints,
             writer_checkpoints=self._applier.writer_checkpoints if self._applier else 0,
-            wal_writebacks=self.wal_writebacks,
+            wal_writebacks=self._wal_writeback.kicks if self._wal_writeback is not None else 0,
         )
 
     # -- lifecycle -----------------------------------------------------------------
@@ -511,6 +511,7 @@ class Database:
                 checkpointer.pragma("synchronous", "normal")
             except apsw.Error as exc:
                 raise StateError(f"cannot open database {self._path}: {exc}") from exc
+            self._wal_writeback = WalWriteback(f"{self._path}-wal")
             self._applier.enable_background_checkpoints()
 
     async def _checkpoint_loop(self, conn: apsw.Connection) -> None:
@@ -520,7 +521,8 @@ class Database:
         syncs the WAL itself)."""
         applier = self._get_applier()
         limiter = trio.CapacityLimiter(1)
-        writeback = self._wal_writeback = WalWriteback(f"{self._path}-wal")
+        writeback = self._wal_writeback
+        assert writeback is not None  # opened with the checkpointer
         while True:
             checkpoint, write_back = await applier.wait_background_work()
             if checkpoint:
@@ -530,14 +532,11 @@ class Database:
                 )
                 applier.finish_checkpoint()
             elif write_back and writeback.available:
-                kicks = writeback.kicks
                 await trio.to_thread.run_sync(writeback.kick, limiter=limiter)
-                self.wal_writebacks += writeback.kicks - kicks
 
     def _close_files(self) -> None:
         if self._wal_writeback is not None:
-            self._wal_writeback.close()
-            self._wal_writeback = None
+            self._wal_writeback.close()  # its descriptor; the statistics stay
         if self._checkpointer is not None:
             self._checkpointer.close()
         for reader in self._readers:
