@@ -251,17 +251,37 @@ class Truststore:
             return member
 
     def replace_all(self, members: Iterable[TrustedMember]) -> None:
-        """Make the truststore hold exactly ``members`` (files rewritten, extras removed)."""
+        """Make the truststore hold exactly ``members`` (files written, extras removed).
+
+        An entry whose file is as this object last loaded or wrote it (same name, size
+        and modification time) and equal to the wanted one is left alone: a heartbeat
+        round calls this on every member with entries that rarely change, and each
+        rewrite costs two fsyncs. A file edited, added or removed behind our back since
+        the last load is written again."""
         checked = [TrustedMember.from_dict(m.to_dict()) for m in members]
         wanted = {m.name: m for m in checked}
         with self._lock:
+            on_disk = self._scan()
+            known = self._snapshot or {}
+            changed = False
             for member in wanted.values():
+                filename = f"{member.name}.yaml"
+                stat = on_disk.get(filename)
+                if (
+                    stat is not None
+                    and known.get(filename) == stat
+                    and self._members.get(member.name) == member
+                ):
+                    continue
                 self._write(member)
-            for filename in self._scan():
+                changed = True
+            for filename in on_disk:
                 if filename[: -len(".yaml")] not in wanted:
                     (self.directory / filename).unlink(missing_ok=True)
-            self._set(wanted)
-            self._snapshot = self._scan()
+                    changed = True
+            if changed or wanted != self._members:
+                self._set(wanted)
+            self._snapshot = self._scan() if changed else on_disk
 
     def _write(self, member: TrustedMember) -> None:
         validate_name(member.name)

@@ -79,6 +79,46 @@ def test_remove_and_replace_all(
     assert store.by_certificate(client_pair.cert) is None
 
 
+def test_replace_all_writes_only_what_changed(
+    tmp_path: Path, server_pair: CertKeyPair, client_pair: CertKeyPair, other_pair: CertKeyPair
+) -> None:
+    """Heartbeat rounds call replace_all with the same entries again and again: a file
+    that is as the store left it is not rewritten (atomic_write renames a new inode in),
+    one changed on disk behind its back, or removed, is written again."""
+    store = Truststore(tmp_path)
+    a = _member("a", "127.0.0.1:8001", server_pair)
+    b = _member("b", "127.0.0.1:8002", client_pair)
+    store.replace_all([a, b])
+
+    def inodes() -> dict[str, int]:
+        return {name: os.stat(tmp_path / name).st_ino for name in sorted(os.listdir(tmp_path))}
+
+    before, generation = inodes(), store.generation
+    store.replace_all([a, b])
+    assert inodes() == before and store.generation == generation
+    assert store.members() == [a, b]
+
+    b2 = _member("b", "127.0.0.1:9002", client_pair)  # same name, new address
+    store.replace_all([a, b2])
+    after = inodes()
+    assert after["a.yaml"] == before["a.yaml"] and after["b.yaml"] != before["b.yaml"]
+    assert store.by_name("b") == b2 and store.generation != generation
+    assert yaml.safe_load((tmp_path / "b.yaml").read_text())["address"] == "127.0.0.1:9002"
+
+    # edited behind the store's back (a different size): written again
+    (tmp_path / "a.yaml").write_text("name: a\n")
+    (tmp_path / "b.yaml").unlink()
+    store.replace_all([a, b2])
+    assert Truststore(tmp_path).load() == [a, b2]
+
+    # a store that never loaded its directory writes every entry
+    fresh, seen = Truststore(tmp_path), inodes()
+    c = _member("c", "127.0.0.1:8003", other_pair)
+    fresh.replace_all([a, b2, c])
+    assert all(inodes()[name] != seen[name] for name in seen)
+    assert Truststore(tmp_path).load() == [a, b2, c]
+
+
 @pytest.mark.parametrize(
     "content",
     [
