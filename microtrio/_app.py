@@ -75,29 +75,41 @@ class App:
         args: DaemonArgs | None = None,
         *,
         task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+        freeze_heap: bool = False,
     ) -> None:
         """Run the daemon until it is shut down; ``started()`` once it is ready.
 
         For ``await nursery.start(app.run, args)``; cancelling the nursery stops the member.
+        ``freeze_heap=True`` when the process exists to run this member: the objects alive
+        once it is ready (and after each database open) are frozen out of the garbage
+        collector's full collections, which then stay short (docs/operations.md).
         """
         daemon_args = args if args is not None else self._args
         if daemon_args is None:
             raise StateError("DaemonArgs are required to run the daemon")
         await trio.to_thread.run_sync(self._dir.create)
-        daemon = Daemon(self._dir, daemon_args)
+        daemon = Daemon(self._dir, daemon_args, freeze_heap=freeze_heap)
         self._daemon = daemon
         try:
             await daemon.run(task_status=task_status)
         finally:
             self._daemon = None
 
-    async def start(self, args: DaemonArgs | None = None, *, handle_signals: bool = True) -> None:
+    async def start(
+        self,
+        args: DaemonArgs | None = None,
+        *,
+        handle_signals: bool = True,
+        freeze_heap: bool = True,
+    ) -> None:
         """Run the daemon in the foreground until stopped (SIGTERM/SIGINT/SIGQUIT/SIGPWR stop
-        it, SIGHUP is ignored, when ``handle_signals``), like microcluster's ``Start``."""
+        it, SIGHUP is ignored, when ``handle_signals``), like microcluster's ``Start``.
+        The process is the daemon's: its heap is frozen once settled (``freeze_heap``, see
+        :meth:`run`)."""
         async with trio.open_nursery() as nursery:
             if handle_signals:
                 nursery.start_soon(self._watch_signals)
-            await self.run(args)
+            await self.run(args, freeze_heap=freeze_heap)
             nursery.cancel_scope.cancel()
 
     async def _watch_signals(self) -> None:

@@ -61,6 +61,7 @@ from ._errors import (
     NotFoundError,
     ValidationError,
 )
+from ._heap import freeze_heap
 from ._hooks import HookRunner, HookType
 from ._join import initialise_member
 from ._log import member_context
@@ -80,12 +81,21 @@ logger = logging.getLogger("microtrio.daemon")
 class Daemon:
     """One member. Run with ``await nursery.start(daemon.run)``; stop with :meth:`shutdown`."""
 
-    def __init__(self, state_dir: StateDir | str | os.PathLike[str], args: DaemonArgs) -> None:
+    def __init__(
+        self,
+        state_dir: StateDir | str | os.PathLike[str],
+        args: DaemonArgs,
+        *,
+        freeze_heap: bool = False,
+    ) -> None:
+        """``freeze_heap``: this process is the daemon; freeze its heap once ready and after
+        each database open so that full garbage collections stay short (:mod:`._heap`)."""
         if not args.version:
             raise ValidationError("DaemonArgs.version is required")
         validate_servers(args.servers)
         self._dir = state_dir if isinstance(state_dir, StateDir) else StateDir(state_dir)
         self._args = args
+        self._freeze_heap = freeze_heap
         self._extensions = ExtensionRegistry(args.api_extensions)
         self._hooks = HookRunner(args.hooks, timeout=args.hook_timeout)
         self._truststore = Truststore(self._dir.truststore_dir)
@@ -153,6 +163,8 @@ class Daemon:
                 else:
                     await self._start_pre_init()
                 await self._hooks.run(HookType.ON_START, self.state)
+                if self._freeze_heap:
+                    freeze_heap("daemon ready")
                 self.state._ready = True
                 logger.info("%s: daemon ready (state dir %s)", self.state.name, self._dir.path)
                 task_status.started()
@@ -233,6 +245,8 @@ class Daemon:
         await db.open(bootstrap=bootstrap, member_name=self.state.name)
         self.state._database = db
         await cluster.start_components(db, nursery=self._nursery, extensions=self._extensions.names)
+        if self._freeze_heap:
+            freeze_heap("database open")
         return db
 
     async def _close_database(self, *, hand_over: bool = False) -> None:

@@ -126,6 +126,12 @@ async def test_tutorial_failover_and_recovery(tmp_path: Path) -> None:
             found = await wait_for(m1, [("voter", "ONLINE")] * 3 + [("stand-by", "ONLINE")] * 2)
             assert sorted(m["name"] for m in found) == NAMES
             assert all(len(m["fingerprint"]) == 12 for m in found)
+            # A CLI daemon owns its process: it froze its heap once ready and once its
+            # database was open (full garbage collections then skip what was there).
+            for member in cluster:
+                text = member.log.read_text()
+                assert "heap frozen (daemon ready)" in text, member.name
+                assert "heap frozen (database open)" in text, member.name
 
             # Remove a member; a token that expired is hidden and refused; then it re-joins.
             await m1.ctl("cluster", "remove", "member2")
