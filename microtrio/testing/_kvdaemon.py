@@ -37,6 +37,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any, Final
 
@@ -224,7 +225,8 @@ async def main(ns: argparse.Namespace) -> None:
     app = microtrio.App(ns.state, args=args)
     async with trio.open_nursery() as nursery:
         holder.append(nursery)
-        await nursery.start(app.run)
+        # a process of its own, as a production daemon: its heap is frozen (docs/operations.md)
+        await nursery.start(partial(app.run, freeze_heap=True))
         logger.warning("daemon ready (state %s)", ns.state)
         with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
             async for _ in signals:
