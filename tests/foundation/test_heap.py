@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import weakref
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -47,14 +48,10 @@ async def test_in_process_member_leaves_the_heap_alone(tmp_path: Path, unfrozen:
     """App.run (a member inside a host application, or a test) does not freeze the host's
     heap unless asked; with freeze_heap=True the ready member has frozen it."""
     with trio.fail_after(60):
-        for freeze, expect in ((False, False), (True, True)):
+        for freeze in (False, True):
             gc.unfreeze()
             app = App(tmp_path / f"m-{freeze}")
             async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    lambda task_status, a=app, f=freeze: a.run(
-                        DaemonArgs(version="1.0"), task_status=task_status, freeze_heap=f
-                    )
-                )
-                assert (gc.get_freeze_count() > 0) is expect
+                await nursery.start(partial(app.run, DaemonArgs(version="1.0"), freeze_heap=freeze))
+                assert (gc.get_freeze_count() > 0) is freeze
                 await app.shutdown()
