@@ -1,7 +1,7 @@
 """Profile the Raft leader of the benchmark cluster under load.
 
     python bench/profile_leader.py --mode write -c 16 -t 10 [--top 25] [--out DIR] [--member 2]
-                                   [--all-members]
+                                   [--all-members] [--gil]
 
 Starts ``bench/microtrio_cluster.sh`` (three daemons; member1, the founding member, leads),
 drives it with the shared load client (``/work/shared/bench/load.py``, http-kv adapter,
@@ -85,6 +85,12 @@ def main() -> None:
     p.add_argument("--idle", action="store_true", help="py-spy: count idle (waiting) samples")
     p.add_argument("--cprofile", action="store_true", help="cProfile instead of py-spy")
     p.add_argument(
+        "--gil",
+        action="store_true",
+        help="py-spy: only samples holding the GIL (interpreter work: no system calls, no "
+        "waits for a CPU inside them)",
+    )
+    p.add_argument(
         "--native", action="store_true", help="py-spy: C frames too (pauses the process)"
     )
     p.add_argument("--member", type=int, default=1, choices=[1, 2, 3], help="1 leads")
@@ -115,6 +121,8 @@ def main() -> None:
             cmd = ["py-spy", "record", "-p", str(pid), "-d", str(seconds)]
             cmd += ["-f", "raw", "-o", str(raw), "--threads", "-r", "200"]
             cmd.append("--native" if args.native else "--nonblocking")
+            if args.gil:
+                cmd.append("--gil")
             if args.idle:
                 cmd.append("--idle")
             spy = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
