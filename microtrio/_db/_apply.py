@@ -78,6 +78,9 @@ T = TypeVar("T")
 
 #: An entry up to this size, of row changes only, is applied on the event loop (see above).
 INLINE_APPLY_BYTES = 64 << 10
+#: Applies in a row without a checkpoint (apply() takes a free lock without one): a
+#: catch-up of many small entries yields this often, so heartbeats and the transport run.
+APPLY_YIELD_EVERY = 8
 #: WAL pages written between two checkpoints, 4x SQLite's auto-checkpoint default: a
 #: checkpoint copies each page once however often the WAL holds it (the benchmark's
 #: writes at 16 clients, checkpoints in the background: p99 49-58 ms with 1000 pages,
@@ -153,6 +156,7 @@ class Applier:
         self._refused: deque[int] = deque(maxlen=1024)
         self._listeners: list[Callable[[], None]] = []
         self._lock = trio.Lock()
+        self._unyielded = 0  # applies since the last checkpoint of apply()
         self._closed = False
         self._inline = False
         self._wal_pages = 0
@@ -308,6 +312,7 @@ class Applier:
         return await self._run_sync(partial(self._after_drop, fn))
 
     async def _run_sync(self, fn: Callable[[], T]) -> T:
+        self._unyielded = 0  # (a thread hand-off is a checkpoint)
         return await trio.to_thread.run_sync(fn, limiter=self._limiter)
 
     async def apply(self, index: int, payload: bytes | None, *, term: int = 0) -> None:
@@ -315,39 +320,62 @@ class Applier:
 
         Entries at or below the applied index are skipped (idempotent).
         """
-        async with self._lock:
-            self._check_open()
-            if self._failed is not None:
-                raise DivergenceError(f"database diverged earlier: {self._failed}")
-            if index <= self._state.index:
-                logger.debug(
-                    "%s: skipping entry %d (applied %d)", self._member, index, self._state.index
-                )
-                return
-            try:
-                state = await self._commit_if_held(index, term, payload)
-                if state is None:
-                    state = await self._apply_entry(index, term, payload)
-                self._state = state
-            except DivergenceError as exc:
-                self._failed = exc
-                logger.error("%s: entry %d could not be applied: %s", self._member, index, exc)
-                raise
-            if self._checkpoint_finish:
-                self._checkpoint_finish = False
-                await self.run_sync(self._checkpoint)
-            elif self._wal_pages >= self._checkpoint_at:
-                self._checkpoint_at = self._wal_pages + CHECKPOINT_PAGES
-                if self._background_checkpoints and self._wal_pages < WAL_LIMIT_PAGES:
-                    self._checkpoint_wanted = True
-                    self._background_due.set()
-                else:
-                    await self.run_sync(self._checkpoint)
-            elif self._background_checkpoints and self._wal_pages >= self._writeback_at:
-                self._writeback_at = self._wal_pages + WRITEBACK_PAGES
-                self._writeback_wanted = True
+        # A free lock is taken without a scheduler pass (trio's ``acquire`` always makes
+        # one): on the write path that pass is one of a few per write on every member.
+        # Fairness instead: a run of inline applies yields every APPLY_YIELD_EVERY, so a
+        # catch-up of thousands of small entries still lets heartbeats and the transport
+        # run in between (entries applied in a worker thread yield anyway).
+        if self._unyielded >= APPLY_YIELD_EVERY:
+            self._unyielded = 0
+            await trio.lowlevel.checkpoint()
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing applied
+        try:
+            self._lock.acquire_nowait()
+        except trio.WouldBlock:
+            await self._lock.acquire()
+        self._unyielded += 1
+        try:
+            applied = await self._apply_locked(index, payload, term)
+        finally:
+            self._lock.release()
+        if applied:
+            self._notify()
+
+    async def _apply_locked(self, index: int, payload: bytes | None, term: int) -> bool:
+        """The body of :meth:`apply`, with the lock held; whether the entry was new."""
+        self._check_open()
+        if self._failed is not None:
+            raise DivergenceError(f"database diverged earlier: {self._failed}")
+        if index <= self._state.index:
+            logger.debug(
+                "%s: skipping entry %d (applied %d)", self._member, index, self._state.index
+            )
+            return False
+        try:
+            state = await self._commit_if_held(index, term, payload)
+            if state is None:
+                state = await self._apply_entry(index, term, payload)
+            self._state = state
+        except DivergenceError as exc:
+            self._failed = exc
+            logger.error("%s: entry %d could not be applied: %s", self._member, index, exc)
+            raise
+        if self._checkpoint_finish:
+            self._checkpoint_finish = False
+            await self.run_sync(self._checkpoint)
+        elif self._wal_pages >= self._checkpoint_at:
+            self._checkpoint_at = self._wal_pages + CHECKPOINT_PAGES
+            if self._background_checkpoints and self._wal_pages < WAL_LIMIT_PAGES:
+                self._checkpoint_wanted = True
                 self._background_due.set()
-        self._notify()
+            else:
+                await self.run_sync(self._checkpoint)
+        elif self._background_checkpoints and self._wal_pages >= self._writeback_at:
+            self._writeback_at = self._wal_pages + WRITEBACK_PAGES
+            self._writeback_wanted = True
+            self._background_due.set()
+        return True
 
     async def _commit_if_held(
         self, index: int, term: int, payload: bytes | None
@@ -368,8 +396,7 @@ class Applier:
         if inline:
             done, state = self._run_inline(partial(apply, decoded))
             if done:
-                # (taking the lock above is a checkpoint: a catch-up of thousands of
-                # small entries still lets heartbeats and the transport run in between)
+                # (no checkpoint here: apply() yields every APPLY_YIELD_EVERY of these)
                 self.inline_applies += 1
                 assert state is not None
                 return state

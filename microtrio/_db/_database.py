@@ -558,8 +558,14 @@ class Database:
         if not self._running:
             raise DatabaseNotOpenError(str(self.status))
         request = _Request(fn, fenced=fenced, inline=inline)
+        # Queued without the scheduler pass of ``send()`` when there is room (a cancelled
+        # caller still queues nothing); the wait for the outcome is the checkpoint.
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            await self._send.send(request)
+            try:
+                self._send.send_nowait(request)
+            except trio.WouldBlock:
+                await self._send.send(request)
         except trio.ClosedResourceError:
             raise DatabaseNotOpenError(str(self.status)) from None
         await request.done.wait()

@@ -109,11 +109,20 @@ class AsyncLogStore:
             and store.commit_only(hard_state)
             and sum(len(e.data) for e in entries) <= RING_MAX_BYTES
         ):
-            async with self._limiter:
+            # a free limiter without a scheduler pass (the ring's wait is the checkpoint);
+            # cancelled before it starts, nothing is written
+            await trio.lowlevel.checkpoint_if_cancelled()
+            try:
+                self._limiter.acquire_nowait()
+            except trio.WouldBlock:
+                await self._limiter.acquire()
+            try:
                 pending = store.prepare_append(entries)
                 if pending is not None and await self._write_through_ring(ring, pending):
                     store.persist(hard_state, (), None)  # the commit hint at most
                     return
+            finally:
+                self._limiter.release()
         await self._run(partial(store.persist, hard_state, entries, snapshot))
 
     async def _write_through_ring(self, ring: DurableRing, pending: PendingAppend) -> bool:
