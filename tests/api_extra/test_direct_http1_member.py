@@ -4,7 +4,8 @@ Raw connections check what a client sees: fast requests answered on one keep-ali
 connection without hypercorn ever being started for it; a Quart route in the middle of
 such a connection handed to hypercorn with the rest of it (and still answered, as are the
 fast requests after it); trust refused without a certificate or with a wrong Host; HEAD
-handed off (501 as before); an oversize head refused; httpx's pooled connections.
+handed off (501 as before); an oversize head refused; httpx's pooled connections; an
+answer larger than the socket takes at once, pipelined.
 """
 
 from __future__ import annotations
@@ -238,3 +239,26 @@ async def test_httpx_keep_alive_pool(member: Running) -> None:
             got = await client.get("/1.0/kv/p4", params={"stale": "1"}, extensions=extensions)
             assert got.content == b"4"
     assert CountingTCPServer.started == 1  # one pooled connection, handed off once
+
+
+async def test_an_answer_larger_than_the_socket_takes_at_once(member: Running) -> None:
+    """A response the socket cannot take in one write (the rest goes out as the client
+    reads) arrives whole, and so does the pipelined answer after it, on the same
+    connection."""
+    host = member.address
+    big = bytes(range(256)) * (6 * 1024 * 1024 // 256)  # 6 MiB, more than loopback buffers
+    with trio.fail_after(CEILING):
+        async with connect(member, via="tls") as raw:
+            await raw.stream.send_all(req("PUT", "/1.0/kv/big", host, big))
+            assert (await raw.response())[0] == 200
+            await raw.stream.send_all(req("PUT", "/1.0/kv/small", host, b"s"))
+            assert (await raw.response())[0] == 200
+            # both asked before reading anything: the member writes the first answer while
+            # nobody reads, so the socket fills up before the answer is out
+            await raw.stream.send_all(
+                req("GET", "/1.0/kv/big", host) + req("GET", "/1.0/kv/small", host)
+            )
+            status, _, body = await raw.response()
+            assert status == 200 and body == big
+            assert (await raw.response())[:3:2] == (200, b"s")
+    assert CountingTCPServer.started == 0
