@@ -1,6 +1,7 @@
 """Start and query the benchmark cluster (``bench/microtrio_cluster.sh``) from Python.
 
-Shared by ``failover.py`` and ``profile_leader.py``: the script starts three
+Shared by ``failover.py``, ``profile_leader.py`` and ``cpu_split.py`` (``hop_floor.py``
+takes :func:`cpu_seconds` only): the script starts three
 ``python -m examples.kv daemon`` processes, forms the cluster with ``init --bootstrap`` and
 join tokens, and publishes the client credentials into ``CERTS`` (see the script).
 """
@@ -42,6 +43,13 @@ def start(
             break
     stop(cluster)
     raise SystemExit(f"the benchmark cluster did not form (logs in {data})")
+
+
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of the process, all threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def stop(cluster: subprocess.Popen[bytes]) -> None:

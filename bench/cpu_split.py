@@ -32,13 +32,6 @@ import _cluster  # noqa: E402
 LOAD = Path(os.environ.get("LOAD_PY", "/work/shared/bench/load.py"))
 
 
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of the process, all threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
-
-
 def _switches(pid: int) -> tuple[int, int]:
     counts = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -77,13 +70,13 @@ def main() -> None:
         time.sleep(2.0)  # prefill and warm-up
         t0, cpu0, sw0 = (
             time.monotonic(),
-            [_cpu_seconds(p) for p in pids],
+            [_cluster.cpu_seconds(p) for p in pids],
             [_switches(p) for p in pids],
         )
         time.sleep(window)
         t1, cpu1, sw1 = (
             time.monotonic(),
-            [_cpu_seconds(p) for p in pids],
+            [_cluster.cpu_seconds(p) for p in pids],
             [_switches(p) for p in pids],
         )
         out, _ = load.communicate(timeout=args.duration + 180)

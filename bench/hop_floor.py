@@ -31,8 +31,11 @@ from pathlib import Path
 
 import trio
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path[:0] = [str(ROOT), str(HERE)]
+import _cluster  # noqa: E402
+
 from microtrio._replication._uring import open_ring  # noqa: E402
 from microtrio._tls import TLSStream  # noqa: E402
 
@@ -193,11 +196,6 @@ async def leader(args: argparse.Namespace) -> None:
         nursery.start_soon(trio.serve_listeners, serve, listeners)
 
 
-def _cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def run(args: argparse.Namespace) -> None:
     me = [sys.executable, __file__, "--sync", args.sync]
     if not args.tls:
@@ -232,9 +230,11 @@ def run(args: argparse.Namespace) -> None:
             if args.tls:
                 c = f"{work}/node"
                 cmd += ["--cacert", f"{c}.crt", "--cert", f"{c}.crt", "--key", f"{c}.key"]
-            before = [_cpu_s(p.pid) for p in procs]
+            before = [sum(_cluster.cpu_seconds(p.pid)) for p in procs]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=args.t + 120)
-            used = [_cpu_s(p.pid) - b for p, b in zip(procs, before, strict=True)]
+            used = [
+                sum(_cluster.cpu_seconds(p.pid)) - b for p, b in zip(procs, before, strict=True)
+            ]
             line = out.stdout.strip().splitlines()[-1] if out.stdout.strip() else out.stderr
             try:
                 d = json.loads(line)

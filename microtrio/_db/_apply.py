@@ -68,6 +68,7 @@ import apsw
 import trio
 
 from .._errors import CorruptionError, DatabaseNotOpenError, DivergenceError, StateError
+from .._nowait import take
 from ._payload import Op, OpKind, WriteBatch, decode_batch
 
 __all__ = ["APPLIED_TABLE_SQL", "Applier", "DatabaseSnapshot", "passive_checkpoint", "rollback"]
@@ -320,8 +321,8 @@ class Applier:
 
         Entries at or below the applied index are skipped (idempotent).
         """
-        # A free lock is taken without a scheduler pass (trio's ``acquire`` always makes
-        # one): on the write path that pass is one of a few per write on every member.
+        # A free lock is taken without a scheduler pass (``_nowait.take``): on the write
+        # path that pass is one of a few per write on every member.
         # Fairness instead: a run of inline applies yields every APPLY_YIELD_EVERY, so a
         # catch-up of thousands of small entries still lets heartbeats and the transport
         # run in between (entries applied in a worker thread yield anyway).
@@ -330,10 +331,7 @@ class Applier:
             await trio.lowlevel.checkpoint()
         else:
             await trio.lowlevel.checkpoint_if_cancelled()  # cancelled: nothing applied
-        try:
-            self._lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self._lock.acquire()
+        await take(self._lock)
         self._unyielded += 1
         try:
             applied = await self._apply_locked(index, payload, term)

@@ -34,6 +34,7 @@ from .._errors import (
     StateError,
     UnavailableError,
 )
+from .._nowait import put, take
 from ._apply import APPLIED_TABLE_SQL, Applier, DatabaseSnapshot, passive_checkpoint
 from ._capture import (
     BUDGET_EVERY,
@@ -558,14 +559,11 @@ class Database:
         if not self._running:
             raise DatabaseNotOpenError(str(self.status))
         request = _Request(fn, fenced=fenced, inline=inline)
-        # Queued without the scheduler pass of ``send()`` when there is room (a cancelled
-        # caller still queues nothing); the wait for the outcome is the checkpoint.
+        # queued without a scheduler pass when there is room (a cancelled caller still
+        # queues nothing); the wait for the outcome is the checkpoint
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            try:
-                self._send.send_nowait(request)
-            except trio.WouldBlock:
-                await self._send.send(request)
+            await put(self._send, request)
         except trio.ClosedResourceError:
             raise DatabaseNotOpenError(str(self.status)) from None
         await request.done.wait()
@@ -579,11 +577,7 @@ class Database:
 
     async def _read(self, fn: Callable[[apsw.Connection], T], *, inline: bool = False) -> T:
         limiter = self._reader_limiter
-        try:
-            # a free reader is taken without the scheduler round trip of ``acquire()``
-            limiter.acquire_nowait()
-        except trio.WouldBlock:
-            await limiter.acquire()
+        await take(limiter)  # a free reader without the scheduler round trip of acquire()
         try:
             conn = self._readers.pop()
             try:

@@ -55,6 +55,7 @@ import trio
 
 from .._errors import UnavailableError
 from .._log import node_label
+from .._nowait import put
 from ..raft import (
     Config,
     ConfState,
@@ -268,14 +269,11 @@ class RaftDriver:
         self._check_running()
         reply: Reply[_T] = Reply()
         request = _Request(action, reply)
-        # queued without the scheduler pass of ``send()`` when there is room (a cancelled
-        # caller still queues nothing); the wait for the reply is the checkpoint
+        # queued without a scheduler pass when there is room (a cancelled caller still
+        # queues nothing); the wait for the reply is the checkpoint
         await trio.lowlevel.checkpoint_if_cancelled()
         try:
-            try:
-                self._inbox_send.send_nowait(request)
-            except trio.WouldBlock:
-                await self._inbox_send.send(request)
+            await put(self._inbox_send, request)
         except trio.ClosedResourceError:
             raise UnavailableError(f"{self._name}: raft driver stopped") from None
         return await reply.wait()

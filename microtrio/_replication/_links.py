@@ -16,6 +16,7 @@ from typing import Final
 import trio
 
 from .._errors import ForbiddenError, MicrotrioError, ProtocolError, UnavailableError
+from .._nowait import take
 from .._tls import TLSStream
 from ._frames import (
     GOODBYE_FORBIDDEN,
@@ -60,11 +61,7 @@ class Link:
         self.pong = trio.Event()
 
     async def send(self, data: bytes) -> None:
-        # Taken without a checkpoint when free (nearly always): send_all checkpoints.
-        try:
-            self.lock.acquire_nowait()
-        except trio.WouldBlock:
-            await self.lock.acquire()
+        await take(self.lock)  # no checkpoint when free (nearly always): send_all checkpoints
         try:
             await self.stream.send_all(data)
         finally:

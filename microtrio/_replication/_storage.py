@@ -19,6 +19,7 @@ from typing import TypeVar, final
 
 import trio
 
+from .._nowait import take
 from ..raft import Entry, HardState, PersistedState, Snapshot
 from ._logstore import DEFAULT_SEGMENT_SIZE, LogStore, LogStoreStatistics, PendingAppend
 from ._uring import UNSUPPORTED_ERRNOS, DurableRing, open_ring
@@ -112,10 +113,7 @@ class AsyncLogStore:
             # a free limiter without a scheduler pass (the ring's wait is the checkpoint);
             # cancelled before it starts, nothing is written
             await trio.lowlevel.checkpoint_if_cancelled()
-            try:
-                self._limiter.acquire_nowait()
-            except trio.WouldBlock:
-                await self._limiter.acquire()
+            await take(self._limiter)
             try:
                 pending = store.prepare_append(entries)
                 if pending is not None and await self._write_through_ring(ring, pending):
