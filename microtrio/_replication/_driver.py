@@ -49,7 +49,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, final
+from typing import Any, TypeVar, cast, final
 
 import trio
 
@@ -62,10 +62,13 @@ from ..raft import (
     EntryType,
     Message,
     MsgApp,
+    MsgReadIndex,
+    MsgReadIndexResp,
     NotLeaderError,
     PersistedState,
     ProposalDroppedError,
     RaftNode,
+    ReadState,
     Ready,
     Role,
     StateRole,
@@ -354,7 +357,7 @@ class RaftDriver:
                 nursery.start_soon(self._forward_inbound)
                 # peers' messages come straight into the inbox from now on (one hop less
                 # each; the task above forwards whatever is left in the transport's queue)
-                self._transport.deliver_to(self._inbox_send)
+                self._transport.deliver_to(self._inbox_send, self._direct_inbound)
                 task_status.started()
                 await self._loop()
         finally:
@@ -446,6 +449,25 @@ class RaftDriver:
                 await self._maybe_compact(node)
             if hold is not None and hold.deadline <= trio.current_time():
                 self._transport.send(hold.take_all())
+
+    def _direct_inbound(self, msg: Wire) -> bool:
+        """Settle a read request or answer in the connection's receive loop, without the
+        inbox (see :meth:`Transport.deliver_to`): whether it was. The answer to a read
+        point goes to the callers waiting for it (stepping it would only queue it for the
+        next Ready); a follower's read request is answered at once when the node can
+        answer it without a heartbeat round (:meth:`RaftNode.answer_read`). Saves a trip
+        through this task and a Ready per read batch, on both members."""
+        kind = type(msg)
+        if kind is MsgReadIndexResp:
+            resp = cast(MsgReadIndexResp, msg)
+            self._reads.answered((ReadState(resp.index, resp.ctx),))
+            return True
+        if kind is MsgReadIndex and self._node is not None:
+            answer = self._node.answer_read(cast(MsgReadIndex, msg))
+            if answer is not None:
+                self._send((answer,))
+                return True
+        return False
 
     def _tick_due(self, node: RaftNode, next_tick: float) -> float:
         """Tick if a tick is due; return when the next one is.

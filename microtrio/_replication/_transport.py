@@ -291,6 +291,7 @@ class Transport(Generic[M]):
             self.config.inbound_queue_size
         )
         self._sink: trio.MemorySendChannel[M] = self._inbound_send  # see deliver_to
+        self._direct: Callable[[M], bool] | None = None  # see deliver_to
         # Accepted inbound connections: their cancel scope -> the client's certificates.
         self._inbound: dict[trio.CancelScope, tuple[bytes, ...]] = {}
         self._idle_closed = 0
@@ -445,7 +446,11 @@ class Transport(Generic[M]):
             self._queue(peer, 0.0, None)
         return True
 
-    def deliver_to(self, channel: trio.MemorySendChannel[M] | None) -> None:
+    def deliver_to(
+        self,
+        channel: trio.MemorySendChannel[M] | None,
+        direct: Callable[[M], bool] | None = None,
+    ) -> None:
         """Put inbound messages straight into ``channel`` (the transport keeps a clone of it
         and closes that clone when it closes), or back into its own queue with None.
 
@@ -453,13 +458,19 @@ class Transport(Generic[M]):
         the connection's receive loop in one hop instead of two (no task that only moves
         messages from one queue to the other, which cost a scheduler pass on both ends of
         every round trip). A full channel pushes back on the connection as the own queue
-        does; messages already in the own queue stay there."""
+        does; messages already in the own queue stay there.
+
+        ``direct`` (with a channel) is offered each inbound message first, in the receive
+        loop; when it returns True it took the message, which does not go to ``channel``.
+        It must not block (it runs between two reads of a connection)."""
         if self._sink is not self._inbound_send:
             self._sink.close()
         if channel is None or self._closed:
             self._sink = self._inbound_send
+            self._direct = None
         else:
             self._sink = channel.clone()
+            self._direct = direct
 
     async def receive(self) -> M:
         """The next inbound message; :class:`UnavailableError` once the transport closed."""
@@ -819,6 +830,9 @@ class Transport(Generic[M]):
     async def _deliver(self, messages: list[M]) -> None:
         for msg in messages:
             self._received += 1
+            direct = self._direct  # (re)read: a send below may wait while the driver stops
+            if direct is not None and direct(msg):
+                continue
             sink = self._sink
             try:
                 sink.send_nowait(msg)

@@ -14,6 +14,7 @@ from ._messages import (
     MsgAppResp,
     MsgHeartbeat,
     MsgHeartbeatResp,
+    MsgReadIndex,
     MsgReadIndexResp,
     MsgSnap,
     MsgSnapResp,
@@ -335,27 +336,47 @@ class Replication:
 
     # -- ReadIndex ----------------------------------------------------------------------------
 
-    def _leader_read(self, ctx: bytes, requester: int) -> None:
+    def answer_read(self, m: MsgReadIndex) -> MsgReadIndexResp | None:
+        """The answer to a follower's read request when it needs no heartbeat round (see
+        :meth:`_leader_read`), without stepping it: None when it must be stepped.
+
+        It only reads this node's state, so the driver may call it from another task
+        between its own steps (a connection's receive loop, sparing the request a trip
+        through the driver's inbox and a Ready); stepping the same message at that moment
+        would give the same answer."""
+        if self.role is not StateRole.LEADER or not self._reads_now(m.src):
+            return None
+        return MsgReadIndexResp(self.id, m.src, 0, self._log.committed, m.ctx)
+
+    def _reads_now(self, requester: int) -> bool:
+        """Whether a read point asked now by ``requester`` is our commit index as it is,
+        without a heartbeat round (we lead)."""
         log, voters = self._log, self.conf.voters
         if voters == {self.id}:
+            return True
+        if log.term(log.committed) != self.term:  # no entry of ours committed yet (6.4 step 1)
+            return False
+        if self.config.lease_read and self._lease_valid():
+            return True
+        # A voter asked while it followed us (its lead is reset by any term change), after
+        # its reads arrived; we still lead that term. The two of us are a quorum, so no
+        # later term's leader existed when it asked: our commit index now covers all
+        # that was committed before its reads arrived, without a heartbeat round.
+        return requester != self.id and len(voters) <= 3 and {self.id, requester} <= voters
+
+    def _leader_read(self, ctx: bytes, requester: int) -> None:
+        log = self._log
+        if self._reads_now(requester):
             self._respond_read(log.committed, ctx, requester)
             return
         if log.term(log.committed) != self.term:  # no entry of ours committed yet (6.4 step 1)
             self._readonly.waiting.append((ctx, requester))
             return
-        if self.config.lease_read and self._lease_valid():
-            self._respond_read(log.committed, ctx, requester)
-            return
-        if requester != self.id and len(voters) <= 3 and {self.id, requester} <= voters:
-            # A voter asked while it followed us (its lead is reset by any term change), after
-            # its reads arrived; we still lead that term. The two of us are a quorum, so no
-            # later term's leader existed when it asked: our commit index now covers all
-            # that was committed before its reads arrived, without a heartbeat round.
-            self._respond_read(log.committed, ctx, requester)
-            return
         pending = self._readonly.pending
         in_flight = bool(pending) and pending[0].round <= self._read_sent
-        rnd = self._readonly.add(log.committed, ctx, requester, self.id, self.id in voters)
+        rnd = self._readonly.add(
+            log.committed, ctx, requester, self.id, self.id in self.conf.voters
+        )
         if in_flight:
             # One read round out at a time: this read waits for a round sent AFTER it
             # arrived (its own number, higher than any sent so far, so no answer to an

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from _rafttest import Net
 
-from microtrio.raft import MsgHeartbeat, MsgReadIndex, MsgReadIndexResp, ReadState, StateRole
+from microtrio.raft import (
+    MsgApp,
+    MsgHeartbeat,
+    MsgReadIndex,
+    MsgReadIndexResp,
+    ReadState,
+    StateRole,
+)
 
 
 def test_three_voters_follower_read_needs_no_heartbeat_round() -> None:
@@ -53,3 +60,36 @@ def test_five_voters_a_follower_cut_off_with_an_old_leader_reads_nothing_stale()
     net.tick_all(12)
     for rs in net.apps[2].read_states:
         assert rs.index >= new
+
+
+def test_answer_read_is_what_stepping_the_request_would_send() -> None:
+    """``RaftNode.answer_read`` (the driver calls it from a connection's receive loop) gives
+    the same answer as stepping a follower's request, and nothing when a round or a step
+    is needed: on a follower, before the leader's term has a committed entry, for a
+    requester that is not a voter, or with more than three voters (without a lease)."""
+    net = Net([1, 2, 3])
+    net.elect(1)
+    index = net.propose(b"a")
+    leader = net.nodes[1]
+    request = MsgReadIndex(3, 1, 0, b"f")
+    assert not leader.has_ready()
+    assert leader.answer_read(request) == MsgReadIndexResp(1, 3, 0, index, b"f")
+    assert not leader.has_ready()  # nothing queued: it only read the node's state
+    assert net.nodes[2].answer_read(MsgReadIndex(3, 2, 0, b"f")) is None  # not the leader
+    assert leader.answer_read(MsgReadIndex(9, 1, 0, b"x")) is None  # not a voter
+    net.sent.clear()
+    leader.step(request)  # the stepped path sends the same answer
+    net.stabilize()
+    assert MsgReadIndexResp(1, 3, 0, index, b"f") in net.sent
+
+    five = Net([1, 2, 3, 4, 5])
+    five.elect(1)
+    five.propose(b"a")
+    assert five.nodes[1].answer_read(MsgReadIndex(3, 1, 0, b"f")) is None  # needs a round
+
+    fresh = Net([1, 2, 3])
+    fresh.filters.append(lambda m: isinstance(m, MsgApp))  # its term's first entry stays out
+    fresh.campaign(1)
+    fresh.stabilize()
+    assert fresh.nodes[1].role is StateRole.LEADER
+    assert fresh.nodes[1].answer_read(MsgReadIndex(3, 1, 0, b"f")) is None
