@@ -78,7 +78,7 @@ class Elections(Replication):
                 self.lead_transferee = 0
         if self._heartbeat_elapsed >= self.config.heartbeat_tick:
             self._heartbeat_elapsed = 0
-            self._broadcast_heartbeat(self._readonly.current_round())
+            self._broadcast_heartbeat(self._heartbeat_round())
 
     def _quorum_active(self) -> bool:
         voters = self.conf.voters

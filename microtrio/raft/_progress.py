@@ -21,6 +21,8 @@ class Progress:
         "max_inflight",
         "next",
         "probe_sent",
+        "read_acked",
+        "read_sent",
         "recent_active",
         "sent_commit",
         "snap_idle",
@@ -38,6 +40,9 @@ class Progress:
         self.recent_active = False
         #: highest commit index told to this follower in an append
         self.sent_commit = 0
+        #: highest read round sent to this follower in a heartbeat, and acknowledged by it
+        self.read_sent = 0
+        self.read_acked = 0
         self.max_inflight = max_inflight
         #: last index of each unacknowledged append (REPLICATE state)
         self.inflight: deque[int] = deque()

@@ -140,7 +140,40 @@ class Replication:
         pr.sent_commit = log.committed
         return True
 
-    def _broadcast_heartbeat(self, read_round: int) -> None:
+    def _read_round(self, read_round: int) -> None:
+        """Send a new read round to just enough voters to make a quorum with us.
+
+        Any quorum of acknowledgements releases the round; asking every follower makes the
+        others do work nobody needs (with three voters: a heartbeat and its answer per
+        round, on a follower and on us). The round goes to voters that answered every read
+        round sent to them, least recently asked first (so rounds alternate between them);
+        to all voters when too few did. A voter that stops answering misses one round at
+        most: the next heartbeat carries the round to every member (see ``_tick_leader``),
+        and the voter is not asked again until it answered."""
+        voters = self.conf.voters
+        need = len(voters) // 2 + 1 - (self.id in voters)
+        ready = sorted(
+            (pr.read_sent, node)
+            for node, pr in self.prs.items()
+            if node != self.id and node in voters and pr.read_acked >= pr.read_sent
+        )
+        if need <= 0 or len(ready) < need:
+            self._broadcast_heartbeat(read_round)
+        else:
+            self._broadcast_heartbeat(read_round, [node for _, node in ready[:need]])
+
+    def _heartbeat_round(self) -> int:
+        """The read round a periodic heartbeat carries: the newest one while reads wait;
+        else the newest one a follower left unanswered (it answers it, once it hears us
+        again, and is asked for read rounds again); else none."""
+        current = self._readonly.current_round()
+        if current:
+            return current
+        unanswered = [pr.read_sent for pr in self.prs.values() if pr.read_acked < pr.read_sent]
+        return max(unanswered, default=0)
+
+    def _broadcast_heartbeat(self, read_round: int, to: list[int] | None = None) -> None:
+        """A heartbeat to every member (or only to ``to``), carrying ``read_round``."""
         commit = self._log.committed
         self._read_sent = max(self._read_sent, read_round)
         if self.config.lease_read:
@@ -157,7 +190,9 @@ class Replication:
                 del self._round_ticks[rnd]
                 self._round_floor = max(self._round_floor, rnd)
         for node, pr in self.prs.items():
-            if node != self.id:
+            if node != self.id and (to is None or node in to):
+                if read_round:
+                    pr.read_sent = max(pr.read_sent, read_round)
                 hb_commit = min(pr.match, commit)
                 self._msgs.append(MsgHeartbeat(self.id, node, self.term, hb_commit, read_round))
 
@@ -216,13 +251,14 @@ class Replication:
         sent = self._round_ticks.get(m.read_round) if m.read_round else None
         if sent is not None and m.src in self.conf.voters:
             self._lease_acks[m.src] = max(self._lease_acks.get(m.src, sent), sent)
+        pr.read_acked = max(pr.read_acked, m.read_round)
         released = self._readonly.ack(m.src, m.read_round, self.conf.voters)
         for read in released:
             self._respond_read(read.index, read.ctx, read.requester)
         pending = self._readonly.pending
         if released and pending and pending[-1].round > self._read_sent:
             # reads that arrived while that round was out: one new round for all of them
-            self._broadcast_heartbeat(pending[-1].round)
+            self._read_round(pending[-1].round)
 
     # -- snapshots ----------------------------------------------------------------------------
 
@@ -385,7 +421,7 @@ class Replication:
             # read that arrived meanwhile. Fewer heartbeat rounds when reads come from
             # several members at once; a lost round is retried by heartbeats as before.
             return
-        self._broadcast_heartbeat(rnd)
+        self._read_round(rnd)
 
     def _lease_valid(self) -> bool:
         """Whether no other leader can exist now (leader lease, thesis 6.4.1).
