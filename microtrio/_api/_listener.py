@@ -57,12 +57,11 @@ import socket as stdlib_socket
 import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any, final
 
 import trio
-from cryptography import x509
 from hypercorn.app_wrappers import ASGIWrapper
 from hypercorn.config import Config
 from hypercorn.trio.lifespan import Lifespan
@@ -70,7 +69,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
-from .._certs import SSLContextHolder, cert_pem, is_within_validity, load_certificate
+from .._certs import SSLContextHolder, cert_pem, load_certificate
 from .._cluster._names import DEFAULT_PORT, format_address, parse_address
 from .._cluster._truststore import TrustedMember, Truststore
 from .._errors import UnavailableError
@@ -164,7 +163,9 @@ class _TrustMemo:
         self._store: Truststore | None = None
         self._generation = -1
         self._chain: list[str] = []
-        self._matches: list[tuple[TrustedMember, x509.Certificate]] = []
+        #: each matching member with its certificate's validity period (read once: the
+        #: certificate's ``not_valid_*`` properties build new datetimes on every access)
+        self._matches: list[tuple[TrustedMember, datetime, datetime]] = []
 
     def trusted_member(
         self, truststore: Truststore, chain: list[str], now: datetime | None
@@ -175,11 +176,15 @@ class _TrustMemo:
             for cert in chain:
                 member = truststore.by_certificate(cert)
                 if member is not None:
-                    matches.append((member, load_certificate(member.certificate)))
+                    parsed = load_certificate(member.certificate)
+                    matches.append(
+                        (member, parsed.not_valid_before_utc, parsed.not_valid_after_utc)
+                    )
             self._store, self._generation, self._chain = truststore, generation, chain
             self._matches = matches
-        for member, parsed in self._matches:
-            if is_within_validity(parsed, now):
+        moment = now if now is not None else datetime.now(UTC)
+        for member, not_before, not_after in self._matches:
+            if not_before <= moment <= not_after:  # as is_within_validity
                 return member
         return None
 
