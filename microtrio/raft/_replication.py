@@ -147,7 +147,7 @@ class Replication:
         others do work nobody needs (with three voters: a heartbeat and its answer per
         round, on a follower and on us). The round goes to voters that answered every read
         round sent to them, least recently asked first (so rounds alternate between them);
-        to all voters when too few did. A voter that stops answering misses one round at
+        to every member when too few did. A voter that stops answering misses one round at
         most: the next heartbeat carries the round to every member (see ``_tick_leader``),
         and the voter is not asked again until it answered."""
         voters = self.conf.voters
