@@ -14,7 +14,8 @@ prints the median and p90 offset per stage (sorted by median) and how many reque
 ``L`` is the leader, ``F1``/``F2`` the followers. The stamps cost a few microseconds each,
 so absolute figures are a little higher than an untraced run. ``KEEP_TRACE=1`` keeps the
 raw stamps (one file per process, ``TIME STAGE`` lines) and prints where they are, to
-follow single requests.
+follow single requests. ``TRACE_URLS`` replaces the load client's ``--urls`` (e.g. all three
+members, ``https://127.0.0.1:24851,...:24852,...:24853`` with the default base port).
 """
 
 from __future__ import annotations
