@@ -67,10 +67,11 @@ def main() -> None:
         port = args.base_port + 1
         _cluster.wait_member1_leads(port, ctx)
         tls = _cluster.client_tls(certs)
+        urls = os.environ.get("TRACE_URLS") or f"https://127.0.0.1:{port}"
         window_start = time.monotonic() + 1.5
         out = subprocess.run(
             [sys.executable, str(LOAD), "--system", "http-kv", "--path-template",
-             "/1.0/kv/{key}", "--urls", os.environ.get("TRACE_URLS") or f"https://127.0.0.1:{port}", "--mode", args.mode,
+             "/1.0/kv/{key}", "--urls", urls, "--mode", args.mode,
              "-c", str(args.concurrency), "-t", str(args.duration), "--warmup", "1",
              "--label", "trace", *tls],
             stdout=subprocess.PIPE, check=True, timeout=args.duration + 180,

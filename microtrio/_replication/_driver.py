@@ -49,7 +49,7 @@ import random
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast, final
+from typing import Any, TypeVar, final
 
 import trio
 
@@ -457,13 +457,11 @@ class RaftDriver:
         next Ready); a follower's read request is answered at once when the node can
         answer it without a heartbeat round (:meth:`RaftNode.answer_read`). Saves a trip
         through this task and a Ready per read batch, on both members."""
-        kind = type(msg)
-        if kind is MsgReadIndexResp:
-            resp = cast(MsgReadIndexResp, msg)
-            self._reads.answered((ReadState(resp.index, resp.ctx),))
+        if isinstance(msg, MsgReadIndexResp):
+            self._reads.answered((ReadState(msg.index, msg.ctx),))
             return True
-        if kind is MsgReadIndex and self._node is not None:
-            answer = self._node.answer_read(cast(MsgReadIndex, msg))
+        if isinstance(msg, MsgReadIndex) and self._node is not None:
+            answer = self._node.answer_read(msg)
             if answer is not None:
                 self._send((answer,))
                 return True
