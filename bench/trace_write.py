@@ -12,7 +12,13 @@ The shared load client then drives the leader (member1) with the http-kv adapter
 time that stage happened inside the window is taken relative to the request's arrival;
 prints the median and p90 offset per stage (sorted by median) and how many requests saw it.
 ``L`` is the leader, ``F1``/``F2`` the followers. The stamps cost a few microseconds each,
-so absolute figures are a little higher than an untraced run. ``KEEP_TRACE=1`` keeps the
+so absolute figures are a little higher than an untraced run.
+
+``--cpu`` stamps the CPU time of each daemon's event-loop thread instead
+(``time.thread_time``) and reports the leader alone: its CPU from a request's head to its
+answer (median), and where the loop's CPU went over the middle half of the requests,
+summed per pair of consecutive stamps and divided by the requests (work between two
+stamps belongs to whatever task ran then, not only to the request). ``KEEP_TRACE=1`` keeps the
 raw stamps (one file per process, ``TIME STAGE`` lines) and prints where they are, to
 follow single requests. ``TRACE_URLS`` replaces the load client's ``--urls`` (e.g. all three
 members, ``https://127.0.0.1:24851,...:24852,...:24853`` with the default base port).
@@ -55,12 +61,16 @@ def main() -> None:
     p.add_argument("-c", "--concurrency", type=int, default=1)
     p.add_argument("-t", "--duration", type=float, default=8.0)
     p.add_argument("--base-port", type=int, default=24850)
+    p.add_argument("--cpu", action="store_true", help="the leader's CPU time between stamps")
+    p.add_argument("--top", type=int, default=30, help="pairs of stamps listed with --cpu")
     args = p.parse_args()
     certs = Path(os.environ.get("CERTS", "/tmp/microtrio-trace-pki"))
     data = Path(tempfile.mkdtemp(prefix="microtrio-trace-data."))
     traces = Path(tempfile.mkdtemp(prefix="microtrio-trace."))
     pythonpath = os.pathsep.join(filter(None, [str(HERE / "_trace"), os.environ.get("PYTHONPATH")]))
     env = {"MICROTRIO_TRACE_DIR": str(traces), "PYTHONPATH": pythonpath}
+    if args.cpu:
+        env["MICROTRIO_TRACE_CPU"] = "1"
     cluster, pids = _cluster.start(certs, data, args.base_port, **env)
     try:
         ctx = _cluster.context(certs)
@@ -90,6 +100,10 @@ def main() -> None:
             sys.exit(f"no trace from {name} (pid {name_pid}) in {traces}")
         per[name] = _read(path)
     leader = per["L"]
+    if args.cpu:
+        _cpu_report(leader, args.top)
+        _done(traces)
+        return
     requests = []
     for i, (t, stage) in enumerate(leader):
         if stage == "http head" and window_start <= t <= window_end:
@@ -120,10 +134,42 @@ def main() -> None:
     print(f"{'stage':32s} {'p50':>7s} {'p90':>7s} {'seen':>6s}")
     for med, p90, count, stage in rows:
         print(f"{stage:32s} {med * 1e6:7.0f} {p90 * 1e6:7.0f} {count:6d}")
+    _done(traces)
+
+
+def _done(traces: Path) -> None:
     if not os.environ.get("KEEP_TRACE"):
         shutil.rmtree(traces, ignore_errors=True)
     else:
         print("traces kept in", traces)
+
+
+def _cpu_report(leader: list[tuple[float, str]], top: int) -> None:
+    """The leader's event-loop CPU (``--cpu`` stamps) over the middle half of its requests."""
+    heads = [i for i, (_, stage) in enumerate(leader) if stage == "http head"]
+    if len(heads) < 8:
+        sys.exit("too few requests traced")
+    first, last = heads[len(heads) // 4], heads[3 * len(heads) // 4]
+    span = leader[first:last]
+    count = sum(1 for _, stage in span if stage == "http head")
+    answer = []
+    for i in heads[len(heads) // 4 : 3 * len(heads) // 4]:
+        for t, stage in leader[i + 1 :]:
+            if stage == "http send<":
+                answer.append(t - leader[i][0])
+                break
+    pairs: dict[tuple[str, str], list[float]] = {}
+    for (t0, a), (t1, b) in zip(span, span[1:], strict=False):
+        pairs.setdefault((a, b), []).append(t1 - t0)
+    total = span[-1][0] - span[0][0]
+    print(
+        f"leader, {count} requests: {total / count * 1e6:.0f} us of event-loop CPU per request; "
+        f"{statistics.median(answer) * 1e6:.0f} us (median) from a head to its answer"
+    )
+    rows = sorted(((sum(v), len(v), a, b) for (a, b), v in pairs.items()), reverse=True)
+    print(f"{'us/request':>10s} {'times':>6s} {'us each':>8s}  from -> to")
+    for spent, times, a, b in rows[:top]:
+        print(f"{spent / count * 1e6:10.0f} {times:6d} {spent / times * 1e6:8.0f}  {a} -> {b}")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,10 @@ from pathlib import Path
 from typing import Any
 
 _events: list[tuple[float, str]] = []
-_stamp_clock = time.monotonic
+#: ``time.monotonic`` (one clock for every process), or with ``MICROTRIO_TRACE_CPU=1`` the
+#: CPU time of the stamping thread (``bench/trace_write.py --cpu``: where the event loop's
+#: CPU goes, leader only; those stamps cannot be compared across processes).
+_stamp_clock = time.thread_time if os.environ.get("MICROTRIO_TRACE_CPU") == "1" else time.monotonic
 
 
 def _stamp(stage: str) -> None:
