@@ -12,16 +12,16 @@ The shared load client then drives the leader (member1) with the http-kv adapter
 time that stage happened inside the window is taken relative to the request's arrival;
 prints the median and p90 offset per stage (sorted by median) and how many requests saw it.
 ``L`` is the leader, ``F1``/``F2`` the followers. The stamps cost a few microseconds each,
-so absolute figures are a little higher than an untraced run.
+so absolute figures are a little higher than an untraced run. ``KEEP_TRACE=1`` keeps the
+raw stamps (one file per process, ``TIME STAGE`` lines) and prints where they are, to
+follow single requests. ``TRACE_URLS`` replaces the load client's ``--urls`` (e.g. all three
+members, ``https://127.0.0.1:24851,...:24852,...:24853`` with the default base port).
 
 ``--cpu`` stamps the CPU time of each daemon's event-loop thread instead
 (``time.thread_time``) and reports the leader alone: its CPU from a request's head to its
 answer (median), and where the loop's CPU went over the middle half of the requests,
 summed per pair of consecutive stamps and divided by the requests (work between two
-stamps belongs to whatever task ran then, not only to the request). ``KEEP_TRACE=1`` keeps the
-raw stamps (one file per process, ``TIME STAGE`` lines) and prints where they are, to
-follow single requests. ``TRACE_URLS`` replaces the load client's ``--urls`` (e.g. all three
-members, ``https://127.0.0.1:24851,...:24852,...:24853`` with the default base port).
+stamps belongs to whatever task ran then, not only to the request).
 """
 
 from __future__ import annotations
