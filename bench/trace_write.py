@@ -104,13 +104,14 @@ def main() -> None:
         _cpu_report(leader, args.top)
         _done(traces)
         return
-    requests = []
-    for i, (t, stage) in enumerate(leader):
-        if stage == "http head" and window_start <= t <= window_end:
-            for t2, stage2 in leader[i + 1 :]:
-                if stage2 == "http send<":
-                    requests.append((t, t2))
-                    break
+    requests = _answered(
+        leader,
+        [
+            i
+            for i, (t, stage) in enumerate(leader)
+            if stage == "http head" and window_start <= t <= window_end
+        ],
+    )
     if not requests:
         sys.exit("no requests traced")
     offsets: dict[str, list[float]] = {}
@@ -144,20 +145,27 @@ def _done(traces: Path) -> None:
         print("traces kept in", traces)
 
 
+def _answered(leader: list[tuple[float, str]], heads: list[int]) -> list[tuple[float, float]]:
+    """(head, answer) stamp times of the requests whose ``http head`` is at ``heads``
+    (indexes into ``leader``), for those the leader answered."""
+    requests = []
+    for i in heads:
+        for k in range(i + 1, len(leader)):
+            if leader[k][1] == "http send<":
+                requests.append((leader[i][0], leader[k][0]))
+                break
+    return requests
+
+
 def _cpu_report(leader: list[tuple[float, str]], top: int) -> None:
     """The leader's event-loop CPU (``--cpu`` stamps) over the middle half of its requests."""
     heads = [i for i, (_, stage) in enumerate(leader) if stage == "http head"]
     if len(heads) < 8:
         sys.exit("too few requests traced")
-    first, last = heads[len(heads) // 4], heads[3 * len(heads) // 4]
-    span = leader[first:last]
-    count = sum(1 for _, stage in span if stage == "http head")
-    answer = []
-    for i in heads[len(heads) // 4 : 3 * len(heads) // 4]:
-        for t, stage in leader[i + 1 :]:
-            if stage == "http send<":
-                answer.append(t - leader[i][0])
-                break
+    middle = heads[len(heads) // 4 : 3 * len(heads) // 4]
+    span = leader[middle[0] : heads[3 * len(heads) // 4]]
+    count = len(middle)  # the heads in ``span``
+    answer = [end - start for start, end in _answered(leader, middle)]
     pairs: dict[tuple[str, str], list[float]] = {}
     for (t0, a), (t1, b) in zip(span, span[1:], strict=False):
         pairs.setdefault((a, b), []).append(t1 - t0)
